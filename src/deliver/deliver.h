@@ -1,0 +1,99 @@
+/*
+ * deliver — local delivery: who exists (users_file), where mail for an alias
+ * goes (aliases_file), recipient_delimiter, and writing a message into a
+ * Maildir.
+ *
+ * struct deliver_db is immutable after deliver_db_load() and may be read
+ * from several threads.  deliver_maildir_write() is blocking file I/O: call
+ * it from a worker thread, never from the event loop.
+ */
+#ifndef PETREL_DELIVER_H
+#define PETREL_DELIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct conf;
+struct deliver_db;
+
+/*
+ * Loads conf->users_file and conf->aliases_file (either may be unset).  On
+ * error returns NULL and writes "FILE:LINE: what is wrong" to err.  Users
+ * file: Dovecot passwd-file, "user@domain:{SCHEME}hash[:more fields]" a line,
+ * '#' comments and blank lines ignored.  Aliases file: "alias@domain: target,
+ * target" a line; a target without '@' means that local part in the alias's
+ * domain.  Names are matched case-insensitively.
+ */
+struct deliver_db *deliver_db_load(const struct conf *c, char *err, size_t err_cap);
+void deliver_db_free(struct deliver_db *db);
+/* The password field ("{SCHEME}hash") of user@domain, or NULL if not listed.  Borrowed. */
+const char *deliver_db_password(const struct deliver_db *db, const char *address);
+
+/*
+ * True when a local part can safely name a Maildir directory: non-empty, at
+ * most 64 octets, no '/', no NUL or other control octet (< 0x20, 0x7f), and
+ * not starting with '.'.
+ */
+bool deliver_local_part_is_safe(const char *local, size_t len);
+
+enum deliver_rcpt_status {
+	DELIVER_RCPT_OK,        /* exists (user or alias) */
+	DELIVER_RCPT_UNKNOWN,   /* 550 5.1.1 */
+	DELIVER_RCPT_BAD_LOCAL, /* unsafe local part: 553 5.1.3 */
+};
+
+/*
+ * Decides whether local@domain (domain already known to be local) may
+ * receive mail: the local part is checked for safety, lower-cased, cut at the
+ * first recipient_delimiter character (when what precedes it is not empty),
+ * then looked up in aliases and users.  With no users_file every safe local
+ * part exists.
+ */
+enum deliver_rcpt_status deliver_check_rcpt(const struct deliver_db *db, const struct conf *c,
+					    const char *local, size_t local_len, const char *domain,
+					    size_t domain_len);
+
+struct deliver_target {
+	char *addr;   /* owned: "user@domain", lower-cased for local targets */
+	bool is_local; /* domain is one of local_domains */
+	char *user;   /* owned: local part after delimiter removal (local targets only) */
+	char *domain; /* owned: lower-cased domain (local targets only) */
+};
+
+/*
+ * Expands one recipient address ("local@domain") into its final targets:
+ * aliases recursively (at most 10 levels; an alias naming itself is a user),
+ * duplicates removed, recipient_delimiter applied to local users.  A
+ * non-local address expands to itself.  Returns 0 with *out (owned, free
+ * with deliver_targets_free) or -1 with an error in err (alias loop too deep,
+ * unsafe local part).
+ */
+int deliver_expand(const struct deliver_db *db, const struct conf *c, const char *addr,
+		   struct deliver_target **out, size_t *out_len, char *err, size_t err_cap);
+void deliver_targets_free(struct deliver_target *t, size_t n);
+
+/* A message to write into one Maildir. */
+struct deliver_msg {
+	const char *headers; /* borrowed: header lines to prepend (LF line ends, ends with LF) */
+	int body_fd;         /* the spool file holding the message in wire form (CRLF lines) */
+	off_t body_off;      /* where the message starts in body_fd */
+	uint64_t body_len;   /* its length */
+};
+
+/*
+ * Writes m into <mail_root>/<domain>/<user>/ (creating the Maildir with mode
+ * 0700 when missing): the headers, then the message with CRLF turned into LF,
+ * into tmp/<name>, fdatasync, rename to new/<name>, fsync of new/.  When
+ * new/<name> or cur/<name>:* already exists (a redelivery after a crash),
+ * nothing is written and 0 is returned.  On failure returns -1, removes the
+ * tmp file, and writes the reason to err; *permanent is set when retrying
+ * cannot help (unsafe user name), clear for disk full, permissions and the
+ * like.  Files are created O_EXCL|O_NOFOLLOW, mode 0600.
+ */
+int deliver_maildir_write(const char *mail_root, const char *domain, const char *user,
+			  const char *name, const struct deliver_msg *m, bool *permanent, char *err,
+			  size_t err_cap);
+
+#endif

@@ -1,0 +1,98 @@
+#include "util/util_log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum log_level min_level = LOG_LEVEL_INFO;
+
+static const char *const level_names[] = {
+    [LOG_LEVEL_DEBUG] = "debug",
+    [LOG_LEVEL_INFO] = "info",
+    [LOG_LEVEL_WARN] = "warning",
+    [LOG_LEVEL_ERR] = "error",
+};
+
+void
+log_set_level(enum log_level level)
+{
+	min_level = level;
+}
+
+static void
+vlog(enum log_level level, const char *fmt, va_list ap)
+{
+	char line[2048];
+	char stamp[32];
+	struct tm tm;
+	time_t now = time(NULL);
+	int n;
+
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n = snprintf(line, sizeof(line), "%s petrel[%d]: %s: ", stamp, (int)getpid(),
+		     level_names[level]);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		return;
+	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	/* One write per line keeps lines whole when threads log concurrently. */
+	fprintf(stderr, "%s\n", line);
+}
+
+void
+log_msg(enum log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (level < min_level)
+		return;
+	va_start(ap, fmt);
+	vlog(level, fmt, ap);
+	va_end(ap);
+}
+
+void
+log_fatal(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(LOG_LEVEL_ERR, fmt, ap);
+	va_end(ap);
+	exit(1);
+}
+
+char *
+util_log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (cap == 0)
+		return dst;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+		size_t need = (c < 0x20 || c >= 0x7f || c == '\\') ? 4 : 1;
+
+		if (o + need + 4 > cap) {
+			if (o + 4 <= cap) {
+				dst[o++] = '.';
+				dst[o++] = '.';
+				dst[o++] = '.';
+			}
+			break;
+		}
+		if (need == 4) {
+			dst[o++] = '\\';
+			dst[o++] = 'x';
+			dst[o++] = hex[c >> 4];
+			dst[o++] = hex[c & 15];
+		} else {
+			dst[o++] = (char)c;
+		}
+	}
+	dst[o] = '\0';
+	return dst;
+}
