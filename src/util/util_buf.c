@@ -1,6 +1,7 @@
 #include "util/util_buf.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util/util_mem.h"

@@ -1,0 +1,735 @@
+#include "queue/queue.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "queue/queue_file.h"
+#include "queue/queue_pool.h"
+#include "util/util_buf.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+#include "util/util_time.h"
+
+#define HEADER_BUF_MAX (64u * 1024 * 1024)
+
+/* A message known to the queue: acknowledged, not yet finished. */
+struct entry {
+	char id[UTIL_ID_LEN + 1];
+	uint64_t due_ms;
+	unsigned attempts;
+	bool recovered;
+};
+
+/* The commit thread: one fsync of queue/ for every message renamed since the last one. */
+struct syncer {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pool_job *waiting; /* renamed, waiting for the directory flush */
+	bool stopping;
+	bool started;
+};
+
+struct queue {
+	char *dir;
+	int tmp_fd;   /* spool/tmp */
+	int queue_fd; /* spool/queue */
+	struct queue_limits limits;
+	struct pool *pool;
+	struct syncer syncer;
+	queue_deliver_fn deliver;
+	void *deliver_ctx;
+	/* Waiting entries, a binary min-heap on due_ms. */
+	struct entry **heap;
+	size_t heap_len, heap_cap;
+	size_t running; /* entries being delivered */
+	size_t total;   /* entries known (waiting + running) */
+	bool closing;   /* no new deliveries */
+};
+
+enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
+
+struct msg_op {
+	struct pool_job job; /* first: a job is an op */
+	enum op_kind kind;
+	struct queue_msg *msg;
+	char *data; /* owned */
+	size_t len;
+	queue_done_fn done;
+	void *arg;
+	int err;
+	struct msg_op *next;
+};
+
+struct queue_msg {
+	struct queue *q;
+	char id[UTIL_ID_LEN + 1];
+	struct buf header; /* written before the first octet of the message */
+	int fd;            /* tmp/ID once created, worker threads only */
+	bool created;
+	int err;           /* first write error; sticks */
+	size_t pending;    /* octets appended, not yet written */
+	bool busy;         /* an op is on the pool */
+	bool detached;     /* callbacks dropped */
+	struct msg_op *ops_head, *ops_tail;
+};
+
+struct delivery {
+	struct pool_job job;
+	struct queue *q;
+	struct entry *entry;
+	bool finished; /* every recipient done: the files are gone */
+	char error[256];
+};
+
+static void msg_kick(struct queue_msg *m);
+static void schedule(struct queue *q, struct entry *e);
+static void start_due(struct queue *q);
+
+/* ---- the commit thread ------------------------------------------------ */
+
+static void *
+syncer_main(void *arg)
+{
+	struct queue *q = arg;
+	struct syncer *sy = &q->syncer;
+
+	pthread_mutex_lock(&sy->lock);
+	for (;;) {
+		struct pool_job *batch;
+		int err = 0;
+
+		while (sy->waiting == NULL && !sy->stopping)
+			pthread_cond_wait(&sy->cond, &sy->lock);
+		if (sy->waiting == NULL)
+			break;
+		batch = sy->waiting;
+		sy->waiting = NULL;
+		pthread_mutex_unlock(&sy->lock);
+		/* One flush makes every rename of the batch durable (group commit). */
+		if (fsync(q->queue_fd) != 0)
+			err = errno;
+		while (batch != NULL) {
+			struct pool_job *next = batch->next;
+			struct msg_op *op = (struct msg_op *)batch;
+			if (op->err == 0)
+				op->err = err;
+			pool_complete(q->pool, batch);
+			batch = next;
+		}
+		pthread_mutex_lock(&sy->lock);
+	}
+	pthread_mutex_unlock(&sy->lock);
+	return NULL;
+}
+
+static void
+syncer_add(struct queue *q, struct pool_job *job)
+{
+	struct syncer *sy = &q->syncer;
+
+	pthread_mutex_lock(&sy->lock);
+	job->next = sy->waiting;
+	sy->waiting = job;
+	pthread_cond_signal(&sy->cond);
+	pthread_mutex_unlock(&sy->lock);
+}
+
+/* ---- receiving a message: worker side ----------------------------------- */
+
+static int
+msg_create(struct queue_msg *m)
+{
+	m->fd = openat(m->q->tmp_fd, m->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+		       0600);
+	if (m->fd < 0)
+		return errno;
+	m->created = true;
+	if (queue_file_write_all(m->fd, m->header.data, m->header.len) != 0)
+		return errno;
+	return 0;
+}
+
+static void
+op_run(struct pool_job *job)
+{
+	struct msg_op *op = (struct msg_op *)job;
+	struct queue_msg *m = op->msg;
+	struct queue *q = m->q;
+
+	switch (op->kind) {
+	case OP_APPEND:
+		if (m->err == 0 && !m->created)
+			m->err = msg_create(m);
+		if (m->err == 0 && queue_file_write_all(m->fd, op->data, op->len) != 0)
+			m->err = errno;
+		op->err = m->err;
+		break;
+	case OP_COMMIT:
+		if (m->err == 0 && !m->created)
+			m->err = msg_create(m);
+		/* Data first, then the name: a file in queue/ is always whole. */
+		if (m->err == 0 && fdatasync(m->fd) != 0)
+			m->err = errno;
+		if (m->fd >= 0)
+			close(m->fd);
+		m->fd = -1;
+		if (m->err == 0 && renameat(q->tmp_fd, m->id, q->queue_fd, m->id) != 0)
+			m->err = errno;
+		op->err = m->err;
+		if (op->err == 0) {
+			syncer_add(q, job); /* completed by the commit thread */
+			return;
+		}
+		unlinkat(q->tmp_fd, m->id, 0);
+		break;
+	case OP_ABORT:
+		if (m->fd >= 0)
+			close(m->fd);
+		m->fd = -1;
+		if (m->created)
+			unlinkat(q->tmp_fd, m->id, 0);
+		break;
+	}
+	pool_complete(q->pool, job);
+}
+
+/* ---- receiving a message: loop side ------------------------------------- */
+
+static void
+msg_free(struct queue_msg *m)
+{
+	buf_free(&m->header);
+	free(m);
+}
+
+static void
+op_done(struct pool_job *job)
+{
+	struct msg_op *op = (struct msg_op *)job;
+	struct queue_msg *m = op->msg;
+	struct queue *q = m->q;
+	enum op_kind kind;
+
+	m->busy = false;
+	m->ops_head = op->next;
+	if (m->ops_head == NULL)
+		m->ops_tail = NULL;
+	if (op->kind == OP_APPEND)
+		m->pending -= op->len;
+	if (!m->detached && op->done != NULL)
+		op->done(op->arg, op->err);
+	if (op->kind == OP_COMMIT && op->err == 0) {
+		struct entry *e = xcalloc(1, sizeof(*e));
+		memcpy(e->id, m->id, sizeof(e->id));
+		q->total++;
+		schedule(q, e); /* due now: deliver right away */
+	}
+	kind = op->kind;
+	free(op->data);
+	free(op);
+	if (kind == OP_APPEND)
+		msg_kick(m);
+	else
+		msg_free(m); /* commit and abort end the message */
+	start_due(q);
+}
+
+static void
+msg_kick(struct queue_msg *m)
+{
+	if (m->busy || m->ops_head == NULL || m->q->closing)
+		return;
+	m->busy = true;
+	pool_submit(m->q->pool, &m->ops_head->job);
+}
+
+static void
+msg_push(struct queue_msg *m, enum op_kind kind, const char *data, size_t len, queue_done_fn done,
+	 void *arg)
+{
+	struct msg_op *op = xcalloc(1, sizeof(*op));
+
+	op->job.run = op_run;
+	op->job.done = op_done;
+	op->kind = kind;
+	op->msg = m;
+	if (len > 0) {
+		op->data = xmalloc(len);
+		memcpy(op->data, data, len);
+	}
+	op->len = len;
+	op->done = done;
+	op->arg = arg;
+	if (m->ops_tail != NULL)
+		m->ops_tail->next = op;
+	else
+		m->ops_head = op;
+	m->ops_tail = op;
+	msg_kick(m);
+}
+
+struct queue_msg *
+queue_msg_new(struct queue *q, const struct queue_envelope *env)
+{
+	struct queue_msg *m = xcalloc(1, sizeof(*m));
+
+	m->q = q;
+	m->fd = -1;
+	util_id_new(m->id);
+	buf_init(&m->header, HEADER_BUF_MAX);
+	if (queue_file_header(&m->header, m->id, time(NULL), env) != 0)
+		m->err = E2BIG;
+	return m;
+}
+
+const char *
+queue_msg_id(const struct queue_msg *m)
+{
+	return m->id;
+}
+
+void
+queue_msg_append(struct queue_msg *m, const char *data, size_t len, queue_done_fn done, void *arg)
+{
+	m->pending += len;
+	msg_push(m, OP_APPEND, data, len, done, arg);
+}
+
+size_t
+queue_msg_pending(const struct queue_msg *m)
+{
+	return m->pending;
+}
+
+void
+queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg)
+{
+	msg_push(m, OP_COMMIT, NULL, 0, done, arg);
+}
+
+void
+queue_msg_abort(struct queue_msg *m)
+{
+	m->detached = true;
+	msg_push(m, OP_ABORT, NULL, 0, NULL, NULL);
+}
+
+void
+queue_msg_detach(struct queue_msg *m)
+{
+	m->detached = true;
+}
+
+/* ---- the schedule --------------------------------------------------------- */
+
+static void
+heap_swap(struct queue *q, size_t a, size_t b)
+{
+	struct entry *t = q->heap[a];
+	q->heap[a] = q->heap[b];
+	q->heap[b] = t;
+}
+
+static void
+heap_push(struct queue *q, struct entry *e)
+{
+	size_t i;
+
+	if (q->heap_len == q->heap_cap) {
+		q->heap_cap = q->heap_cap ? q->heap_cap * 2 : 64;
+		q->heap = xrealloc(q->heap, q->heap_cap * sizeof(*q->heap));
+	}
+	i = q->heap_len++;
+	q->heap[i] = e;
+	while (i > 0 && q->heap[(i - 1) / 2]->due_ms > q->heap[i]->due_ms) {
+		heap_swap(q, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static struct entry *
+heap_pop(struct queue *q)
+{
+	struct entry *top = q->heap[0];
+	size_t i = 0;
+
+	q->heap[0] = q->heap[--q->heap_len];
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, min = i;
+		if (l < q->heap_len && q->heap[l]->due_ms < q->heap[min]->due_ms)
+			min = l;
+		if (r < q->heap_len && q->heap[r]->due_ms < q->heap[min]->due_ms)
+			min = r;
+		if (min == i)
+			break;
+		heap_swap(q, i, min);
+		i = min;
+	}
+	return top;
+}
+
+static void
+schedule(struct queue *q, struct entry *e)
+{
+	if (e->due_ms == 0)
+		e->due_ms = util_now_ms();
+	heap_push(q, e);
+}
+
+/* The pause before attempt n+1: retry_min doubling up to retry_max, with +-10% jitter. */
+static uint64_t
+backoff_ms(const struct queue_limits *l, unsigned attempts)
+{
+	uint64_t s = l->retry_min_s;
+	uint64_t ms;
+
+	for (unsigned i = 1; i < attempts && s < l->retry_max_s; i++)
+		s *= 2;
+	if (s > l->retry_max_s)
+		s = l->retry_max_s;
+	ms = s * 1000u;
+	return ms - ms / 10 + (uint64_t)rand() % (ms / 5 + 1);
+}
+
+/* ---- delivery: worker side ------------------------------------------------ */
+
+static void
+remove_files(struct queue *q, const char *id)
+{
+	char st[UTIL_ID_LEN + 8];
+
+	snprintf(st, sizeof(st), "%s.st", id);
+	unlinkat(q->queue_fd, st, 0);
+	unlinkat(q->queue_fd, id, 0);
+}
+
+static void
+delivery_run(struct pool_job *job)
+{
+	struct delivery *d = (struct delivery *)job;
+	struct queue *q = d->q;
+	struct entry *e = d->entry;
+	struct queue_file_env env;
+	struct queue_file_status st;
+	struct queue_rcpt_result *res = NULL;
+	struct queue_item item;
+	char err[200];
+	struct stat sb;
+	bool expired, any_left = false;
+	int fd;
+
+	fd = openat(q->queue_fd, e->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		/* Deleted by "petrel queue delete" (or already finished). */
+		if (errno == ENOENT)
+			d->finished = true;
+		snprintf(d->error, sizeof(d->error), "open: %s", strerror(errno));
+		pool_complete(q->pool, job);
+		return;
+	}
+	if (queue_file_read(fd, &env, err, sizeof(err)) != 0 || fstat(fd, &sb) != 0) {
+		log_err("%s: unreadable queue file: %s; left in place", e->id, err);
+		snprintf(d->error, sizeof(d->error), "unreadable queue file: %s", err);
+		close(fd);
+		pool_complete(q->pool, job);
+		return;
+	}
+	if (queue_file_status_read(q->queue_fd, e->id, env.rcpts_len, &st) != 0)
+		log_warn("%s: cannot read delivery status: %s", e->id, strerror(errno));
+	if (st.attempts > e->attempts)
+		e->attempts = st.attempts;
+
+	memset(&item, 0, sizeof(item));
+	memcpy(item.id, e->id, sizeof(item.id));
+	item.arrival = env.arrival;
+	item.sender = env.sender;
+	item.rcpts_len = env.rcpts_len;
+	item.rcpts = env.rcpts;
+	item.helo = env.helo;
+	item.client_addr = env.client_addr;
+	item.client_name = env.client_name;
+	item.protocol = env.protocol;
+	item.body_8bit = env.body_8bit;
+	item.smtputf8 = env.smtputf8;
+	item.attempts = e->attempts;
+	item.recovered = e->recovered;
+	item.fd = fd;
+	item.body_off = env.body_off;
+	item.body_len = (uint64_t)sb.st_size - (uint64_t)env.body_off;
+
+	res = xcalloc(env.rcpts_len, sizeof(*res));
+	if (q->deliver != NULL)
+		q->deliver(q->deliver_ctx, &item, st.done, res);
+	expired = time(NULL) - env.arrival >= (time_t)q->limits.lifetime_s;
+	for (size_t i = 0; i < env.rcpts_len; i++) {
+		if (st.done[i])
+			continue;
+		switch (res[i].status) {
+		case QUEUE_RCPT_DONE:
+			st.done[i] = true;
+			break;
+		case QUEUE_RCPT_FAIL:
+			st.done[i] = st.failed[i] = true;
+			/* TODO(issue 3): a DSN to the sender. */
+			log_info("%s: to=<%s>, status=bounced (%s)", e->id, env.rcpts[i],
+				 res[i].reason);
+			break;
+		case QUEUE_RCPT_PENDING:
+		case QUEUE_RCPT_DEFER:
+			if (expired) {
+				st.done[i] = st.failed[i] = true;
+				log_info("%s: to=<%s>, status=expired (%s)", e->id, env.rcpts[i],
+					 res[i].reason);
+				break;
+			}
+			any_left = true;
+			if (res[i].reason[0] != '\0')
+				snprintf(st.error, sizeof(st.error), "%s", res[i].reason);
+			break;
+		}
+	}
+	if (!any_left) {
+		remove_files(q, e->id);
+		log_info("%s: removed", e->id);
+		d->finished = true;
+	} else {
+		st.attempts = e->attempts + 1;
+		if (queue_file_status_write(q->queue_fd, e->id, env.rcpts_len, &st) != 0)
+			log_warn("%s: cannot record delivery status: %s", e->id, strerror(errno));
+		snprintf(d->error, sizeof(d->error), "%s", st.error);
+	}
+	free(res);
+	queue_file_status_free(&st);
+	queue_file_env_free(&env);
+	close(fd);
+	pool_complete(q->pool, job);
+}
+
+/* ---- delivery: loop side -------------------------------------------------- */
+
+static void
+delivery_done(struct pool_job *job)
+{
+	struct delivery *d = (struct delivery *)job;
+	struct queue *q = d->q;
+	struct entry *e = d->entry;
+
+	q->running--;
+	if (d->finished) {
+		q->total--;
+		free(e);
+	} else {
+		e->attempts++;
+		e->recovered = false;
+		e->due_ms = util_now_ms() + backoff_ms(&q->limits, e->attempts);
+		heap_push(q, e);
+	}
+	free(d);
+	start_due(q);
+}
+
+static void
+start_due(struct queue *q)
+{
+	uint64_t now = util_now_ms();
+
+	if (q->closing)
+		return;
+	while (q->heap_len > 0 && q->running < q->limits.max_deliveries &&
+	       q->heap[0]->due_ms <= now) {
+		struct delivery *d = xcalloc(1, sizeof(*d));
+		d->job.run = delivery_run;
+		d->job.done = delivery_done;
+		d->q = q;
+		d->entry = heap_pop(q);
+		q->running++;
+		pool_submit(q->pool, &d->job);
+	}
+}
+
+/* ---- open, recover, close ------------------------------------------------- */
+
+static int
+open_dir(int parent, const char *name, char *err, size_t err_cap)
+{
+	int fd;
+
+	if (mkdirat(parent, name, 0700) != 0 && errno != EEXIST) {
+		snprintf(err, err_cap, "mkdir %s: %s", name, strerror(errno));
+		return -1;
+	}
+	fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		snprintf(err, err_cap, "open %s: %s", name, strerror(errno));
+	return fd;
+}
+
+/* Removes what a crash left in tmp/ (never acknowledged) and schedules queue/. */
+static void
+recover(struct queue *q)
+{
+	DIR *d;
+	struct dirent *de;
+	size_t found = 0, dropped = 0;
+
+	d = fdopendir(dup(q->tmp_fd));
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		unlinkat(q->tmp_fd, de->d_name, 0);
+		dropped++;
+	}
+	if (d != NULL)
+		closedir(d);
+	d = fdopendir(dup(q->queue_fd));
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		struct entry *e;
+		if (!util_id_valid(de->d_name)) {
+			size_t n = strlen(de->d_name);
+			if (n > 4 && strcmp(de->d_name + n - 4, ".new") == 0)
+				unlinkat(q->queue_fd, de->d_name, 0);
+			continue;
+		}
+		e = xcalloc(1, sizeof(*e));
+		memcpy(e->id, de->d_name, sizeof(e->id));
+		e->recovered = true;
+		q->total++;
+		schedule(q, e);
+		found++;
+	}
+	if (d != NULL)
+		closedir(d);
+	if (found > 0 || dropped > 0)
+		log_info("queue: recovered %zu message(s), removed %zu unfinished file(s)", found,
+			 dropped);
+}
+
+struct queue *
+queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, size_t err_cap)
+{
+	struct queue *q = xcalloc(1, sizeof(*q));
+	int spool_fd;
+
+	q->tmp_fd = q->queue_fd = -1;
+	q->dir = xstrdup(spool_dir);
+	q->limits = *limits;
+	if (q->limits.workers == 0)
+		q->limits.workers = 8;
+	if (q->limits.max_deliveries == 0)
+		q->limits.max_deliveries = 64;
+	if (mkdir(spool_dir, 0700) != 0 && errno != EEXIST) {
+		snprintf(err, err_cap, "%s: %s", spool_dir, strerror(errno));
+		goto fail;
+	}
+	spool_fd = open(spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (spool_fd < 0) {
+		snprintf(err, err_cap, "%s: %s", spool_dir, strerror(errno));
+		goto fail;
+	}
+	q->tmp_fd = open_dir(spool_fd, "tmp", err, err_cap);
+	q->queue_fd = open_dir(spool_fd, "queue", err, err_cap);
+	/* New directories must survive a crash before any message is put in them. */
+	fsync(spool_fd);
+	close(spool_fd);
+	if (q->tmp_fd < 0 || q->queue_fd < 0)
+		goto fail;
+	recover(q);
+	q->pool = pool_new(q->limits.workers);
+	pthread_mutex_init(&q->syncer.lock, NULL);
+	pthread_cond_init(&q->syncer.cond, NULL);
+	if (pthread_create(&q->syncer.thread, NULL, syncer_main, q) != 0)
+		log_fatal("cannot start the queue commit thread");
+	q->syncer.started = true;
+	return q;
+fail:
+	queue_close(q);
+	return NULL;
+}
+
+void
+queue_close(struct queue *q)
+{
+	if (q == NULL)
+		return;
+	q->closing = true;
+	if (q->pool != NULL)
+		pool_stop(q->pool); /* workers finish their jobs; commits reach the syncer */
+	if (q->syncer.started) {
+		pthread_mutex_lock(&q->syncer.lock);
+		q->syncer.stopping = true;
+		pthread_cond_signal(&q->syncer.cond);
+		pthread_mutex_unlock(&q->syncer.lock);
+		pthread_join(q->syncer.thread, NULL);
+		pthread_mutex_destroy(&q->syncer.lock);
+		pthread_cond_destroy(&q->syncer.cond);
+	}
+	if (q->pool != NULL) {
+		/* Completed work is recorded (entries back in the heap) and freed below. */
+		pool_dispatch(q->pool);
+		pool_free(q->pool);
+	}
+	for (size_t i = 0; i < q->heap_len; i++)
+		free(q->heap[i]);
+	free(q->heap);
+	if (q->tmp_fd >= 0)
+		close(q->tmp_fd);
+	if (q->queue_fd >= 0)
+		close(q->queue_fd);
+	free(q->dir);
+	free(q);
+}
+
+void
+queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx)
+{
+	q->deliver = fn;
+	q->deliver_ctx = ctx;
+}
+
+int
+queue_notify_fd(const struct queue *q)
+{
+	return pool_notify_fd(q->pool);
+}
+
+void
+queue_dispatch(struct queue *q)
+{
+	pool_dispatch(q->pool);
+	start_due(q);
+}
+
+long
+queue_next_due_ms(const struct queue *q)
+{
+	uint64_t now = util_now_ms();
+
+	if (q->heap_len == 0)
+		return -1;
+	return q->heap[0]->due_ms <= now ? 0 : (long)(q->heap[0]->due_ms - now);
+}
+
+void
+queue_flush_all(struct queue *q)
+{
+	uint64_t now = util_now_ms();
+
+	/* Equal keys keep the heap valid. */
+	for (size_t i = 0; i < q->heap_len; i++)
+		q->heap[i]->due_ms = now;
+	start_due(q);
+}
+
+size_t
+queue_length(const struct queue *q)
+{
+	return q->total;
+}

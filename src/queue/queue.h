@@ -1,0 +1,146 @@
+/*
+ * queue — the durable spool: store a message before it is acknowledged,
+ * find it again after a crash, and hand it to delivery until every
+ * recipient is done.
+ *
+ * Layout under spool_dir:
+ *   tmp/ID     a message being received (never acknowledged; removed at start)
+ *   queue/ID   an acknowledged message: envelope header, blank line, message
+ *   queue/ID.st delivery progress of ID (recipients done, attempts, next try)
+ *
+ * Durability (what a 250 means): the message file is written and
+ * fdatasync'd, renamed from tmp/ into queue/, and queue/ itself is fsync'd
+ * before the commit callback runs.  Directory flushes are shared: one commit
+ * thread fsyncs queue/ once for every message renamed since its last flush
+ * (group commit), while the files' own flushes run in parallel on the worker
+ * threads.  The event loop never waits on the disk: every file operation runs
+ * on the queue's threads, and completions come back through
+ * queue_notify_fd() / queue_dispatch() on the loop's thread.
+ *
+ * Threading: every function here is called from the event loop thread only;
+ * the deliverer (queue_set_deliverer) runs on worker threads.
+ */
+#ifndef PETREL_QUEUE_H
+#define PETREL_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "util/util_id.h"
+
+struct queue;
+struct queue_msg;
+
+/* The envelope of a message being received; strings are copied. */
+struct queue_envelope {
+	const char *sender; /* "" for the null sender */
+	const char *const *rcpts;
+	size_t rcpts_len;
+	const char *helo;
+	const char *client_addr; /* numeric */
+	const char *client_name; /* reverse name or "unknown" */
+	const char *protocol;    /* SMTP, ESMTP, ESMTPS, ESMTPSA, local */
+	bool body_8bit;          /* BODY=8BITMIME */
+	bool smtputf8;
+};
+
+struct queue_limits {
+	unsigned retry_min_s;
+	unsigned retry_max_s;
+	unsigned lifetime_s;
+	unsigned workers;          /* file I/O threads (0: 8) */
+	unsigned max_deliveries;   /* messages being delivered at once (0: 64) */
+};
+
+/* A message as a deliverer sees it (read-only, valid during the call). */
+struct queue_item {
+	char id[UTIL_ID_LEN + 1];
+	time_t arrival;
+	const char *sender;
+	size_t rcpts_len;
+	char *const *rcpts;
+	const char *helo;
+	const char *client_addr;
+	const char *client_name;
+	const char *protocol;
+	bool body_8bit;
+	bool smtputf8;
+	unsigned attempts;  /* earlier attempts */
+	bool recovered;     /* found on disk at start: a crash may have delivered some of it */
+	int fd;             /* the queue file, read-only */
+	off_t body_off;     /* where the message starts in fd */
+	uint64_t body_len;
+};
+
+enum queue_rcpt_status {
+	QUEUE_RCPT_PENDING, /* not attempted (the deliverer leaves it for later) */
+	QUEUE_RCPT_DONE,    /* delivered */
+	QUEUE_RCPT_DEFER,   /* temporary failure: retry later */
+	QUEUE_RCPT_FAIL,    /* permanent failure: bounce */
+};
+
+struct queue_rcpt_result {
+	enum queue_rcpt_status status;
+	char reason[256]; /* for DEFER and FAIL: the remote or local reply */
+};
+
+/*
+ * Delivers what it can of item, filling results[i] for each recipient that
+ * is not already done (done[i] true: skip it).  Runs on a worker thread;
+ * must be thread-safe.
+ */
+typedef void (*queue_deliver_fn)(void *ctx, const struct queue_item *item, const bool *done,
+				 struct queue_rcpt_result *results);
+
+/* Result callbacks: err is 0 or an errno value (ENOSPC: disk full). */
+typedef void (*queue_done_fn)(void *arg, int err);
+
+/*
+ * Opens (creating tmp/ and queue/) the spool, removes unfinished files from
+ * tmp/, starts the threads, and schedules every message found in queue/.
+ * Returns NULL with err filled on failure.
+ */
+struct queue *queue_open(const char *spool_dir, const struct queue_limits *limits, char *err,
+			 size_t err_cap);
+/* Stops the threads after in-flight work ends; pending callbacks are dropped. */
+void queue_close(struct queue *q);
+void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx);
+
+/* A descriptor that becomes readable when completions wait; then call queue_dispatch(). */
+int queue_notify_fd(const struct queue *q);
+/* Runs completion callbacks and starts due deliveries.  Event loop thread. */
+void queue_dispatch(struct queue *q);
+/* Milliseconds until the next retry is due (-1: none). */
+long queue_next_due_ms(const struct queue *q);
+/* Makes every deferred message due now (petrel queue flush, SIGHUP). */
+void queue_flush_all(struct queue *q);
+/* Messages in the queue (received and not yet finished). */
+size_t queue_length(const struct queue *q);
+
+/* Starts receiving a message: assigns its id.  Nothing touches the disk yet. */
+struct queue_msg *queue_msg_new(struct queue *q, const struct queue_envelope *env);
+const char *queue_msg_id(const struct queue_msg *m);
+/*
+ * Appends message octets (copied).  Writes happen in order on a worker
+ * thread; done runs when this write finished (err set on failure, after
+ * which the message can only be aborted).
+ */
+void queue_msg_append(struct queue_msg *m, const char *data, size_t len, queue_done_fn done,
+		      void *arg);
+/* Octets handed to queue_msg_append and not yet written. */
+size_t queue_msg_pending(const struct queue_msg *m);
+/*
+ * Makes the message durable; done(arg, 0) runs once it is on stable storage
+ * (then, and only then, may the client get its 250), or done(arg, errno).
+ * Then the message belongs to the queue (delivery starts) and m is gone.
+ */
+void queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg);
+/* Drops the message and its file; m is gone.  No callback runs for it any more. */
+void queue_msg_abort(struct queue_msg *m);
+/* Forgets the callbacks of m (its owner went away); the work itself goes on. */
+void queue_msg_detach(struct queue_msg *m);
+
+#endif

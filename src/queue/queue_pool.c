@@ -1,0 +1,154 @@
+#include "queue/queue_pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+struct pool {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pool_job *head, *tail; /* waiting to run */
+	struct pool_job *done_head, *done_tail; /* waiting for pool_dispatch */
+	bool stopping;
+	unsigned nthreads;
+	pthread_t *threads;
+	int efd;
+};
+
+static void *
+worker(void *arg)
+{
+	struct pool *p = arg;
+
+	for (;;) {
+		struct pool_job *job;
+
+		pthread_mutex_lock(&p->lock);
+		while (p->head == NULL && !p->stopping)
+			pthread_cond_wait(&p->cond, &p->lock);
+		job = p->head;
+		if (job == NULL) {
+			pthread_mutex_unlock(&p->lock);
+			return NULL;
+		}
+		p->head = job->next;
+		if (p->head == NULL)
+			p->tail = NULL;
+		pthread_mutex_unlock(&p->lock);
+		job->next = NULL;
+		job->run(job);
+	}
+}
+
+struct pool *
+pool_new(unsigned workers)
+{
+	struct pool *p = xcalloc(1, sizeof(*p));
+
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->cond, NULL);
+	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (p->efd < 0)
+		log_fatal("eventfd: %s", strerror(errno));
+	p->threads = xcalloc(workers, sizeof(*p->threads));
+	for (unsigned i = 0; i < workers; i++) {
+		if (pthread_create(&p->threads[i], NULL, worker, p) != 0)
+			log_fatal("cannot start queue worker thread");
+		p->nthreads++;
+	}
+	return p;
+}
+
+void
+pool_stop(struct pool *p)
+{
+	pthread_mutex_lock(&p->lock);
+	p->stopping = true;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	for (unsigned i = 0; i < p->nthreads; i++)
+		pthread_join(p->threads[i], NULL);
+	p->nthreads = 0;
+}
+
+void
+pool_free(struct pool *p)
+{
+	if (p == NULL)
+		return;
+	pool_stop(p);
+	free(p->threads);
+	close(p->efd);
+	pthread_mutex_destroy(&p->lock);
+	pthread_cond_destroy(&p->cond);
+	free(p);
+}
+
+void
+pool_submit(struct pool *p, struct pool_job *job)
+{
+	job->next = NULL;
+	pthread_mutex_lock(&p->lock);
+	if (p->tail != NULL)
+		p->tail->next = job;
+	else
+		p->head = job;
+	p->tail = job;
+	pthread_cond_signal(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+void
+pool_complete(struct pool *p, struct pool_job *job)
+{
+	uint64_t one = 1;
+	bool wake;
+
+	job->next = NULL;
+	pthread_mutex_lock(&p->lock);
+	wake = p->done_head == NULL;
+	if (p->done_tail != NULL)
+		p->done_tail->next = job;
+	else
+		p->done_head = job;
+	p->done_tail = job;
+	pthread_mutex_unlock(&p->lock);
+	/* Only the first completion of a batch needs to wake the loop. */
+	if (wake && write(p->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_err("eventfd write: %s", strerror(errno));
+}
+
+int
+pool_notify_fd(const struct pool *p)
+{
+	return p->efd;
+}
+
+unsigned
+pool_dispatch(struct pool *p)
+{
+	struct pool_job *job;
+	uint64_t count;
+	unsigned n = 0;
+
+	if (read(p->efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+		log_err("eventfd read: %s", strerror(errno));
+	pthread_mutex_lock(&p->lock);
+	job = p->done_head;
+	p->done_head = p->done_tail = NULL;
+	pthread_mutex_unlock(&p->lock);
+	while (job != NULL) {
+		struct pool_job *next = job->next;
+		job->done(job);
+		job = next;
+		n++;
+	}
+	return n;
+}

@@ -1,0 +1,782 @@
+#include "smtp/smtp_session.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp/smtp_body.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+#define OUTPUT_MAX    (256 * 1024) /* replies not yet written; the glue stops reading first */
+#define BODY_CHUNK    (64 * 1024)  /* decoded body octets handed to the glue at a time */
+#define DEFAULT_ERRORS 20
+
+struct smtp_session {
+	struct smtp_session_conf cfg;
+	struct smtp_policy policy;
+	enum smtp_state state;
+	struct buf out;
+	size_t errors;
+	bool esmtp;  /* EHLO (not HELO) */
+	bool tls;    /* under TLS */
+	bool skip_line; /* dropping the rest of an overlong command line */
+	char *helo;  /* owned */
+
+	/* The transaction: MAIL .. end of message. */
+	char *sender; /* owned, NULL outside a transaction */
+	struct smtp_mail_params params;
+	char **rcpts; /* owned */
+	size_t rcpts_len;
+	size_t rcpts_cap;
+	bool rcpt_rejected; /* some RCPT failed (for the DATA "no valid recipients" reply) */
+	bool in_message;    /* MESSAGE_BEGIN was sent and not yet ended */
+
+	/* Body reading (DATA and BDAT). */
+	struct smtp_body body;
+	char *body_buf; /* owned, BODY_CHUNK octets while a message is read */
+	size_t body_len;
+	uint64_t chunk_left; /* BDAT: octets of the current chunk still to read */
+	bool chunk_last;     /* BDAT: the current chunk is LAST */
+	enum smtp_state discard_return; /* DISCARD: the state to go back to */
+	char discard_reply[128];
+};
+
+static const char *const state_names[SMTP_STATE_COUNT] = {
+    [SMTP_STATE_INIT] = "init",     [SMTP_STATE_READY] = "ready",
+    [SMTP_STATE_MAIL] = "mail",     [SMTP_STATE_RCPT] = "rcpt",
+    [SMTP_STATE_DATA] = "data",     [SMTP_STATE_BDAT] = "bdat",
+    [SMTP_STATE_BDAT_NEXT] = "bdat-next", [SMTP_STATE_DISCARD] = "discard",
+    [SMTP_STATE_COMMIT] = "commit", [SMTP_STATE_TLS] = "tls",
+    [SMTP_STATE_CLOSED] = "closed",
+};
+
+const char *
+smtp_state_name(enum smtp_state st)
+{
+	return state_names[st];
+}
+
+static void
+enter_state(struct smtp_session *s, enum smtp_state st)
+{
+	log_debug("smtp state %s -> %s", state_names[s->state], state_names[st]);
+	s->state = st;
+}
+
+static void __attribute__((format(printf, 2, 3)))
+reply(struct smtp_session *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	/*
+	 * A client that pipelines without reading fills this; the glue stops
+	 * feeding long before OUTPUT_MAX, so running out here is a bug.
+	 */
+	va_start(ap, fmt);
+	if (buf_vprintf(&s->out, fmt, ap) != 0 || buf_append(&s->out, "\r\n", 2) != 0)
+		log_err("smtp output buffer full; reply dropped");
+	va_end(ap);
+}
+
+/* A refused command: counts towards the error limit (slows down scanners and fuzzers). */
+static enum smtp_event
+error_reply(struct smtp_session *s, const char *text)
+{
+	reply(s, "%s", text);
+	if (++s->errors >= s->cfg.max_errors) {
+		reply(s, "421 4.7.0 %s Error: too many errors", s->cfg.hostname);
+		enter_state(s, SMTP_STATE_CLOSED);
+		return SMTP_EVENT_CLOSE;
+	}
+	return SMTP_EVENT_NONE;
+}
+
+static void
+txn_reset(struct smtp_session *s)
+{
+	free(s->sender);
+	s->sender = NULL;
+	for (size_t i = 0; i < s->rcpts_len; i++)
+		free(s->rcpts[i]);
+	s->rcpts_len = 0;
+	s->rcpt_rejected = false;
+	memset(&s->params, 0, sizeof(s->params));
+	free(s->body_buf);
+	s->body_buf = NULL;
+	s->body_len = 0;
+	s->chunk_left = 0;
+	s->chunk_last = false;
+}
+
+struct smtp_session *
+smtp_session_new(const struct smtp_session_conf *cfg, const struct smtp_policy *policy)
+{
+	struct smtp_session *s = xcalloc(1, sizeof(*s));
+
+	s->cfg = *cfg;
+	if (s->cfg.max_errors == 0)
+		s->cfg.max_errors = DEFAULT_ERRORS;
+	s->policy = *policy;
+	buf_init(&s->out, OUTPUT_MAX);
+	s->state = SMTP_STATE_INIT;
+	reply(s, "220 %s ESMTP petrel", s->cfg.hostname);
+	return s;
+}
+
+void
+smtp_session_free(struct smtp_session *s)
+{
+	if (s == NULL)
+		return;
+	txn_reset(s);
+	free(s->rcpts);
+	free(s->helo);
+	buf_free(&s->out);
+	free(s);
+}
+
+struct buf *
+smtp_session_output(struct smtp_session *s)
+{
+	return &s->out;
+}
+
+/* ---- command handlers ------------------------------------------------ */
+
+typedef enum smtp_event (*handler_fn)(struct smtp_session *s, const char *arg, size_t len);
+
+static enum smtp_event
+do_helo(struct smtp_session *s, const char *arg, size_t len, bool esmtp)
+{
+	if (!smtp_helo_arg_valid(arg, len))
+		return error_reply(s, esmtp ? "501 5.5.4 Syntax: EHLO hostname"
+					    : "501 5.5.4 Syntax: HELO hostname");
+	txn_reset(s);
+	free(s->helo);
+	s->helo = xstrndup(arg, len);
+	s->esmtp = esmtp;
+	enter_state(s, SMTP_STATE_READY);
+	if (!esmtp) {
+		reply(s, "250 %s", s->cfg.hostname);
+		return SMTP_EVENT_NONE;
+	}
+	reply(s, "250-%s", s->cfg.hostname);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %" PRIu64, s->cfg.max_message_size);
+	if (s->cfg.starttls_offered && !s->tls)
+		reply(s, "250-STARTTLS");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250-8BITMIME");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250 CHUNKING");
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_helo(struct smtp_session *s, const char *arg, size_t len)
+{
+	return do_helo(s, arg, len, false);
+}
+
+static enum smtp_event
+cmd_ehlo(struct smtp_session *s, const char *arg, size_t len)
+{
+	return do_helo(s, arg, len, true);
+}
+
+static enum smtp_event
+cmd_mail(struct smtp_session *s, const char *arg, size_t len)
+{
+	struct smtp_path path;
+	struct smtp_mail_params params;
+
+	switch (smtp_parse_mail_from(arg, len, &path, &params)) {
+	case SMTP_ARG_OK:
+		break;
+	case SMTP_ARG_SYNTAX:
+		return error_reply(s, "501 5.5.2 Syntax: MAIL FROM:<address>");
+	case SMTP_ARG_PATH_SYNTAX:
+		return error_reply(s, "501 5.1.7 Bad sender address syntax");
+	case SMTP_ARG_PATH_TOO_LONG:
+		return error_reply(s, "501 5.1.7 Sender address too long");
+	case SMTP_ARG_PARAM_UNKNOWN:
+		return error_reply(s, "555 5.5.4 Unsupported MAIL parameter");
+	case SMTP_ARG_PARAM_INVALID:
+		return error_reply(s, "501 5.5.4 Bad MAIL parameter value");
+	}
+	if (path.is_utf8 && !params.smtputf8)
+		return error_reply(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
+	if (params.has_size && params.size > s->cfg.max_message_size)
+		return error_reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+	s->sender = xstrdup(path.addr);
+	s->params = params;
+	enter_state(s, SMTP_STATE_MAIL);
+	reply(s, "250 2.1.0 Ok");
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
+{
+	struct smtp_path path;
+	enum smtp_event ev;
+
+	switch (smtp_parse_rcpt_to(arg, len, &path)) {
+	case SMTP_ARG_OK:
+		break;
+	case SMTP_ARG_SYNTAX:
+		ev = error_reply(s, "501 5.5.2 Syntax: RCPT TO:<address>");
+		goto rejected;
+	case SMTP_ARG_PATH_SYNTAX:
+		ev = error_reply(s, "501 5.1.3 Bad recipient address syntax");
+		goto rejected;
+	case SMTP_ARG_PATH_TOO_LONG:
+		ev = error_reply(s, "501 5.1.3 Recipient address too long");
+		goto rejected;
+	case SMTP_ARG_PARAM_UNKNOWN:
+		ev = error_reply(s, "555 5.5.4 Unsupported RCPT parameter");
+		goto rejected;
+	case SMTP_ARG_PARAM_INVALID:
+		ev = error_reply(s, "501 5.5.4 Bad RCPT parameter value");
+		goto rejected;
+	}
+	if (path.is_utf8 && !s->params.smtputf8) {
+		ev = error_reply(s, "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8");
+		goto rejected;
+	}
+	if (s->rcpts_len >= s->cfg.max_recipients) {
+		/* RFC 5321 4.5.3.1.10: a temporary reply; the client sends the rest later. */
+		reply(s, "452 4.5.3 Error: too many recipients");
+		return SMTP_EVENT_NONE;
+	}
+	switch (s->policy.check_rcpt(s->policy.ctx, &path)) {
+	case SMTP_RCPT_ACCEPT:
+		break;
+	case SMTP_RCPT_UNKNOWN_USER:
+		ev = error_reply(s, "550 5.1.1 Recipient address rejected: User unknown");
+		goto rejected;
+	case SMTP_RCPT_BAD_MAILBOX:
+		ev = error_reply(s, "553 5.1.3 Recipient address rejected: invalid mailbox name");
+		goto rejected;
+	case SMTP_RCPT_RELAY_DENIED:
+		ev = error_reply(s, "550 5.7.1 Relay access denied");
+		goto rejected;
+	case SMTP_RCPT_TEMPFAIL:
+		s->rcpt_rejected = true;
+		reply(s, "451 4.3.0 Recipient address rejected: temporary local problem");
+		return SMTP_EVENT_NONE;
+	}
+	if (s->rcpts_len == s->rcpts_cap) {
+		s->rcpts_cap = s->rcpts_cap ? s->rcpts_cap * 2 : 4;
+		s->rcpts = xrealloc(s->rcpts, s->rcpts_cap * sizeof(*s->rcpts));
+	}
+	s->rcpts[s->rcpts_len++] = xstrdup(path.addr);
+	enter_state(s, SMTP_STATE_RCPT);
+	reply(s, "250 2.1.5 Ok");
+	return SMTP_EVENT_NONE;
+
+rejected:
+	s->rcpt_rejected = true;
+	return ev;
+}
+
+static void
+message_start(struct smtp_session *s)
+{
+	smtp_body_begin(&s->body, s->cfg.max_message_size);
+	if (s->body_buf == NULL)
+		s->body_buf = xmalloc(BODY_CHUNK);
+	s->body_len = 0;
+	s->in_message = true;
+}
+
+static enum smtp_event
+cmd_data(struct smtp_session *s, const char *arg, size_t len)
+{
+	if (len != 0)
+		return error_reply(s, "501 5.5.4 Syntax: DATA");
+	if (s->state == SMTP_STATE_MAIL)
+		return error_reply(s, "554 5.5.1 Error: no valid recipients");
+	message_start(s);
+	enter_state(s, SMTP_STATE_DATA);
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	return SMTP_EVENT_MESSAGE_BEGIN;
+}
+
+/*
+ * BDAT data must be read even when the command is refused (RFC 3030 2):
+ * the chunk is dropped in SMTP_STATE_DISCARD and the reply comes after it.
+ */
+static enum smtp_event
+bdat_refuse(struct smtp_session *s, uint64_t size, const char *text)
+{
+	if (size == 0)
+		return error_reply(s, text);
+	snprintf(s->discard_reply, sizeof(s->discard_reply), "%s", text);
+	s->chunk_left = size;
+	s->discard_return = s->state;
+	enter_state(s, SMTP_STATE_DISCARD);
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_bdat(struct smtp_session *s, const char *arg, size_t len)
+{
+	uint64_t size;
+	bool last;
+	enum smtp_event ev = SMTP_EVENT_NONE;
+
+	if (smtp_parse_bdat(arg, len, &size, &last) != 0) {
+		/* The chunk's extent is unknown: its octets would be read as commands. */
+		reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		enter_state(s, SMTP_STATE_CLOSED);
+		return SMTP_EVENT_CLOSE;
+	}
+	switch (s->state) {
+	case SMTP_STATE_INIT:
+		return bdat_refuse(s, size, "503 5.5.1 Error: send HELO/EHLO first");
+	case SMTP_STATE_READY:
+		return bdat_refuse(s, size, "503 5.5.1 Error: need MAIL command");
+	case SMTP_STATE_MAIL:
+		return bdat_refuse(s, size, "554 5.5.1 Error: no valid recipients");
+	case SMTP_STATE_RCPT:
+		message_start(s);
+		ev = SMTP_EVENT_MESSAGE_BEGIN;
+		break;
+	case SMTP_STATE_BDAT_NEXT:
+		break;
+	case SMTP_STATE_DATA:
+	case SMTP_STATE_BDAT:
+	case SMTP_STATE_DISCARD:
+	case SMTP_STATE_COMMIT:
+	case SMTP_STATE_TLS:
+	case SMTP_STATE_CLOSED:
+		/* Not reachable: the dispatcher does not read commands in these states. */
+		abort();
+	}
+	s->chunk_left = size;
+	s->chunk_last = last;
+	enter_state(s, SMTP_STATE_BDAT);
+	return ev;
+}
+
+static enum smtp_event
+cmd_rset(struct smtp_session *s, const char *arg, size_t len)
+{
+	if (len != 0)
+		return error_reply(s, "501 5.5.4 Syntax: RSET");
+	txn_reset(s);
+	if (s->state != SMTP_STATE_INIT)
+		enter_state(s, SMTP_STATE_READY);
+	reply(s, "250 2.0.0 Ok");
+	if (s->in_message) {
+		/* RSET between BDAT chunks drops the half-received message. */
+		s->in_message = false;
+		return SMTP_EVENT_MESSAGE_ABORT;
+	}
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_noop(struct smtp_session *s, const char *arg, size_t len)
+{
+	reply(s, "250 2.0.0 Ok");
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_vrfy(struct smtp_session *s, const char *arg, size_t len)
+{
+	if (len == 0)
+		return error_reply(s, "501 5.5.4 Syntax: VRFY address");
+	/* RFC 5321 3.5.3: 252 neither confirms nor denies; no user enumeration. */
+	reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_expn(struct smtp_session *s, const char *arg, size_t len)
+{
+	return error_reply(s, "502 5.5.1 Error: EXPN not available");
+}
+
+static enum smtp_event
+cmd_help(struct smtp_session *s, const char *arg, size_t len)
+{
+	reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT%s",
+	      s->cfg.starttls_offered ? " STARTTLS" : "");
+	reply(s, "214 2.0.0 See RFC 5321");
+	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_quit(struct smtp_session *s, const char *arg, size_t len)
+{
+	reply(s, "221 2.0.0 Bye");
+	enter_state(s, SMTP_STATE_CLOSED);
+	return SMTP_EVENT_CLOSE;
+}
+
+static enum smtp_event
+cmd_starttls(struct smtp_session *s, const char *arg, size_t len)
+{
+	if (!s->cfg.starttls_offered || s->tls)
+		return error_reply(s, "502 5.5.1 Error: command not implemented");
+	if (len != 0)
+		return error_reply(s, "501 5.5.4 Syntax: STARTTLS");
+	txn_reset(s);
+	reply(s, "220 2.0.0 Ready to start TLS");
+	enter_state(s, SMTP_STATE_TLS);
+	return SMTP_EVENT_STARTTLS;
+}
+
+static enum smtp_event
+cmd_not_implemented(struct smtp_session *s, const char *arg, size_t len)
+{
+	return error_reply(s, "502 5.5.1 Error: command not implemented");
+}
+
+static enum smtp_event
+cmd_unknown(struct smtp_session *s, const char *arg, size_t len)
+{
+	return error_reply(s, "500 5.5.2 Error: command not recognized");
+}
+
+/* Where a verb may be used: one bit per state. */
+#define ST(x)      (1u << SMTP_STATE_##x)
+#define ANY_CMD    (ST(INIT) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(BDAT_NEXT))
+
+static const struct command {
+	const char *name;
+	handler_fn fn;
+	unsigned states; /* where the verb is allowed; elsewhere 503 */
+	const char *refusal; /* the 503 text */
+} commands[SMTP_VERB_COUNT] = {
+    [SMTP_VERB_UNKNOWN] = {"", cmd_unknown, ANY_CMD, NULL},
+    [SMTP_VERB_HELO] = {"HELO", cmd_helo, ANY_CMD & ~ST(BDAT_NEXT),
+			"503 5.5.1 Error: BDAT transaction in progress"},
+    [SMTP_VERB_EHLO] = {"EHLO", cmd_ehlo, ANY_CMD & ~ST(BDAT_NEXT),
+			"503 5.5.1 Error: BDAT transaction in progress"},
+    [SMTP_VERB_MAIL] = {"MAIL", cmd_mail, ST(READY), NULL},
+    [SMTP_VERB_RCPT] = {"RCPT", cmd_rcpt, ST(MAIL) | ST(RCPT), NULL},
+    [SMTP_VERB_DATA] = {"DATA", cmd_data, ST(MAIL) | ST(RCPT), NULL},
+    [SMTP_VERB_BDAT] = {"BDAT", cmd_bdat, ANY_CMD, NULL},
+    [SMTP_VERB_RSET] = {"RSET", cmd_rset, ANY_CMD, NULL},
+    [SMTP_VERB_NOOP] = {"NOOP", cmd_noop, ANY_CMD, NULL},
+    [SMTP_VERB_VRFY] = {"VRFY", cmd_vrfy, ANY_CMD, NULL},
+    [SMTP_VERB_EXPN] = {"EXPN", cmd_expn, ANY_CMD & ~ST(BDAT_NEXT), NULL},
+    [SMTP_VERB_HELP] = {"HELP", cmd_help, ANY_CMD, NULL},
+    [SMTP_VERB_QUIT] = {"QUIT", cmd_quit, ANY_CMD, NULL},
+    [SMTP_VERB_STARTTLS] = {"STARTTLS", cmd_starttls, ST(INIT) | ST(READY),
+			    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction"},
+    [SMTP_VERB_AUTH] = {"AUTH", cmd_not_implemented, ANY_CMD & ~ST(BDAT_NEXT), NULL},
+};
+
+/* The 503 for a verb used out of order (RFC 5321 4.1.4). */
+static const char *
+sequence_error(const struct smtp_session *s, enum smtp_verb verb)
+{
+	if (commands[verb].refusal != NULL)
+		return commands[verb].refusal;
+	switch (s->state) {
+	case SMTP_STATE_INIT:
+		return "503 5.5.1 Error: send HELO/EHLO first";
+	case SMTP_STATE_READY:
+		return "503 5.5.1 Error: need MAIL command";
+	case SMTP_STATE_MAIL:
+	case SMTP_STATE_RCPT:
+		return "503 5.5.1 Error: nested MAIL command";
+	case SMTP_STATE_BDAT_NEXT:
+		return "503 5.5.1 Error: BDAT transaction in progress";
+	case SMTP_STATE_DATA:
+	case SMTP_STATE_BDAT:
+	case SMTP_STATE_DISCARD:
+	case SMTP_STATE_COMMIT:
+	case SMTP_STATE_TLS:
+	case SMTP_STATE_CLOSED:
+		break;
+	}
+	return "503 5.5.1 Error: bad sequence of commands";
+}
+
+static bool
+has_control_octets(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+static enum smtp_event
+dispatch(struct smtp_session *s, const char *line, size_t len)
+{
+	struct smtp_command cmd;
+
+	/* NUL, bare CR and other control octets never reach a handler. */
+	if (has_control_octets(line, len))
+		return error_reply(s, "500 5.5.2 Error: invalid characters in command");
+	smtp_parse_command(line, len, &cmd);
+	if (!(commands[cmd.verb].states & (1u << s->state)))
+		return error_reply(s, sequence_error(s, cmd.verb));
+	return commands[cmd.verb].fn(s, cmd.arg, cmd.arg_len);
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+/* The message ended (DATA terminator or last BDAT chunk): accept or refuse it. */
+static enum smtp_event
+message_end(struct smtp_session *s)
+{
+	unsigned flags = s->body.flags;
+	const char *text = NULL;
+
+	if (flags & SMTP_BODY_TOO_BIG)
+		text = "552 5.3.4 Error: message size exceeds fixed limit";
+	else if (flags & SMTP_BODY_BARE_EOL)
+		text = "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends";
+	else if (flags & SMTP_BODY_LONG_LINE)
+		text = "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)";
+	if (text != NULL) {
+		reply(s, "%s", text);
+		s->in_message = false;
+		txn_reset(s);
+		enter_state(s, SMTP_STATE_READY);
+		return SMTP_EVENT_MESSAGE_ABORT;
+	}
+	enter_state(s, SMTP_STATE_COMMIT);
+	return SMTP_EVENT_MESSAGE_END;
+}
+
+static size_t
+feed_data(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
+{
+	size_t used = 0;
+
+	if (smtp_body_data(&s->body, in, len, &used, s->body_buf, BODY_CHUNK, &s->body_len) ==
+	    SMTP_BODY_END) {
+		*ev = message_end(s);
+		return used;
+	}
+	if (BODY_CHUNK - s->body_len < 2)
+		*ev = SMTP_EVENT_BODY;
+	return used;
+}
+
+static size_t
+feed_bdat(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
+{
+	size_t want = len < s->chunk_left ? len : (size_t)s->chunk_left;
+	size_t used = 0;
+
+	smtp_body_bdat(&s->body, in, want, &used, s->body_buf, BODY_CHUNK, &s->body_len);
+	s->chunk_left -= used;
+	if (s->chunk_left > 0) {
+		if (BODY_CHUNK - s->body_len < 2)
+			*ev = SMTP_EVENT_BODY;
+		return used;
+	}
+	if (s->chunk_last) {
+		smtp_body_bdat_end(&s->body);
+		*ev = message_end(s);
+		return used;
+	}
+	reply(s, "250 2.0.0 %" PRIu64 " octets received", s->body.size);
+	enter_state(s, SMTP_STATE_BDAT_NEXT);
+	return used;
+}
+
+static size_t
+feed_discard(struct smtp_session *s, size_t len, enum smtp_event *ev)
+{
+	size_t used = len < s->chunk_left ? len : (size_t)s->chunk_left;
+
+	s->chunk_left -= used;
+	if (s->chunk_left == 0) {
+		enter_state(s, s->discard_return);
+		*ev = error_reply(s, s->discard_reply);
+	}
+	return used;
+}
+
+/* One command line, or the bytes of an overlong line being skipped. */
+static size_t
+feed_command(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
+{
+	const char *lf = memchr(in, '\n', len < SMTP_LINE_MAX ? len : SMTP_LINE_MAX);
+	size_t line_len;
+
+	if (lf == NULL) {
+		if (len < SMTP_LINE_MAX && !s->skip_line)
+			return 0; /* a partial line: wait for the rest */
+		/* Over the limit (RFC 5321 4.5.3.1.4): drop up to the next LF, then reply. */
+		s->skip_line = true;
+		return len < SMTP_LINE_MAX ? len : SMTP_LINE_MAX;
+	}
+	line_len = (size_t)(lf - in);
+	if (s->skip_line) {
+		s->skip_line = false;
+		*ev = error_reply(s, "500 5.5.2 Error: command line too long");
+		return line_len + 1;
+	}
+	if (line_len > 0 && in[line_len - 1] == '\r')
+		line_len--;
+	*ev = dispatch(s, in, line_len);
+	return (size_t)(lf - in) + 1;
+}
+
+size_t
+smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
+{
+	size_t used = 0;
+
+	*ev = SMTP_EVENT_NONE;
+	while (used < len && *ev == SMTP_EVENT_NONE) {
+		size_t n = 0;
+
+		switch (s->state) {
+		case SMTP_STATE_INIT:
+		case SMTP_STATE_READY:
+		case SMTP_STATE_MAIL:
+		case SMTP_STATE_RCPT:
+		case SMTP_STATE_BDAT_NEXT:
+			n = feed_command(s, in + used, len - used, ev);
+			if (n == 0)
+				return used;
+			break;
+		case SMTP_STATE_DATA:
+			n = feed_data(s, in + used, len - used, ev);
+			break;
+		case SMTP_STATE_BDAT:
+			n = feed_bdat(s, in + used, len - used, ev);
+			break;
+		case SMTP_STATE_DISCARD:
+			n = feed_discard(s, len - used, ev);
+			break;
+		case SMTP_STATE_COMMIT:
+		case SMTP_STATE_TLS:
+		case SMTP_STATE_CLOSED:
+			return used;
+		}
+		used += n;
+	}
+	/* A zero-length BDAT chunk ends without needing input. */
+	if (*ev == SMTP_EVENT_NONE && s->state == SMTP_STATE_BDAT && s->chunk_left == 0)
+		used += feed_bdat(s, in + used, 0, ev);
+	return used;
+}
+
+void
+smtp_session_body_take(struct smtp_session *s, const char **data, size_t *len)
+{
+	*data = s->body_buf;
+	*len = s->body_len;
+	s->body_len = 0;
+}
+
+void
+smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r, const char *id)
+{
+	if (s->state != SMTP_STATE_COMMIT)
+		return;
+	switch (r) {
+	case SMTP_COMMIT_OK:
+		reply(s, "250 2.0.0 Ok: queued as %s", id);
+		break;
+	case SMTP_COMMIT_NO_SPACE:
+		reply(s, "452 4.3.1 Error: insufficient system storage");
+		break;
+	case SMTP_COMMIT_ERROR:
+		reply(s, "451 4.3.0 Error: local error in processing");
+		break;
+	}
+	s->in_message = false;
+	txn_reset(s);
+	enter_state(s, SMTP_STATE_READY);
+}
+
+void
+smtp_session_tls_started(struct smtp_session *s)
+{
+	s->tls = true;
+	s->esmtp = false;
+	free(s->helo);
+	s->helo = NULL;
+	txn_reset(s);
+	enter_state(s, SMTP_STATE_INIT);
+}
+
+void
+smtp_session_timeout(struct smtp_session *s)
+{
+	smtp_session_close_421(s, "4.4.2 Error: timeout exceeded");
+}
+
+void
+smtp_session_close_421(struct smtp_session *s, const char *text)
+{
+	if (s->state == SMTP_STATE_CLOSED)
+		return;
+	reply(s, "421 %s %s", s->cfg.hostname, text);
+	enter_state(s, SMTP_STATE_CLOSED);
+}
+
+enum smtp_state
+smtp_session_state(const struct smtp_session *s)
+{
+	return s->state;
+}
+
+const char *
+smtp_session_sender(const struct smtp_session *s)
+{
+	return s->sender ? s->sender : "";
+}
+
+size_t
+smtp_session_rcpt_count(const struct smtp_session *s)
+{
+	return s->rcpts_len;
+}
+
+const char *
+smtp_session_rcpt(const struct smtp_session *s, size_t i)
+{
+	return s->rcpts[i];
+}
+
+const struct smtp_mail_params *
+smtp_session_mail_params(const struct smtp_session *s)
+{
+	return &s->params;
+}
+
+uint64_t
+smtp_session_message_size(const struct smtp_session *s)
+{
+	return s->body.size;
+}
+
+const char *
+smtp_session_helo(const struct smtp_session *s)
+{
+	return s->helo ? s->helo : "";
+}
+
+const char *
+smtp_session_protocol(const struct smtp_session *s)
+{
+	if (!s->esmtp)
+		return "SMTP";
+	return s->tls ? "ESMTPS" : "ESMTP";
+}
+
+void
+smtp_session_set_tls(struct smtp_session *s, bool on)
+{
+	s->tls = on;
+}

@@ -1,0 +1,129 @@
+/*
+ * smtp_session — the server side of one SMTP session as a pure state
+ * machine (RFC 5321, with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+ * ENHANCEDSTATUSCODES, CHUNKING and STARTTLS).
+ *
+ * Bytes in, replies and events out: the session never touches a socket, a
+ * file or the clock.  The glue (server/) feeds it the bytes the client sent;
+ * the session appends replies to its output buffer and stops at every event
+ * the glue must act on (store a message, start TLS, close).  While it waits
+ * for the glue (a commit, a TLS handshake) it consumes nothing, so pipelined
+ * input is never read ahead into the wrong state.
+ *
+ * Policy that needs outside knowledge (is this recipient ours, may this
+ * client relay) is asked through struct smtp_policy, synchronously.
+ *
+ * The session owns its envelope and buffers; smtp_session_free() releases
+ * them.  Pointers returned by accessors are borrowed until the next call
+ * that changes the session.
+ */
+#ifndef PETREL_SMTP_SESSION_H
+#define PETREL_SMTP_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "smtp/smtp_parse.h"
+#include "util/util_buf.h"
+
+struct smtp_session;
+
+enum smtp_rcpt_verdict {
+	SMTP_RCPT_ACCEPT,
+	SMTP_RCPT_UNKNOWN_USER,  /* 550 5.1.1 */
+	SMTP_RCPT_BAD_MAILBOX,   /* 553 5.1.3: not a safe mailbox name */
+	SMTP_RCPT_RELAY_DENIED,  /* 550 5.7.1 */
+	SMTP_RCPT_TEMPFAIL,      /* 451 4.3.0 */
+};
+
+struct smtp_policy {
+	void *ctx;
+	/* Decides one recipient; called once per syntactically valid RCPT. */
+	enum smtp_rcpt_verdict (*check_rcpt)(void *ctx, const struct smtp_path *rcpt);
+};
+
+struct smtp_session_conf {
+	const char *hostname;      /* borrowed, outlives the session */
+	uint64_t max_message_size; /* SIZE and the DATA/BDAT limit */
+	size_t max_recipients;
+	bool starttls_offered;     /* advertise and accept STARTTLS */
+	size_t max_errors;         /* bad commands before 421 and close (0: 20) */
+};
+
+enum smtp_event {
+	SMTP_EVENT_NONE,          /* all input used (or a partial line kept): feed more */
+	SMTP_EVENT_MESSAGE_BEGIN, /* DATA/BDAT started a message: open a queue entry for the envelope */
+	SMTP_EVENT_BODY,          /* body octets ready: take them with smtp_session_body_take() */
+	SMTP_EVENT_MESSAGE_END,   /* message complete and acceptable: take the last octets,
+				     store durably, then call smtp_session_commit_done() */
+	SMTP_EVENT_MESSAGE_ABORT, /* message refused (reply queued): discard the queue entry */
+	SMTP_EVENT_STARTTLS,      /* flush the output, drop all unread input, start TLS, then
+				     call smtp_session_tls_started() */
+	SMTP_EVENT_CLOSE,         /* flush the output and close */
+};
+
+enum smtp_state {
+	SMTP_STATE_INIT,      /* greeted, no HELO/EHLO yet */
+	SMTP_STATE_READY,     /* HELO/EHLO done, no transaction */
+	SMTP_STATE_MAIL,      /* MAIL accepted */
+	SMTP_STATE_RCPT,      /* at least one RCPT accepted */
+	SMTP_STATE_DATA,      /* reading a DATA body */
+	SMTP_STATE_BDAT,      /* reading a BDAT chunk */
+	SMTP_STATE_BDAT_NEXT, /* between BDAT chunks */
+	SMTP_STATE_DISCARD,   /* reading and dropping a refused BDAT chunk */
+	SMTP_STATE_COMMIT,    /* waiting for smtp_session_commit_done() */
+	SMTP_STATE_TLS,       /* waiting for smtp_session_tls_started() */
+	SMTP_STATE_CLOSED,    /* nothing more is read */
+};
+#define SMTP_STATE_COUNT (SMTP_STATE_CLOSED + 1)
+
+/* Creates a session and queues the 220 greeting.  cfg and policy are copied. */
+struct smtp_session *smtp_session_new(const struct smtp_session_conf *cfg,
+				      const struct smtp_policy *policy);
+void smtp_session_free(struct smtp_session *s);
+
+/*
+ * Feeds client bytes.  Returns how many were consumed (possibly fewer than
+ * len, possibly 0 when only a partial command line is there — keep those
+ * bytes and feed them again with what follows) and sets *ev to the event the
+ * glue must act on before feeding again.
+ */
+size_t smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev);
+
+/* Replies waiting to be written; the glue writes them and empties the buffer. */
+struct buf *smtp_session_output(struct smtp_session *s);
+
+/* Body octets decoded so far (SMTP_EVENT_BODY / MESSAGE_END); the buffer is then emptied. */
+void smtp_session_body_take(struct smtp_session *s, const char **data, size_t *len);
+
+enum smtp_commit_result {
+	SMTP_COMMIT_OK,       /* on stable storage: 250 */
+	SMTP_COMMIT_NO_SPACE, /* disk full: 452 4.3.1 */
+	SMTP_COMMIT_ERROR,    /* any other local failure: 451 4.3.0 */
+};
+/* Ends SMTP_STATE_COMMIT with the glue's result; id (queue id) is quoted in the 250. */
+void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r, const char *id);
+/* Ends SMTP_STATE_TLS: the session starts over (EHLO required again, RFC 3207 4.2). */
+void smtp_session_tls_started(struct smtp_session *s);
+/* The client was silent for too long: queue 421 4.4.2 and close. */
+void smtp_session_timeout(struct smtp_session *s);
+/* The server is stopping, or refuses this client: queue "421 <text>" and close. */
+void smtp_session_close_421(struct smtp_session *s, const char *text);
+
+enum smtp_state smtp_session_state(const struct smtp_session *s);
+const char *smtp_state_name(enum smtp_state st);
+
+/* Envelope of the current transaction (valid from MESSAGE_BEGIN to the commit). */
+const char *smtp_session_sender(const struct smtp_session *s); /* "" for <> */
+size_t smtp_session_rcpt_count(const struct smtp_session *s);
+const char *smtp_session_rcpt(const struct smtp_session *s, size_t i);
+const struct smtp_mail_params *smtp_session_mail_params(const struct smtp_session *s);
+uint64_t smtp_session_message_size(const struct smtp_session *s);
+const char *smtp_session_helo(const struct smtp_session *s); /* "" before HELO/EHLO */
+/* "SMTP", "ESMTP" or "ESMTPS" (Received header "with"). */
+const char *smtp_session_protocol(const struct smtp_session *s);
+/* The session is under TLS (set by the glue for implicit TLS). */
+void smtp_session_set_tls(struct smtp_session *s, bool on);
+
+#endif
