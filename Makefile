@@ -40,11 +40,12 @@ $(BUILD)/petrel: $(MAIN_OBJ) $(BUILD)/libpetrel.a
 
 $(BUILD)/libpetrel.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libpetrel.a
 	@mkdir -p $(dir $@)

@@ -13,6 +13,7 @@
 #include "queue/queue_file.h"
 #include "queue/queue_pool.h"
 #include "util/util_buf.h"
+#include "util/util_fs.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 #include "util/util_time.h"
@@ -625,7 +626,7 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 		q->limits.workers = 8;
 	if (q->limits.max_deliveries == 0)
 		q->limits.max_deliveries = 64;
-	if (mkdir(spool_dir, 0700) != 0 && errno != EEXIST) {
+	if (util_mkdirs(spool_dir, 0700) != 0) {
 		snprintf(err, err_cap, "%s: %s", spool_dir, strerror(errno));
 		goto fail;
 	}

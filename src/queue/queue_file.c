@@ -209,7 +209,7 @@ queue_file_status_read(int dirfd, const char *id, size_t rcpts_len, struct queue
 			st->done[v] = true;
 			st->failed[v] = true;
 		} else if (strncmp(line, "error ", 6) == 0) {
-			snprintf(st->error, sizeof(st->error), "%s", line + 6);
+			util_strlcpy(st->error, line + 6, sizeof(st->error));
 		}
 	}
 	fclose(f);

@@ -59,3 +59,12 @@ util_wipe(void *p, size_t n)
 	if (p != NULL)
 		explicit_bzero(p, n);
 }
+
+void
+util_strlcpy(char *dst, const char *src, size_t cap)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}

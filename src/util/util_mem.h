@@ -15,6 +15,8 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t size);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* Copies src into dst (capacity cap > 0), cutting it to fit; always NUL-terminates. */
+void util_strlcpy(char *dst, const char *src, size_t cap);
 /* Overwrites n bytes in a way the compiler may not elide (passwords, AUTH data). */
 void util_wipe(void *p, size_t n);
 

@@ -1,0 +1,53 @@
+/*
+ * server — the event loop glue: listeners, connections, limits, timeouts,
+ * signals, and the wiring of session, queue and delivery.
+ *
+ * This is the only module that knows libevent.  It decides no protocol
+ * (src/smtp/ does) and writes no files (src/queue/ and src/deliver/ do, on
+ * the queue's threads).
+ */
+#ifndef PETREL_SERVER_H
+#define PETREL_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct conf;
+struct deliver_db;
+struct queue;
+struct event_base;
+
+/*
+ * The configuration in force, shared by sessions and delivery threads and
+ * replaced as a whole on SIGHUP.  Holders keep a reference: a session keeps
+ * the configuration it started with.
+ */
+struct server_cfg {
+	atomic_int refs;
+	struct conf *conf;      /* owned */
+	struct deliver_db *db;  /* owned */
+};
+
+struct server_cfg *server_cfg_ref(struct server_cfg *cfg);
+void server_cfg_unref(struct server_cfg *cfg);
+
+/* The running server (one per process). */
+struct server;
+
+/*
+ * Runs `petrel serve`: binds the listeners, opens the queue, serves until
+ * SIGTERM/SIGINT.  conf_path NULL means the embedded default (or
+ * /etc/petrel/petrel.conf, decided by the caller).  Returns the exit status.
+ */
+int server_run(const char *conf_path);
+
+/* Queue deliverer for local recipients (server_deliver.c); ctx is the struct server. */
+struct queue_item;
+struct queue_rcpt_result;
+void server_deliver(void *ctx, const struct queue_item *item, const bool *done,
+		    struct queue_rcpt_result *results);
+/* The configuration currently in force, with a reference the caller drops.  Any thread. */
+struct server_cfg *server_current_cfg(struct server *srv);
+
+#endif

@@ -1,0 +1,483 @@
+/*
+ * server_conn — one client connection: bytes between the socket and the
+ * SMTP session, and the session's events turned into queue operations.
+ */
+#include "server/server_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "deliver/deliver.h"
+#include "queue/queue.h"
+#include "smtp/smtp_session.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+#define READ_CHUNK      (64 * 1024)  /* octets handed to the session at a time */
+#define OUTPUT_HIGH     (128 * 1024) /* stop reading while this much output waits */
+#define PENDING_HIGH    (256 * 1024) /* stop reading while this much body waits for the disk */
+
+struct conn {
+	struct server *srv;
+	struct server_cfg *cfg; /* reference held for the session's life */
+	struct bufferevent *bev;
+	struct smtp_session *sess;
+	struct queue_msg *msg; /* the message being received, if any */
+	struct event *timer;   /* smtp_timeout without progress */
+	char addr[INET6_ADDRSTRLEN];
+	struct sockaddr_storage sa;
+	bool committing; /* waiting for the queue: read nothing */
+	bool closing;    /* close once the output is written */
+	bool dead;       /* the socket is gone; free when the commit returns */
+	bool counted;    /* holds a slot in the per-address count */
+	struct conn *prev, *next;
+};
+
+static void conn_process(struct conn *c);
+static void conn_free(struct conn *c);
+
+/* ---- per-address connection counts ------------------------------------- */
+
+static unsigned
+ip_hash(const char *s)
+{
+	unsigned h = 2166136261u;
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h % IP_BUCKETS;
+}
+
+static size_t
+ip_add(struct server *srv, const char *addr, int delta)
+{
+	struct ip_count **pp = &srv->ips[ip_hash(addr)];
+	struct ip_count *ic;
+
+	for (; (ic = *pp) != NULL; pp = &ic->next) {
+		if (strcmp(ic->addr, addr) == 0)
+			break;
+	}
+	if (ic == NULL) {
+		if (delta < 0)
+			return 0;
+		ic = xcalloc(1, sizeof(*ic));
+		snprintf(ic->addr, sizeof(ic->addr), "%s", addr);
+		ic->next = srv->ips[ip_hash(addr)];
+		srv->ips[ip_hash(addr)] = ic;
+		pp = &srv->ips[ip_hash(addr)];
+	}
+	ic->count = (size_t)((long)ic->count + delta);
+	if (ic->count == 0) {
+		*pp = ic->next;
+		free(ic);
+		return 0;
+	}
+	return ic->count;
+}
+
+/* ---- policy -------------------------------------------------------------- */
+
+static enum smtp_rcpt_verdict
+check_rcpt(void *ctx, const struct smtp_path *rcpt)
+{
+	struct conn *c = ctx;
+	const struct conf *conf = c->cfg->conf;
+
+	if (rcpt->is_postmaster)
+		return SMTP_RCPT_ACCEPT; /* RFC 5321 4.5.1: always accepted */
+	if (conf_is_local_domain(conf, rcpt->domain, rcpt->domain_len)) {
+		switch (deliver_check_rcpt(c->cfg->db, conf, rcpt->local, rcpt->local_len,
+					   rcpt->domain, rcpt->domain_len)) {
+		case DELIVER_RCPT_OK:
+			return SMTP_RCPT_ACCEPT;
+		case DELIVER_RCPT_UNKNOWN:
+			return SMTP_RCPT_UNKNOWN_USER;
+		case DELIVER_RCPT_BAD_LOCAL:
+			return SMTP_RCPT_BAD_MAILBOX;
+		}
+	}
+	if (conf_in_relay_networks(conf, (const struct sockaddr *)&c->sa))
+		return SMTP_RCPT_ACCEPT;
+	return SMTP_RCPT_RELAY_DENIED;
+}
+
+/* ---- output and lifetime -------------------------------------------------- */
+
+static void
+arm_timer(struct conn *c)
+{
+	struct timeval tv = {.tv_sec = c->cfg->conf->smtp_timeout_s, .tv_usec = 0};
+
+	evtimer_add(c->timer, &tv);
+}
+
+/* Moves queued replies to the socket. */
+static void
+flush_output(struct conn *c)
+{
+	struct buf *out = smtp_session_output(c->sess);
+
+	if (out->len == 0 || c->dead)
+		return;
+	bufferevent_write(c->bev, out->data, out->len);
+	buf_reset(out);
+}
+
+static void
+conn_close(struct conn *c)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	if (c->msg != NULL && !c->committing) {
+		/* The client left mid-message: nothing of it is kept. */
+		queue_msg_abort(c->msg);
+		c->msg = NULL;
+	}
+	log_info("disconnect from unknown[%s]", c->addr);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+	evtimer_del(c->timer);
+	if (c->committing) {
+		/* The commit goes on (the message may have reached the disk); freed in commit_done. */
+		return;
+	}
+	conn_free(c);
+}
+
+static void
+conn_free(struct conn *c)
+{
+	struct server *srv = c->srv;
+
+	if (c->counted)
+		ip_add(srv, c->addr, -1);
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	srv->nconns--;
+	event_free(c->timer);
+	smtp_session_free(c->sess);
+	server_cfg_unref(c->cfg);
+	free(c);
+	server_conn_gone(srv);
+}
+
+/* ---- queue callbacks -------------------------------------------------- */
+
+static void
+append_done(void *arg, int err)
+{
+	struct conn *c = arg;
+
+	if (err != 0)
+		log_warn("%s: spool write failed: %s", queue_msg_id(c->msg), strerror(err));
+	/* Reading was paused while too much body waited for the disk. */
+	if (!c->dead && !c->committing && c->msg != NULL &&
+	    queue_msg_pending(c->msg) < PENDING_HIGH / 2)
+		conn_process(c);
+}
+
+static void
+commit_done(void *arg, int err)
+{
+	struct conn *c = arg;
+	enum smtp_commit_result r = SMTP_COMMIT_OK;
+	char id[UTIL_ID_LEN + 1];
+
+	snprintf(id, sizeof(id), "%s", queue_msg_id(c->msg));
+	if (err == 0) {
+		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", id,
+			 smtp_session_sender(c->sess),
+			 (unsigned long long)smtp_session_message_size(c->sess),
+			 smtp_session_rcpt_count(c->sess));
+	} else {
+		r = (err == ENOSPC || err == EDQUOT) ? SMTP_COMMIT_NO_SPACE : SMTP_COMMIT_ERROR;
+		log_warn("%s: not queued: %s", id, strerror(err));
+	}
+	c->msg = NULL; /* the queue owns it now */
+	c->committing = false;
+	smtp_session_commit_done(c->sess, r, id);
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	conn_process(c);
+}
+
+/* ---- session events ------------------------------------------------------ */
+
+static void
+begin_message(struct conn *c)
+{
+	const struct smtp_mail_params *p = smtp_session_mail_params(c->sess);
+	size_t n = smtp_session_rcpt_count(c->sess);
+	const char **rcpts = xcalloc(n, sizeof(*rcpts));
+	struct queue_envelope env;
+
+	for (size_t i = 0; i < n; i++)
+		rcpts[i] = smtp_session_rcpt(c->sess, i);
+	env.sender = smtp_session_sender(c->sess);
+	env.rcpts = rcpts;
+	env.rcpts_len = n;
+	env.helo = smtp_session_helo(c->sess);
+	env.client_addr = c->addr;
+	env.client_name = "unknown";
+	env.protocol = smtp_session_protocol(c->sess);
+	env.body_8bit = p->body == SMTP_BODY_8BITMIME;
+	env.smtputf8 = p->smtputf8;
+	c->msg = queue_msg_new(c->srv->queue, &env);
+	log_info("%s: client=unknown[%s]", queue_msg_id(c->msg), c->addr);
+	free(rcpts);
+}
+
+static void
+take_body(struct conn *c)
+{
+	const char *data;
+	size_t len;
+
+	smtp_session_body_take(c->sess, &data, &len);
+	if (len > 0 && c->msg != NULL)
+		queue_msg_append(c->msg, data, len, append_done, c);
+}
+
+/* Acts on one session event.  Returns false when processing must pause. */
+static bool
+handle_event(struct conn *c, enum smtp_event ev)
+{
+	switch (ev) {
+	case SMTP_EVENT_NONE:
+		return true;
+	case SMTP_EVENT_MESSAGE_BEGIN:
+		begin_message(c);
+		return true;
+	case SMTP_EVENT_BODY:
+		take_body(c);
+		return queue_msg_pending(c->msg) < PENDING_HIGH;
+	case SMTP_EVENT_MESSAGE_END:
+		take_body(c);
+		c->committing = true;
+		queue_msg_commit(c->msg, commit_done, c);
+		return false;
+	case SMTP_EVENT_MESSAGE_ABORT:
+		if (c->msg != NULL)
+			queue_msg_abort(c->msg);
+		c->msg = NULL;
+		return true;
+	case SMTP_EVENT_STARTTLS:
+		/* Not offered without TLS configuration; the session refuses it. */
+		return true;
+	case SMTP_EVENT_CLOSE:
+		c->closing = true;
+		return false;
+	}
+	return true;
+}
+
+/* Feeds buffered input to the session until it waits, then writes its replies. */
+static void
+conn_process(struct conn *c)
+{
+	struct evbuffer *in, *out;
+
+	if (c->dead)
+		return;
+	in = bufferevent_get_input(c->bev);
+	out = bufferevent_get_output(c->bev);
+	while (!c->closing && !c->committing) {
+		size_t len = evbuffer_get_length(in);
+		size_t n, used;
+		enum smtp_event ev;
+		const char *data;
+
+		if (len == 0)
+			break;
+		if (c->msg != NULL && queue_msg_pending(c->msg) >= PENDING_HIGH)
+			break; /* resumed by append_done */
+		if (evbuffer_get_length(out) + smtp_session_output(c->sess)->len > OUTPUT_HIGH)
+			break; /* resumed by the write callback */
+		n = len < READ_CHUNK ? len : READ_CHUNK;
+		data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+		used = smtp_session_feed(c->sess, data, n, &ev);
+		evbuffer_drain(in, used);
+		if (used > 0)
+			arm_timer(c);
+		if (!handle_event(c, ev))
+			break;
+		if (used == 0 && ev == SMTP_EVENT_NONE)
+			break; /* a partial line: wait for more */
+	}
+	flush_output(c);
+	if (c->closing && evbuffer_get_length(out) == 0)
+		conn_close(c);
+}
+
+/* ---- libevent callbacks --------------------------------------------------- */
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+	conn_process(arg);
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	/* All output written: close if asked, else resume reading paused by output. */
+	if (c->closing) {
+		conn_close(c);
+		return;
+	}
+	conn_process(c);
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		conn_close(c);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		/* The client does not read what we write. */
+		log_info("timeout (write) from unknown[%s]", c->addr);
+		conn_close(c);
+	}
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->committing || c->closing)
+		return;
+	log_info("timeout after %s from unknown[%s]", smtp_state_name(smtp_session_state(c->sess)),
+		 c->addr);
+	smtp_session_timeout(c->sess);
+	if (c->msg != NULL) {
+		queue_msg_abort(c->msg);
+		c->msg = NULL;
+	}
+	c->closing = true;
+	flush_output(c);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c);
+}
+
+/* ---- accept and shutdown -------------------------------------------------- */
+
+static void
+addr_string(const struct sockaddr *sa, char *dst, size_t cap)
+{
+	const void *p;
+
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		p = &s6->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			inet_ntop(AF_INET, (const char *)p + 12, dst, (socklen_t)cap);
+			return;
+		}
+	} else {
+		p = &((const struct sockaddr_in *)sa)->sin_addr;
+	}
+	if (inet_ntop(sa->sa_family, p, dst, (socklen_t)cap) == NULL)
+		snprintf(dst, cap, "unknown");
+}
+
+void
+server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int salen)
+{
+	struct conn *c = xcalloc(1, sizeof(*c));
+	struct smtp_session_conf scfg;
+	struct smtp_policy policy = {.ctx = c, .check_rcpt = check_rcpt};
+	const struct conf *conf;
+	struct timeval wtv;
+	const char *refuse = NULL;
+
+	c->srv = srv;
+	c->cfg = server_cfg_ref(srv->cfg);
+	conf = c->cfg->conf;
+	memcpy(&c->sa, sa, (size_t)salen < sizeof(c->sa) ? (size_t)salen : sizeof(c->sa));
+	addr_string(sa, c->addr, sizeof(c->addr));
+	evutil_make_socket_nonblocking(fd);
+	c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->timer = evtimer_new(srv->base, timer_cb, c);
+	c->next = srv->conns;
+	if (srv->conns != NULL)
+		srv->conns->prev = c;
+	srv->conns = c;
+	srv->nconns++;
+
+	memset(&scfg, 0, sizeof(scfg));
+	scfg.hostname = conf->hostname;
+	scfg.max_message_size = conf->max_message_size;
+	scfg.max_recipients = conf->max_recipients;
+	c->sess = smtp_session_new(&scfg, &policy);
+
+	log_info("connect from unknown[%s]", c->addr);
+	if (srv->stopping)
+		refuse = "4.3.2 Service shutting down";
+	else if (srv->nconns > conf->max_connections)
+		refuse = "4.7.0 Error: too many connections";
+	else if (ip_add(srv, c->addr, 1) > conf->max_connections_per_ip)
+		refuse = "4.7.0 Error: too many connections from your address";
+	c->counted = refuse == NULL || srv->nconns <= conf->max_connections;
+	if (refuse != NULL) {
+		log_warn("refusing unknown[%s]: %s", c->addr, refuse);
+		/* The 421 replaces the greeting. */
+		buf_reset(smtp_session_output(c->sess));
+		smtp_session_close_421(c->sess, refuse);
+		c->closing = true;
+	}
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	wtv.tv_sec = conf->smtp_timeout_s;
+	wtv.tv_usec = 0;
+	bufferevent_set_timeouts(c->bev, NULL, &wtv);
+	bufferevent_enable(c->bev, refuse ? EV_WRITE : EV_READ | EV_WRITE);
+	flush_output(c);
+	if (refuse == NULL)
+		arm_timer(c);
+}
+
+void
+server_conn_shutdown_all(struct server *srv)
+{
+	struct conn *c = srv->conns;
+
+	while (c != NULL) {
+		struct conn *next = c->next;
+		if (!c->dead && !c->committing && !c->closing) {
+			/* A message half received is dropped: only the 250 makes it ours. */
+			if (c->msg != NULL) {
+				queue_msg_abort(c->msg);
+				c->msg = NULL;
+			}
+			smtp_session_close_421(c->sess, "4.3.2 Service shutting down");
+			c->closing = true;
+			flush_output(c);
+			if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+				conn_close(c);
+		}
+		c = next;
+	}
+}

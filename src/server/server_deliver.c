@@ -1,0 +1,141 @@
+/*
+ * server_deliver — the queue's deliverer: each recipient of a queued
+ * message is expanded (aliases, recipient_delimiter) and written into its
+ * Maildir.  Runs on the queue's worker threads.
+ *
+ * Foreign recipients stay deferred in the queue until relaying exists.
+ */
+#include "server/server_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "conf/conf.h"
+#include "deliver/deliver.h"
+#include "queue/queue.h"
+#include "util/util_buf.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+#include "util/util_time.h"
+
+/* Return-Path, Delivered-To and Received for one target (LF line ends, as in the Maildir). */
+static int
+build_headers(struct buf *h, const struct conf *conf, const struct queue_item *item,
+	      const char *target, const char *rcpt)
+{
+	char date[64];
+
+	util_rfc5322_date(item->arrival, date, sizeof(date));
+	buf_reset(h);
+	buf_printf(h, "Return-Path: <%s>\n", item->sender);
+	buf_printf(h, "Delivered-To: %s\n", target);
+	buf_printf(h, "Received: from %s (%s [%s])\n", item->helo[0] ? item->helo : "unknown",
+		   item->client_name, item->client_addr);
+	buf_printf(h, "\tby %s (petrel) with %s id %s\n", conf->hostname, item->protocol, item->id);
+	return buf_printf(h, "\tfor <%s>; %s\n", rcpt, date);
+}
+
+static void
+deliver_one(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
+	    size_t i, struct queue_rcpt_result *res)
+{
+	const char *rcpt = item->rcpts[i];
+	char addr[600];
+	struct deliver_target *targets = NULL;
+	size_t ntargets = 0;
+	char err[200];
+	struct buf h;
+	double delay = difftime(time(NULL), item->arrival);
+	int deferred = 0;
+
+	/* RCPT TO:<Postmaster> (no domain) is the postmaster of our first domain. */
+	if (strchr(rcpt, '@') == NULL)
+		snprintf(addr, sizeof(addr), "postmaster@%s", conf->local_domains[0]);
+	else
+		snprintf(addr, sizeof(addr), "%s", rcpt);
+	{
+		const char *at = strrchr(addr, '@');
+		if (!conf_is_local_domain(conf, at + 1, strlen(at + 1))) {
+			res->status = QUEUE_RCPT_DEFER;
+			snprintf(res->reason, sizeof(res->reason), "relaying is not available yet");
+			log_info("%s: to=<%s>, relay=none, delay=%.0f, status=deferred (%s)", item->id,
+				 rcpt, delay, res->reason);
+			return;
+		}
+	}
+	if (deliver_expand(db, conf, addr, &targets, &ntargets, err, sizeof(err)) != 0) {
+		res->status = QUEUE_RCPT_FAIL;
+		snprintf(res->reason, sizeof(res->reason), "5.1.1 %s", err);
+		log_info("%s: to=<%s>, relay=local, delay=%.0f, status=bounced (%s)", item->id, rcpt,
+			 delay, err);
+		return;
+	}
+	buf_init(&h, 64 * 1024);
+	for (size_t t = 0; t < ntargets; t++) {
+		struct deliver_target *tg = &targets[t];
+		struct deliver_msg m;
+		char name[256];
+		bool permanent = false;
+
+		if (!tg->is_local) {
+			/* A remote alias target waits for relaying, like any foreign recipient. */
+			deferred = 1;
+			snprintf(res->reason, sizeof(res->reason),
+				 "alias target <%s>: relaying is not available yet", tg->addr);
+			log_info("%s: to=<%s>, orig_to=<%s>, relay=none, delay=%.0f, status=deferred "
+				 "(%s)",
+				 item->id, tg->addr, rcpt, delay, res->reason);
+			continue;
+		}
+		build_headers(&h, conf, item, tg->addr, rcpt);
+		m.headers = buf_cstr(&h);
+		m.body_fd = item->fd;
+		m.body_off = item->body_off;
+		m.body_len = item->body_len;
+		/* A stable name: a redelivery after a crash finds the first copy and skips. */
+		snprintf(name, sizeof(name), "%lld.P%sR%zuT%zu.%s", (long long)item->arrival,
+			 item->id, i, t, conf->hostname);
+		if (deliver_maildir_write(conf->mail_root, tg->domain, tg->user, name, &m, &permanent,
+					  err, sizeof(err)) != 0) {
+			if (permanent) {
+				res->status = QUEUE_RCPT_FAIL;
+				snprintf(res->reason, sizeof(res->reason), "5.2.0 %s", err);
+				log_info("%s: to=<%s>, orig_to=<%s>, relay=local, delay=%.0f, "
+					 "status=bounced (%s)",
+					 item->id, tg->addr, rcpt, delay, err);
+				goto out;
+			}
+			deferred = 1;
+			snprintf(res->reason, sizeof(res->reason), "4.2.0 %s", err);
+			log_warn("%s: to=<%s>, relay=local, delay=%.0f, status=deferred (%s)",
+				 item->id, tg->addr, delay, err);
+			continue;
+		}
+		if (strcmp(tg->addr, addr) == 0)
+			log_info("%s: to=<%s>, relay=local, delay=%.0f, status=sent (delivered to "
+				 "maildir)",
+				 item->id, tg->addr, delay);
+		else
+			log_info("%s: to=<%s>, orig_to=<%s>, relay=local, delay=%.0f, status=sent "
+				 "(delivered to maildir)",
+				 item->id, tg->addr, rcpt, delay);
+	}
+	res->status = deferred ? QUEUE_RCPT_DEFER : QUEUE_RCPT_DONE;
+out:
+	buf_free(&h);
+	deliver_targets_free(targets, ntargets);
+}
+
+void
+server_deliver(void *ctx, const struct queue_item *item, const bool *done,
+	       struct queue_rcpt_result *results)
+{
+	struct server_cfg *cfg = server_current_cfg(ctx);
+
+	for (size_t i = 0; i < item->rcpts_len; i++) {
+		if (!done[i])
+			deliver_one(cfg->conf, cfg->db, item, i, &results[i]);
+	}
+	server_cfg_unref(cfg);
+}

@@ -1,0 +1,293 @@
+/*
+ * server_main — `petrel serve`: configuration, listeners, signals, the
+ * queue's wake-ups, and an orderly stop.
+ */
+#include "server/server_internal.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "conf/conf.h"
+#include "deliver/deliver.h"
+#include "queue/queue.h"
+#include "util/util_fs.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+#define SHUTDOWN_GRACE_S 30 /* longest wait for commits in flight at stop */
+
+struct server_cfg *
+server_cfg_ref(struct server_cfg *cfg)
+{
+	atomic_fetch_add(&cfg->refs, 1);
+	return cfg;
+}
+
+void
+server_cfg_unref(struct server_cfg *cfg)
+{
+	if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) != 1)
+		return;
+	deliver_db_free(cfg->db);
+	conf_free(cfg->conf);
+	free(cfg);
+}
+
+struct server_cfg *
+server_current_cfg(struct server *srv)
+{
+	struct server_cfg *cfg;
+
+	pthread_mutex_lock(&srv->cfg_lock);
+	cfg = server_cfg_ref(srv->cfg);
+	pthread_mutex_unlock(&srv->cfg_lock);
+	return cfg;
+}
+
+/* Loads the configuration and what it names; NULL (logged) when anything is wrong. */
+static struct server_cfg *
+load_cfg(const char *path)
+{
+	struct server_cfg *cfg;
+	struct conf *conf;
+	struct deliver_db *db;
+	char err[512];
+
+	conf = path ? conf_load(path, err, sizeof(err)) : conf_default();
+	if (conf == NULL) {
+		log_err("%s", err);
+		return NULL;
+	}
+	db = deliver_db_load(conf, err, sizeof(err));
+	if (db == NULL) {
+		log_err("%s", err);
+		conf_free(conf);
+		return NULL;
+	}
+	cfg = xcalloc(1, sizeof(*cfg));
+	atomic_init(&cfg->refs, 1);
+	cfg->conf = conf;
+	cfg->db = db;
+	return cfg;
+}
+
+static const char *conf_path; /* for SIGHUP */
+
+static void
+accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	server_conn_accept(arg, fd, sa, salen);
+}
+
+static void
+accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+
+	/* EMFILE and friends: keep serving the sessions we have; accept resumes later. */
+	log_warn("accept: %s", evutil_socket_error_to_string(err));
+}
+
+static int
+listen_on(struct server *srv, const struct conf_listen *l)
+{
+	struct addrinfo hints, *res = NULL;
+	char port[8];
+	struct evconnlistener *el;
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%u", (unsigned)l->port);
+	rc = getaddrinfo(l->host, port, &hints, &res);
+	if (rc != 0) {
+		log_err("listen %s:%s: %s", l->host, port, gai_strerror(rc));
+		return -1;
+	}
+	el = evconnlistener_new_bind(srv->base, accept_cb, srv,
+				     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+					 LEV_OPT_CLOSE_ON_EXEC,
+				     1024, res->ai_addr, (int)res->ai_addrlen);
+	freeaddrinfo(res);
+	if (el == NULL) {
+		log_err("listen %s:%s: %s", l->host, port, strerror(errno));
+		return -1;
+	}
+	evconnlistener_set_error_cb(el, accept_error_cb);
+	srv->listeners = xrealloc(srv->listeners, (srv->listeners_len + 1) * sizeof(el));
+	srv->listeners[srv->listeners_len++] = el;
+	log_info("listening on %s:%s", l->host, port);
+	return 0;
+}
+
+static void
+close_listeners(struct server *srv)
+{
+	for (size_t i = 0; i < srv->listeners_len; i++)
+		evconnlistener_free(srv->listeners[i]);
+	free(srv->listeners);
+	srv->listeners = NULL;
+	srv->listeners_len = 0;
+}
+
+void
+server_conn_gone(struct server *srv)
+{
+	if (srv->stopping && srv->nconns == 0)
+		event_base_loopexit(srv->base, NULL);
+}
+
+static void
+stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct timeval grace = {.tv_sec = SHUTDOWN_GRACE_S, .tv_usec = 0};
+
+	if (srv->stopping)
+		return;
+	log_info("signal %d: stopping", (int)sig);
+	srv->stopping = true;
+	close_listeners(srv);
+	server_conn_shutdown_all(srv);
+	if (srv->nconns == 0)
+		event_base_loopexit(srv->base, NULL);
+	else
+		event_base_loopexit(srv->base, &grace);
+}
+
+static void
+hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct server_cfg *cfg, *old;
+
+	log_info("SIGHUP: reloading %s", conf_path ? conf_path : "the embedded default");
+	cfg = load_cfg(conf_path);
+	if (cfg == NULL) {
+		log_warn("reload failed; keeping the running configuration");
+		return;
+	}
+	pthread_mutex_lock(&srv->cfg_lock);
+	old = srv->cfg;
+	srv->cfg = cfg;
+	pthread_mutex_unlock(&srv->cfg_lock);
+	/* Sessions that started before keep their own reference. */
+	server_cfg_unref(old);
+	log_info("configuration reloaded (listeners change only on restart)");
+	queue_flush_all(srv->queue);
+}
+
+static void
+queue_timer_arm(struct server *srv)
+{
+	long ms = queue_next_due_ms(srv->queue);
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 60000;
+	if (ms > 60000)
+		ms = 60000;
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000 + 1000;
+	evtimer_add(srv->ev_timer, &tv);
+}
+
+static void
+queue_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	queue_dispatch(srv->queue);
+	queue_timer_arm(srv);
+}
+
+int
+server_run(const char *path)
+{
+	struct server srv;
+	struct queue_limits limits;
+	char err[512];
+	const struct conf *conf;
+	int status = 0;
+
+	memset(&srv, 0, sizeof(srv));
+	conf_path = path;
+	signal(SIGPIPE, SIG_IGN);
+	srv.cfg = load_cfg(path);
+	if (srv.cfg == NULL)
+		return 1;
+	conf = srv.cfg->conf;
+	if (util_mkdirs(conf->mail_root, 0755) != 0) {
+		log_err("mail_root %s: %s", conf->mail_root, strerror(errno));
+		return 1;
+	}
+	pthread_mutex_init(&srv.cfg_lock, NULL);
+	srv.base = event_base_new();
+	if (srv.base == NULL)
+		log_fatal("cannot create the event loop");
+	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
+		if (listen_on(&srv, &conf->listen_smtp[i]) != 0)
+			return 1;
+	}
+	memset(&limits, 0, sizeof(limits));
+	limits.retry_min_s = conf->retry_min_s;
+	limits.retry_max_s = conf->retry_max_s;
+	limits.lifetime_s = conf->queue_lifetime_s;
+	srv.queue = queue_open(conf->spool_dir, &limits, err, sizeof(err));
+	if (srv.queue == NULL) {
+		log_err("queue: %s", err);
+		return 1;
+	}
+	queue_set_deliverer(srv.queue, server_deliver, &srv);
+
+	srv.ev_term = evsignal_new(srv.base, SIGTERM, stop_cb, &srv);
+	srv.ev_int = evsignal_new(srv.base, SIGINT, stop_cb, &srv);
+	srv.ev_hup = evsignal_new(srv.base, SIGHUP, hup_cb, &srv);
+	srv.ev_queue = event_new(srv.base, queue_notify_fd(srv.queue), EV_READ | EV_PERSIST,
+				 queue_cb, &srv);
+	srv.ev_timer = evtimer_new(srv.base, queue_cb, &srv);
+	evsignal_add(srv.ev_term, NULL);
+	evsignal_add(srv.ev_int, NULL);
+	evsignal_add(srv.ev_hup, NULL);
+	event_add(srv.ev_queue, NULL);
+	queue_dispatch(srv.queue); /* recovered messages start now */
+	queue_timer_arm(&srv);
+	log_info("petrel started: hostname=%s, spool=%s, mail_root=%s", conf->hostname,
+		 conf->spool_dir, conf->mail_root);
+
+	event_base_dispatch(srv.base);
+
+	if (srv.nconns > 0) {
+		log_warn("stopping with %zu session(s) still open", srv.nconns);
+		status = 0;
+	}
+	queue_close(srv.queue);
+	close_listeners(&srv);
+	event_free(srv.ev_term);
+	event_free(srv.ev_int);
+	event_free(srv.ev_hup);
+	event_free(srv.ev_queue);
+	event_free(srv.ev_timer);
+	event_base_free(srv.base);
+	server_cfg_unref(srv.cfg);
+	for (size_t i = 0; i < IP_BUCKETS; i++) {
+		while (srv.ips[i] != NULL) {
+			struct ip_count *next = srv.ips[i]->next;
+			free(srv.ips[i]);
+			srv.ips[i] = next;
+		}
+	}
+	pthread_mutex_destroy(&srv.cfg_lock);
+	log_info("petrel stopped");
+	return status;
+}

@@ -1,0 +1,1012 @@
+/*
+ * Unit tests for src/deliver: local-part safety, users and aliases files,
+ * recipient checks, alias expansion and Maildir writing.  Files live under a
+ * mkdtemp() directory removed at the end; no conf_load(): each test builds
+ * its struct conf by hand.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "conf/conf.h"
+#include "deliver/deliver.h"
+#include "util/util_mem.h"
+
+#define BLOCK (64 * 1024) /* deliver_maildir.c reads the spool file in blocks of this size */
+
+static char tmp_root[] = "/tmp/petrel-test-deliver-XXXXXX";
+static unsigned file_seq;
+
+/* ---- helpers ---- */
+
+static char *
+path_join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = xmalloc(la + 1 + lb + 1);
+
+	memcpy(p, a, la);
+	p[la] = '/';
+	memcpy(p + la + 1, b, lb + 1);
+	return p;
+}
+
+/* A fresh directory under tmp_root; caller frees the path. */
+static char *
+fresh_dir(void)
+{
+	char name[32];
+	char *p;
+
+	snprintf(name, sizeof(name), "d%u", file_seq++);
+	p = path_join(tmp_root, name);
+	assert_int_equal(mkdir(p, 0700), 0);
+	return p;
+}
+
+static void
+write_bytes(const char *path, const char *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	assert_int_equal(close(fd), 0);
+}
+
+/* Writes text to a new file under tmp_root; caller frees the path. */
+static char *
+temp_file(const char *text)
+{
+	char name[32];
+	char *p;
+
+	snprintf(name, sizeof(name), "f%u", file_seq++);
+	p = path_join(tmp_root, name);
+	write_bytes(p, text, strlen(text));
+	return p;
+}
+
+/* Reads a whole file; NULL when it does not exist. */
+static char *
+read_all(const char *path, size_t *len)
+{
+	struct stat st;
+	char *buf;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return NULL;
+	assert_int_equal(fstat(fd, &st), 0);
+	buf = xmalloc((size_t)st.st_size + 1);
+	assert_int_equal(read(fd, buf, (size_t)st.st_size), st.st_size);
+	buf[st.st_size] = '\0';
+	close(fd);
+	*len = (size_t)st.st_size;
+	return buf;
+}
+
+static size_t
+count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	const struct dirent *e;
+	size_t n = 0;
+
+	if (d == NULL)
+		return 0;
+	while ((e = readdir(d)) != NULL)
+		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+static bool
+exists(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0;
+}
+
+static struct conf *
+conf_new(const char *users, const char *aliases, const char *delim)
+{
+	struct conf *c = xcalloc(1, sizeof(*c));
+
+	c->local_domains = xcalloc(2, sizeof(*c->local_domains));
+	c->local_domains[0] = xstrdup("example.org");
+	c->local_domains[1] = xstrdup("example.net");
+	c->local_domains_len = 2;
+	c->users_file = users ? xstrdup(users) : NULL;
+	c->aliases_file = aliases ? xstrdup(aliases) : NULL;
+	c->recipient_delimiter = xstrdup(delim);
+	return c;
+}
+
+static void
+conf_del(struct conf *c)
+{
+	for (size_t i = 0; i < c->local_domains_len; i++)
+		free(c->local_domains[i]);
+	free(c->local_domains);
+	free(c->users_file);
+	free(c->aliases_file);
+	free(c->recipient_delimiter);
+	free(c);
+}
+
+/* Loads a db from users/aliases text (NULL = file unset). */
+static struct deliver_db *
+db_from(const char *users, const char *aliases, const char *delim, struct conf **cp, char *err,
+	size_t err_cap)
+{
+	char *up = users ? temp_file(users) : NULL;
+	char *ap = aliases ? temp_file(aliases) : NULL;
+	struct deliver_db *db;
+
+	*cp = conf_new(up, ap, delim);
+	db = deliver_db_load(*cp, err, err_cap);
+	free(up);
+	free(ap);
+	return db;
+}
+
+static int
+rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static int
+group_setup(void **state)
+{
+	return mkdtemp(tmp_root) != NULL ? 0 : -1;
+}
+
+static int
+group_teardown(void **state)
+{
+	return nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- deliver_local_part_is_safe ---- */
+
+static void
+test_local_part_is_safe(void **state)
+{
+	char long64[65], long65[66];
+	const struct {
+		const char *name;
+		const char *s;
+		size_t len;
+		bool safe;
+	} cases[] = {
+	    {"plain", "a", 1, true},
+	    {"dot inside", "a.b", 3, true},
+	    {"leading dot", ".a", 2, false},
+	    {"dot dot", "..", 2, false},
+	    {"single dot", ".", 1, false},
+	    {"slash", "a/b", 3, false},
+	    {"control", "a\x01", 2, false},
+	    {"DEL", "a\x7f", 2, false},
+	    {"embedded NUL", "a\0b", 3, false},
+	    {"newline", "a\nb", 3, false},
+	    {"empty", "", 0, false},
+	    {"64 octets", long64, 64, true},
+	    {"65 octets", long65, 65, false},
+	    {"UTF-8", "j\xc3\xb6rg", 5, true},
+	    {"plus and dash", "a+b-c", 5, true},
+	    {"trailing dot", "a.", 2, true},
+	};
+
+	memset(long64, 'x', 64);
+	long64[64] = '\0';
+	memset(long65, 'x', 65);
+	long65[65] = '\0';
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool got = deliver_local_part_is_safe(cases[i].s, cases[i].len);
+
+		if (got != cases[i].safe)
+			fail_msg("case '%s': got %d", cases[i].name, got);
+	}
+	assert_false(deliver_local_part_is_safe(NULL, 0));
+}
+
+/* ---- users file ---- */
+
+static const char users_text[] = "# users\n"
+				 "\n"
+				 "alice@example.org:{SHA512-CRYPT}$6$salt$hash\n"
+				 "   # indented comment\n"
+				 "Bob@Example.ORG:{PLAIN}pw:1000:1000::/home/bob::extra\n"
+				 "carol@example.net:{PLAIN}c\r\n"
+				 "nopw@example.org:\n"
+				 "bob+list@example.org:{PLAIN}l\n";
+
+static void
+test_users_file(void **state)
+{
+	char err[256] = "";
+	struct conf *c;
+	struct deliver_db *db = db_from(users_text, NULL, "+", &c, err, sizeof(err));
+
+	assert_non_null(db);
+	assert_string_equal(deliver_db_password(db, "alice@example.org"),
+			    "{SHA512-CRYPT}$6$salt$hash");
+	assert_string_equal(deliver_db_password(db, "ALICE@example.ORG"),
+			    "{SHA512-CRYPT}$6$salt$hash");
+	/* Extra passwd-file fields are not part of the password. */
+	assert_string_equal(deliver_db_password(db, "bob@example.org"), "{PLAIN}pw");
+	assert_string_equal(deliver_db_password(db, "carol@example.net"), "{PLAIN}c");
+	assert_null(deliver_db_password(db, "nobody@example.org"));
+	assert_null(deliver_db_password(db, "alice@example.net"));
+	assert_null(deliver_db_password(db, "alice"));
+	/* Listed with an empty password: receives mail, cannot log in. */
+	assert_null(deliver_db_password(db, "nopw@example.org"));
+	assert_int_equal(deliver_check_rcpt(db, c, "nopw", 4, "example.org", 11), DELIVER_RCPT_OK);
+	deliver_db_free(db);
+	conf_del(c);
+}
+
+static void
+test_users_file_errors(void **state)
+{
+	const struct {
+		const char *name;
+		const char *text;
+		const char *want; /* expected after "PATH:" */
+	} cases[] = {
+	    {"no @", "# c\nalice:{PLAIN}x\n", ":2: user field is not user@domain"},
+	    {"no @, later line", "a@example.org:{PLAIN}x\n\nbob:{PLAIN}y\n",
+	     ":3: user field is not user@domain"},
+	    {"no colon", "alice@example.org\n", ":1: expected user@domain:{SCHEME}hash"},
+	    {"unsafe local", "../x@example.org:{PLAIN}x\n", ":1: user: unsafe or empty local part"},
+	    {"empty local", "@example.org:{PLAIN}x\n", ":1: user: unsafe or empty local part"},
+	    {"empty domain", "a@:{PLAIN}x\n", ":1: user: bad or empty domain"},
+	    {"slash domain", "a@x/y:{PLAIN}x\n", ":1: user: bad or empty domain"},
+	    {"duplicate", "a@example.org:x\nA@EXAMPLE.org:y\n", ":2: duplicate user a@example.org"},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char err[256] = "";
+		struct conf *c;
+		struct deliver_db *db = db_from(cases[i].text, NULL, "+", &c, err, sizeof(err));
+		const char *colon = strchr(err, ':');
+
+		if (db != NULL)
+			fail_msg("case '%s': loaded", cases[i].name);
+		/* "PATH:LINE: ..." names the file the conf gave. */
+		if (strncmp(err, c->users_file, strlen(c->users_file)) != 0 || colon == NULL ||
+		    strcmp(colon, cases[i].want) != 0)
+			fail_msg("case '%s': err '%s'", cases[i].name, err);
+		conf_del(c);
+	}
+}
+
+static void
+test_users_file_long_line_and_missing(void **state)
+{
+	char err[256] = "";
+	char *text = xmalloc(10000);
+	struct conf *c;
+	struct deliver_db *db;
+
+	memset(text, 'a', 9998);
+	text[9998] = '\n';
+	text[9999] = '\0';
+	db = db_from(text, NULL, "+", &c, err, sizeof(err));
+	assert_null(db);
+	assert_non_null(strstr(err, ":1: line longer than"));
+	conf_del(c);
+	free(text);
+
+	c = conf_new("/nonexistent/petrel-users", NULL, "+");
+	assert_null(deliver_db_load(c, err, sizeof(err)));
+	assert_string_equal(err, "/nonexistent/petrel-users: No such file or directory");
+	conf_del(c);
+}
+
+/* ---- aliases file ---- */
+
+static void
+test_aliases_file_errors(void **state)
+{
+	const struct {
+		const char *name;
+		const char *text;
+		const char *want;
+	} cases[] = {
+	    {"no colon", "# x\nroot@example.org alice\n", ":2: expected alias@domain: target, ..."},
+	    {"empty targets", "root@example.org:\n", ":1: alias root@example.org has no targets"},
+	    {"only commas", "root@example.org: , ,\n", ":1: alias root@example.org has no targets"},
+	    {"no domain", "root: alice\n", ":1: alias: not local@domain"},
+	    {"unsafe alias", ".x@example.org: alice\n", ":1: alias: unsafe or empty local part"},
+	    {"pipe", "a@example.org: |/bin/sh\n",
+	     ":1: pipe, file and :include: targets are not supported"},
+	    {"file", "a@example.org: /var/mail/x\n",
+	     ":1: pipe, file and :include: targets are not supported"},
+	    {"include", "a@example.org: :include:/etc/list\n",
+	     ":1: pipe, file and :include: targets are not supported"},
+	    {"space in target", "a@example.org: b c\n", ":1: space or control character in target"},
+	    {"empty target domain", "a@example.org: b@\n", ":1: empty domain in target"},
+	    {"empty target local", "a@example.org: @x.test\n", ":1: empty local part in target"},
+	    {"unsafe bare target", "a@example.org: ..\n", ":1: unsafe local part in target"},
+	    {"duplicate", "a@example.org: b\nA@example.org: c\n",
+	     ":2: duplicate alias a@example.org"},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char err[256] = "";
+		struct conf *c;
+		struct deliver_db *db = db_from(NULL, cases[i].text, "+", &c, err, sizeof(err));
+		const char *colon = strchr(err, ':');
+
+		if (db != NULL)
+			fail_msg("case '%s': loaded", cases[i].name);
+		if (strncmp(err, c->aliases_file, strlen(c->aliases_file)) != 0 || colon == NULL ||
+		    strcmp(colon, cases[i].want) != 0)
+			fail_msg("case '%s': err '%s'", cases[i].name, err);
+		conf_del(c);
+	}
+}
+
+/* ---- expansion ---- */
+
+static const char exp_users[] = "alice@example.org:{PLAIN}a\n"
+				"bob@example.org:{PLAIN}b\n"
+				"dave@example.org:{PLAIN}d\n"
+				"self@example.org:{PLAIN}s\n"
+				"trash@example.org:{PLAIN}t\n"
+				"sales@example.net:{PLAIN}s\n"
+				"bob+list@example.org:{PLAIN}l\n"
+				"d10@example.org:{PLAIN}x\n"
+				"e11@example.org:{PLAIN}x\n";
+
+static const char exp_aliases[] =
+    "# aliases\n"
+    "postmaster@example.org: root\n"
+    "Root@Example.org: alice, BOB@example.org\n"
+    "list@example.org: alice, bob, carol@Remote.TEST, root, Carol@remote.test\n"
+    "self@example.org: self, dave\n"
+    "self2@example.org: self2+x, dave\n"
+    "loop1@example.org: loop2\n"
+    "loop2@example.org: loop1\n"
+    "alice+spam@example.org: trash\n"
+    "tagged@example.org: alice+box\n"
+    "info@example.net: sales, root@example.org\n"
+    "fwd@example.org: someone@remote.test, alice@example.net\n"
+    "d0@example.org: d1\nd1@example.org: d2\nd2@example.org: d3\nd3@example.org: d4\n"
+    "d4@example.org: d5\nd5@example.org: d6\nd6@example.org: d7\nd7@example.org: d8\n"
+    "d8@example.org: d9\nd9@example.org: d10\n"
+    "e0@example.org: e1\ne1@example.org: e2\ne2@example.org: e3\ne3@example.org: e4\n"
+    "e4@example.org: e5\ne5@example.org: e6\ne6@example.org: e7\ne7@example.org: e8\n"
+    "e8@example.org: e9\ne9@example.org: e10\ne10@example.org: e11\n"
+    "diamond@example.org: root, postmaster, list\n";
+
+/* Targets joined with ',' (remote ones prefixed with '!') into dst. */
+static void
+join_targets(const struct deliver_target *t, size_t n, char *dst, size_t cap)
+{
+	size_t o = 0;
+
+	dst[0] = '\0';
+	for (size_t i = 0; i < n; i++) {
+		int w = snprintf(dst + o, cap - o, "%s%s%s", i ? "," : "", t[i].is_local ? "" : "!",
+				 t[i].addr);
+
+		assert_true(w > 0 && (size_t)w < cap - o);
+		o += (size_t)w;
+		if (t[i].is_local) {
+			/* addr is exactly user@domain for local targets. */
+			assert_non_null(t[i].user);
+			assert_non_null(t[i].domain);
+			assert_int_equal(strlen(t[i].addr),
+					 strlen(t[i].user) + 1 + strlen(t[i].domain));
+			assert_memory_equal(t[i].addr, t[i].user, strlen(t[i].user));
+			assert_string_equal(t[i].addr + strlen(t[i].user) + 1, t[i].domain);
+		} else {
+			assert_null(t[i].user);
+			assert_null(t[i].domain);
+		}
+	}
+}
+
+struct expand_case {
+	const char *name;
+	const char *addr;
+	const char *want; /* joined targets, or NULL for an error */
+	const char *err;  /* substring of the error when want is NULL */
+};
+
+static void
+run_expand_cases(const char *users, const char *delim, const struct expand_case *cases, size_t n)
+{
+	char err[256] = "";
+	struct conf *c;
+	struct deliver_db *db = db_from(users, exp_aliases, delim, &c, err, sizeof(err));
+
+	if (db == NULL)
+		fail_msg("load: %s", err);
+	for (size_t i = 0; i < n; i++) {
+		struct deliver_target *t = (struct deliver_target *)&t;
+		size_t len = 99;
+		char got[1024];
+		int rc;
+
+		err[0] = '\0';
+		rc = deliver_expand(db, c, cases[i].addr, &t, &len, err, sizeof(err));
+		if (cases[i].want == NULL) {
+			if (rc != -1 || t != NULL || len != 0 || strstr(err, cases[i].err) == NULL)
+				fail_msg("case '%s': rc %d err '%s'", cases[i].name, rc, err);
+			continue;
+		}
+		if (rc != 0)
+			fail_msg("case '%s': %s", cases[i].name, err);
+		join_targets(t, len, got, sizeof(got));
+		if (strcmp(got, cases[i].want) != 0)
+			fail_msg("case '%s': got '%s' want '%s'", cases[i].name, got,
+				 cases[i].want);
+		deliver_targets_free(t, len);
+	}
+	deliver_db_free(db);
+	conf_del(c);
+}
+
+static void
+test_expand(void **state)
+{
+	static const struct expand_case cases[] = {
+	    {"user", "alice@example.org", "alice@example.org", NULL},
+	    {"case", "ALICE@Example.ORG", "alice@example.org", NULL},
+	    {"trailing dot", "alice@example.org.", "alice@example.org", NULL},
+	    {"tag stripped", "alice+foo@example.org", "alice@example.org", NULL},
+	    {"exact tagged alias first", "alice+spam@example.org", "trash@example.org", NULL},
+	    {"two levels", "postmaster@example.org", "alice@example.org,bob@example.org", NULL},
+	    {"alias via tag", "root+x@example.org", "alice@example.org,bob@example.org", NULL},
+	    {"dedupe", "list@example.org",
+	     "alice@example.org,bob@example.org,!carol@remote.test,!Carol@remote.test", NULL},
+	    {"diamond", "diamond@example.org",
+	     "alice@example.org,bob@example.org,!carol@remote.test,!Carol@remote.test", NULL},
+	    {"self is a user", "self@example.org", "self@example.org,dave@example.org", NULL},
+	    {"self via tag", "self2@example.org", "self2@example.org,dave@example.org", NULL},
+	    {"tagged target", "tagged@example.org", "alice@example.org", NULL},
+	    {"other local domain", "info@example.net",
+	     "sales@example.net,alice@example.org,"
+	     "bob@example.org",
+	     NULL},
+	    {"remote targets", "fwd@example.org", "!someone@remote.test,alice@example.net", NULL},
+	    {"remote recipient", "X@Remote.Test", "!X@remote.test", NULL},
+	    {"unknown local kept", "nobody@example.org", "nobody@example.org", NULL},
+	    {"users file with tag", "bob+list@example.org", "bob+list@example.org", NULL},
+	    {"other tag of bob", "bob+other@example.org", "bob@example.org", NULL},
+	    {"empty before delimiter", "+foo@example.org", "+foo@example.org", NULL},
+	    {"10 levels", "d0@example.org", "d10@example.org", NULL},
+	    {"11 levels", "e0@example.org", NULL, "deeper than 10"},
+	    {"loop", "loop1@example.org", NULL, "loop"},
+	    {"unsafe", "../x@example.org", NULL, "unsafe local part"},
+	    {"unsafe slash", "a/b@example.net", NULL, "unsafe local part"},
+	    {"no domain", "alice", NULL, "no domain"},
+	    {"empty domain", "alice@", NULL, "no domain"},
+	};
+
+	run_expand_cases(exp_users, "+", cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void
+test_expand_delimiters(void **state)
+{
+	static const struct expand_case multi[] = {
+	    {"plus", "alice+x@example.org", "alice@example.org", NULL},
+	    {"dash", "alice-x@example.org", "alice@example.org", NULL},
+	    {"first wins", "alice-x+y@example.org", "alice@example.org", NULL},
+	};
+	static const struct expand_case none[] = {
+	    {"no delimiter", "alice+x@example.org", "alice+x@example.org", NULL},
+	    {"exact alias still", "alice+spam@example.org", "trash@example.org", NULL},
+	};
+
+	run_expand_cases(exp_users, "+-", multi, sizeof(multi) / sizeof(multi[0]));
+	run_expand_cases(exp_users, "", none, sizeof(none) / sizeof(none[0]));
+	/* Without a users file the result is the same shape. */
+	run_expand_cases(NULL, "+-", multi, sizeof(multi) / sizeof(multi[0]));
+}
+
+/* ---- deliver_check_rcpt ---- */
+
+struct rcpt_case {
+	const char *local;
+	size_t local_len; /* 0: strlen */
+	const char *domain;
+	enum deliver_rcpt_status want;
+};
+
+static void
+run_rcpt_cases(const char *users, const char *delim, const struct rcpt_case *cases, size_t n)
+{
+	char err[256] = "";
+	struct conf *c;
+	struct deliver_db *db = db_from(users, exp_aliases, delim, &c, err, sizeof(err));
+
+	if (db == NULL)
+		fail_msg("load: %s", err);
+	for (size_t i = 0; i < n; i++) {
+		size_t len = cases[i].local_len ? cases[i].local_len : strlen(cases[i].local);
+		enum deliver_rcpt_status got = deliver_check_rcpt(
+		    db, c, cases[i].local, len, cases[i].domain, strlen(cases[i].domain));
+
+		if (got != cases[i].want)
+			fail_msg("case %zu '%s@%s': got %d want %d", i, cases[i].local,
+				 cases[i].domain, got, cases[i].want);
+	}
+	deliver_db_free(db);
+	conf_del(c);
+}
+
+static void
+test_check_rcpt(void **state)
+{
+	static const struct rcpt_case with_users[] = {
+	    {"alice", 0, "example.org", DELIVER_RCPT_OK},
+	    {"ALICE", 0, "EXAMPLE.ORG", DELIVER_RCPT_OK},
+	    {"alice", 0, "example.org.", DELIVER_RCPT_OK},
+	    {"alice+tag", 0, "example.org", DELIVER_RCPT_OK},
+	    {"alice", 0, "example.net", DELIVER_RCPT_UNKNOWN},
+	    {"nobody", 0, "example.org", DELIVER_RCPT_UNKNOWN},
+	    {"nobody+alice", 0, "example.org", DELIVER_RCPT_UNKNOWN},
+	    {"postmaster", 0, "example.org", DELIVER_RCPT_OK},
+	    {"root+x", 0, "example.org", DELIVER_RCPT_OK},
+	    {"Info", 0, "example.net", DELIVER_RCPT_OK},
+	    {"bob+list", 0, "example.org", DELIVER_RCPT_OK},
+	    {"+alice", 0, "example.org", DELIVER_RCPT_UNKNOWN},
+	    {"../alice", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {".alice", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {"a/b", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {"", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {"al\0ice", 6, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	};
+	static const struct rcpt_case without_users[] = {
+	    {"anyone", 0, "example.org", DELIVER_RCPT_OK},
+	    {"j\xc3\xb6rg", 0, "example.net", DELIVER_RCPT_OK},
+	    {"postmaster", 0, "example.org", DELIVER_RCPT_OK},
+	    {"a/b", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {"..", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	    {"a\r\n", 0, "example.org", DELIVER_RCPT_BAD_LOCAL},
+	};
+	static const struct rcpt_case no_delim[] = {
+	    {"alice", 0, "example.org", DELIVER_RCPT_OK},
+	    {"alice+tag", 0, "example.org", DELIVER_RCPT_UNKNOWN},
+	    {"alice+spam", 0, "example.org", DELIVER_RCPT_OK},
+	};
+
+	run_rcpt_cases(exp_users, "+", with_users, sizeof(with_users) / sizeof(with_users[0]));
+	run_rcpt_cases(NULL, "+", without_users, sizeof(without_users) / sizeof(without_users[0]));
+	run_rcpt_cases(exp_users, "", no_delim, sizeof(no_delim) / sizeof(no_delim[0]));
+}
+
+static void
+test_empty_db(void **state)
+{
+	char err[64] = "";
+	struct conf *c = conf_new(NULL, NULL, "+");
+	struct deliver_db *db = deliver_db_load(c, err, sizeof(err));
+	struct deliver_target *t;
+	size_t n;
+
+	assert_non_null(db);
+	assert_null(deliver_db_password(db, "alice@example.org"));
+	assert_int_equal(deliver_check_rcpt(db, c, "x", 1, "example.org", 11), DELIVER_RCPT_OK);
+	assert_int_equal(deliver_expand(db, c, "x+y@example.org", &t, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(t[0].addr, "x@example.org");
+	assert_string_equal(t[0].user, "x");
+	assert_string_equal(t[0].domain, "example.org");
+	assert_true(t[0].is_local);
+	deliver_targets_free(t, n);
+	deliver_targets_free(NULL, 0);
+	deliver_db_free(db);
+	deliver_db_free(NULL);
+	conf_del(c);
+}
+
+/* A users file large enough to make the hash table grow several times. */
+static void
+test_many_users(void **state)
+{
+	const size_t n = 5000;
+	char *text = xmalloc(n * 64);
+	size_t o = 0;
+	char err[256] = "";
+	struct conf *c;
+	struct deliver_db *db;
+
+	for (size_t i = 0; i < n; i++)
+		o += (size_t)snprintf(text + o, 64, "user%zu@example.org:{PLAIN}p%zu\n", i, i);
+	db = db_from(text, NULL, "+", &c, err, sizeof(err));
+	assert_non_null(db);
+	for (size_t i = 0; i < n; i++) {
+		char addr[64], pw[64];
+
+		snprintf(addr, sizeof(addr), "USER%zu@example.org", i);
+		snprintf(pw, sizeof(pw), "{PLAIN}p%zu", i);
+		assert_string_equal(deliver_db_password(db, addr), pw);
+	}
+	assert_null(deliver_db_password(db, "user5000@example.org"));
+	deliver_db_free(db);
+	conf_del(c);
+	free(text);
+}
+
+/* ---- Maildir ---- */
+
+/* A spool-like file: junk, then the message at body_off. */
+static struct deliver_msg
+spool_msg(const char *dir, const char *prefix, const char *body, size_t body_len)
+{
+	char spool[32];
+	char *p;
+	size_t plen = strlen(prefix);
+	char *data = xmalloc(plen + body_len + 1);
+	struct deliver_msg m = {.headers = "Return-Path: <a@remote.test>\nDelivered-To: u@d\n"};
+
+	snprintf(spool, sizeof(spool), "spool%u", file_seq++);
+	p = path_join(dir, spool);
+	memcpy(data, prefix, plen);
+	memcpy(data + plen, body, body_len);
+	write_bytes(p, data, plen + body_len);
+	m.body_fd = open(p, O_RDONLY | O_CLOEXEC);
+	assert_true(m.body_fd >= 0);
+	m.body_off = (off_t)plen;
+	m.body_len = body_len;
+	free(data);
+	free(p);
+	return m;
+}
+
+/* The expected Maildir file: headers, then body with CRLF turned into LF. */
+static char *
+expected_file(const struct deliver_msg *m, const char *body, size_t len, size_t *out_len)
+{
+	size_t hl = strlen(m->headers), o = hl;
+	char *e = xmalloc(hl + len + 1);
+
+	memcpy(e, m->headers, hl);
+	for (size_t i = 0; i < len; i++) {
+		if (body[i] == '\r' && i + 1 < len && body[i + 1] == '\n')
+			continue;
+		e[o++] = body[i];
+	}
+	*out_len = o;
+	return e;
+}
+
+static void
+check_delivered(const char *root, const char *rel, const struct deliver_msg *m, const char *body,
+		size_t len)
+{
+	char *p = path_join(root, rel);
+	size_t got_len, want_len;
+	char *got = read_all(p, &got_len);
+	char *want = expected_file(m, body, len, &want_len);
+	struct stat st;
+
+	if (got == NULL)
+		fail_msg("%s missing", p);
+	assert_int_equal(got_len, want_len);
+	assert_memory_equal(got, want, want_len);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	free(got);
+	free(want);
+	free(p);
+}
+
+static void
+test_maildir_write(void **state)
+{
+	static const char body[] = "Subject: hi\r\n\r\nline 1\r\nbare\rcr\r\n\r\nlast\r\n";
+	char *dir = fresh_dir();
+	char *root = path_join(dir, "mail");
+	struct deliver_msg m = spool_msg(dir, "SPOOL HEADER\n", body, sizeof(body) - 1);
+	const char *subdirs[] = {"",
+				 "/example.org",
+				 "/example.org/alice",
+				 "/example.org/alice/tmp",
+				 "/example.org/alice/new",
+				 "/example.org/alice/cur"};
+	bool permanent = true;
+	char err[256] = "";
+
+	/* mail_root itself is created when missing, like the Maildir under it. */
+	assert_int_equal(deliver_maildir_write(root, "example.org", "alice", "0123ABCD.1", &m,
+					       &permanent, err, sizeof(err)),
+			 0);
+	assert_false(permanent);
+	check_delivered(root, "example.org/alice/new/0123ABCD.1", &m, body, sizeof(body) - 1);
+	for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+		char p[512];
+		struct stat st;
+
+		snprintf(p, sizeof(p), "%s%s", root, subdirs[i]);
+		assert_int_equal(stat(p, &st), 0);
+		assert_true(S_ISDIR(st.st_mode));
+		assert_int_equal(st.st_mode & 07777, 0700);
+	}
+	snprintf(err, sizeof(err), "%s/example.org/alice/tmp", root);
+	assert_int_equal(count_entries(err), 0);
+	close(m.body_fd);
+	free(root);
+	free(dir);
+}
+
+/* Bodies that put CR, LF or CRLF across the 64 KiB read boundaries. */
+static void
+test_maildir_block_edges(void **state)
+{
+	const struct {
+		const char *name;
+		size_t len;
+		const char *prefix; /* spool bytes before body_off; blocks start at body_off */
+		size_t cr_at[4];    /* positions of CR (0 ends the list) */
+		size_t lf_at[4];
+	} cases[] = {
+	    {"CRLF across each edge",
+	     3 * BLOCK + 10,
+	     "",
+	     {BLOCK - 1, 2 * BLOCK - 1, 3 * BLOCK - 1},
+	     {BLOCK, 2 * BLOCK, 3 * BLOCK}},
+	    {"CRLF across edge, offset", BLOCK + 5, "0123456", {BLOCK - 1}, {BLOCK}},
+	    {"CR at edge, no LF", BLOCK + 5, "", {BLOCK - 1}, {0}},
+	    {"CRLF just before edge", BLOCK + 5, "", {BLOCK - 2}, {BLOCK - 1}},
+	    {"CRLF just after edge", BLOCK + 5, "", {BLOCK}, {BLOCK + 1}},
+	    {"CR CR LF across edge", BLOCK + 5, "", {BLOCK - 1, BLOCK}, {BLOCK + 1}},
+	    {"CR last byte of body", BLOCK + 1, "", {BLOCK}, {0}},
+	    {"CR last byte of one block", BLOCK, "", {BLOCK - 1}, {0}},
+	    {"CRLF ends exactly at edge", BLOCK, "", {BLOCK - 2}, {BLOCK - 1}},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *dir = fresh_dir();
+		size_t len = cases[i].len;
+		char *body = xmalloc(len);
+		struct deliver_msg m;
+		bool permanent = true;
+		char err[256] = "";
+
+		/* Ordinary CRLF lines of 78 characters, then the CRs and LFs under test. */
+		for (size_t j = 0; j < len; j++)
+			body[j] = (j % 80 == 78)   ? '\r'
+				  : (j % 80 == 79) ? '\n'
+						   : 'a' + (char)(j % 26);
+		for (size_t j = 0; j < len; j++)
+			if (j % BLOCK >= BLOCK - 3 || j % BLOCK <= 3)
+				body[j] = 'x'; /* near an edge only the case's CRs and LFs */
+		for (size_t k = 0; k < 4 && cases[i].cr_at[k]; k++)
+			body[cases[i].cr_at[k]] = '\r';
+		for (size_t k = 0; k < 4 && cases[i].lf_at[k]; k++)
+			body[cases[i].lf_at[k]] = '\n';
+		m = spool_msg(dir, cases[i].prefix, body, len);
+		if (deliver_maildir_write(dir, "example.org", "bob", "MSG", &m, &permanent, err,
+					  sizeof(err)) != 0)
+			fail_msg("case '%s': %s", cases[i].name, err);
+		check_delivered(dir, "example.org/bob/new/MSG", &m, body, len);
+		close(m.body_fd);
+		free(body);
+		free(dir);
+	}
+}
+
+static void
+test_maildir_redelivery(void **state)
+{
+	char *dir = fresh_dir();
+	struct deliver_msg first = spool_msg(dir, "", "A\r\n", 3);
+	struct deliver_msg second = spool_msg(dir, "", "B\r\n", 3);
+	bool permanent;
+	char err[256] = "";
+	char p[512];
+
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M1", &first,
+					       &permanent, err, sizeof(err)),
+			 0);
+	/* Already in new/: nothing is written. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M1", &second,
+					       &permanent, err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/carol/new/M1", &first, "A\r\n", 3);
+
+	/* Already read by the user (moved to cur/ with flags): nothing is written. */
+	snprintf(p, sizeof(p), "%s/example.org/carol/cur/M2:2,S", dir);
+	write_bytes(p, "old\n", 4);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M2", &second,
+					       &permanent, err, sizeof(err)),
+			 0);
+	snprintf(p, sizeof(p), "%s/example.org/carol/new/M2", dir);
+	assert_false(exists(p));
+
+	/* cur/M2:2,S only shares a prefix with "M": that is another message. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M", &second,
+					       &permanent, err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/carol/new/M", &second, "B\r\n", 3);
+
+	/* A tmp/ file left by a crash is replaced. */
+	snprintf(p, sizeof(p), "%s/example.org/carol/tmp/M3", dir);
+	write_bytes(p, "partial", 7);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M3", &second,
+					       &permanent, err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/carol/new/M3", &second, "B\r\n", 3);
+	assert_false(exists(p));
+	close(first.body_fd);
+	close(second.body_fd);
+	free(dir);
+}
+
+static void
+test_maildir_unsafe_names(void **state)
+{
+	const struct {
+		const char *domain, *user, *name;
+	} cases[] = {
+	    {"example.org", ".x", "M"},
+	    {"example.org", "..", "M"},
+	    {"example.org", "a/b", "M"},
+	    {"example.org", "", "M"},
+	    {"example.org", "a\nb", "M"},
+	    {"../etc", "x", "M"},
+	    {".", "x", "M"},
+	    {"", "x", "M"},
+	    {"a/b", "x", "M"},
+	    {"exa\x01mple", "x", "M"},
+	    {"example.org", "x", "../M"},
+	    {"example.org", "x", ".M"},
+	    {"example.org", "x", "M:2,S"},
+	    {"example.org", "x", ""},
+	    {"example.org", "x", "a/b"},
+	};
+	char *dir = fresh_dir();
+	struct deliver_msg m = spool_msg(dir, "", "x\r\n", 3);
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool permanent = false;
+		char err[256] = "";
+
+		if (deliver_maildir_write(dir, cases[i].domain, cases[i].user, cases[i].name, &m,
+					  &permanent, err, sizeof(err)) != -1 ||
+		    !permanent || err[0] == '\0')
+			fail_msg("case %zu: accepted or not permanent", i);
+	}
+	/* Only the spool file: no directory was created. */
+	assert_int_equal(count_entries(dir), 1);
+	close(m.body_fd);
+	free(dir);
+}
+
+/* Transient failures: -1, permanent clear, nothing left in tmp/ or new/. */
+static void
+test_maildir_transient_failures(void **state)
+{
+	char *dir = fresh_dir();
+	struct deliver_msg m = spool_msg(dir, "", "x\r\n", 3);
+	struct deliver_msg shortm = m;
+	bool permanent = true;
+	char err[256] = "";
+	char p[512], q[512];
+
+	/* tmp/ is a regular file (root ignores mode bits, so no chmod 0500 here). */
+	snprintf(p, sizeof(p), "%s/example.org", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/dan", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/dan/new", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/dan/tmp", dir);
+	write_bytes(p, "", 0);
+	assert_int_equal(
+	    deliver_maildir_write(dir, "example.org", "dan", "M", &m, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "Not a directory"));
+	snprintf(p, sizeof(p), "%s/example.org/dan/new", dir);
+	assert_int_equal(count_entries(p), 0);
+
+	/* The mailbox is a symlink: not followed. */
+	snprintf(p, sizeof(p), "%s/elsewhere", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(q, sizeof(q), "%s/example.org/eve", dir);
+	assert_int_equal(symlink(p, q), 0);
+	permanent = true;
+	assert_int_equal(
+	    deliver_maildir_write(dir, "example.org", "eve", "M", &m, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_int_equal(count_entries(p), 0);
+
+	/* The spool file is shorter than body_len says. */
+	shortm.body_len = 100;
+	permanent = true;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "fay", "M", &shortm, &permanent,
+					       err, sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "spool file ends"));
+	snprintf(p, sizeof(p), "%s/example.org/fay/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+	snprintf(p, sizeof(p), "%s/example.org/fay/new", dir);
+	assert_int_equal(count_entries(p), 0);
+
+	/* A bad spool descriptor. */
+	shortm.body_fd = -1;
+	shortm.body_len = 3;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "fay", "M", &shortm, &permanent,
+					       err, sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "reading spool file"));
+	snprintf(p, sizeof(p), "%s/example.org/fay/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+
+	/* mail_root's parent is missing. */
+	snprintf(p, sizeof(p), "%s/no/such/root", dir);
+	assert_int_equal(
+	    deliver_maildir_write(p, "example.org", "x", "M", &m, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "No such file or directory"));
+	close(m.body_fd);
+	free(dir);
+}
+
+static void
+test_maildir_empty_body(void **state)
+{
+	char *dir = fresh_dir();
+	struct deliver_msg m = spool_msg(dir, "prefix", "", 0);
+	bool permanent;
+	char err[256] = "";
+
+	assert_int_equal(
+	    deliver_maildir_write(dir, "example.org", "gus", "M", &m, &permanent, err, sizeof(err)),
+	    0);
+	check_delivered(dir, "example.org/gus/new/M", &m, "", 0);
+	close(m.body_fd);
+	free(dir);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_local_part_is_safe),
+	    cmocka_unit_test(test_users_file),
+	    cmocka_unit_test(test_users_file_errors),
+	    cmocka_unit_test(test_users_file_long_line_and_missing),
+	    cmocka_unit_test(test_aliases_file_errors),
+	    cmocka_unit_test(test_expand),
+	    cmocka_unit_test(test_expand_delimiters),
+	    cmocka_unit_test(test_check_rcpt),
+	    cmocka_unit_test(test_empty_db),
+	    cmocka_unit_test(test_many_users),
+	    cmocka_unit_test(test_maildir_write),
+	    cmocka_unit_test(test_maildir_block_edges),
+	    cmocka_unit_test(test_maildir_redelivery),
+	    cmocka_unit_test(test_maildir_unsafe_names),
+	    cmocka_unit_test(test_maildir_transient_failures),
+	    cmocka_unit_test(test_maildir_empty_body),
+	};
+
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
