@@ -44,8 +44,13 @@ for t in tests/fuzz/fuzz_*.c; do
 	rm -rf "$work" && mkdir -p "$work"
 	[ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
 	echo "-- $name"
-	"build/fuzz/$name" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 \
-		-artifact_prefix="build/fuzz/$name-" "$work" 2>&1 | tail -n 3
+	if ! "build/fuzz/$name" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 \
+		-artifact_prefix="build/fuzz/$name-" "$work" >"build/fuzz/$name.log" 2>&1; then
+		tail -n 40 "build/fuzz/$name.log"
+		echo "fuzz target $name failed; the input is in build/fuzz/$name-*" >&2
+		exit 1
+	fi
+	tail -n 1 "build/fuzz/$name.log"
 done
 
 step "all tests passed"
