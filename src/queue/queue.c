@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "queue/queue_file.h"
+#include "queue/queue_internal.h"
 #include "queue/queue_pool.h"
 #include "util/util_buf.h"
 #include "util/util_fs.h"
@@ -19,41 +20,6 @@
 #include "util/util_time.h"
 
 #define HEADER_BUF_MAX (64u * 1024 * 1024)
-
-/* A message known to the queue: acknowledged, not yet finished. */
-struct entry {
-	char id[UTIL_ID_LEN + 1];
-	uint64_t due_ms;
-	unsigned attempts;
-	bool recovered;
-};
-
-/* The commit thread: one fsync of queue/ for every message renamed since the last one. */
-struct syncer {
-	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct pool_job *waiting; /* renamed, waiting for the directory flush */
-	bool stopping;
-	bool started;
-};
-
-struct queue {
-	char *dir;
-	int tmp_fd;   /* spool/tmp */
-	int queue_fd; /* spool/queue */
-	struct queue_limits limits;
-	struct pool *pool;
-	struct syncer syncer;
-	queue_deliver_fn deliver;
-	void *deliver_ctx;
-	/* Waiting entries, a binary min-heap on due_ms. */
-	struct entry **heap;
-	size_t heap_len, heap_cap;
-	size_t running; /* entries being delivered */
-	size_t total;   /* entries known (waiting + running) */
-	bool closing;   /* no new deliveries */
-};
 
 enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
 
@@ -82,17 +48,7 @@ struct queue_msg {
 	struct msg_op *ops_head, *ops_tail;
 };
 
-struct delivery {
-	struct pool_job job;
-	struct queue *q;
-	struct entry *entry;
-	bool finished; /* every recipient done: the files are gone */
-	char error[256];
-};
-
 static void msg_kick(struct queue_msg *m);
-static void schedule(struct queue *q, struct entry *e);
-static void start_due(struct queue *q);
 
 /* ---- the commit thread ------------------------------------------------ */
 
@@ -231,7 +187,7 @@ op_done(struct pool_job *job)
 		struct entry *e = xcalloc(1, sizeof(*e));
 		memcpy(e->id, m->id, sizeof(e->id));
 		q->total++;
-		schedule(q, e); /* due now: deliver right away */
+		queue_schedule(q, e); /* due now: deliver right away */
 	}
 	kind = op->kind;
 	free(op->data);
@@ -240,7 +196,7 @@ op_done(struct pool_job *job)
 		msg_kick(m);
 	else
 		msg_free(m); /* commit and abort end the message */
-	start_due(q);
+	queue_start_due(q);
 }
 
 static void
@@ -329,233 +285,6 @@ queue_msg_detach(struct queue_msg *m)
 	m->detached = true;
 }
 
-/* ---- the schedule --------------------------------------------------------- */
-
-static void
-heap_swap(struct queue *q, size_t a, size_t b)
-{
-	struct entry *t = q->heap[a];
-	q->heap[a] = q->heap[b];
-	q->heap[b] = t;
-}
-
-static void
-heap_push(struct queue *q, struct entry *e)
-{
-	size_t i;
-
-	if (q->heap_len == q->heap_cap) {
-		q->heap_cap = q->heap_cap ? q->heap_cap * 2 : 64;
-		q->heap = xrealloc(q->heap, q->heap_cap * sizeof(*q->heap));
-	}
-	i = q->heap_len++;
-	q->heap[i] = e;
-	while (i > 0 && q->heap[(i - 1) / 2]->due_ms > q->heap[i]->due_ms) {
-		heap_swap(q, i, (i - 1) / 2);
-		i = (i - 1) / 2;
-	}
-}
-
-static struct entry *
-heap_pop(struct queue *q)
-{
-	struct entry *top = q->heap[0];
-	size_t i = 0;
-
-	q->heap[0] = q->heap[--q->heap_len];
-	for (;;) {
-		size_t l = 2 * i + 1, r = l + 1, min = i;
-		if (l < q->heap_len && q->heap[l]->due_ms < q->heap[min]->due_ms)
-			min = l;
-		if (r < q->heap_len && q->heap[r]->due_ms < q->heap[min]->due_ms)
-			min = r;
-		if (min == i)
-			break;
-		heap_swap(q, i, min);
-		i = min;
-	}
-	return top;
-}
-
-static void
-schedule(struct queue *q, struct entry *e)
-{
-	if (e->due_ms == 0)
-		e->due_ms = util_now_ms();
-	heap_push(q, e);
-}
-
-/* The pause before attempt n+1: retry_min doubling up to retry_max, with +-10% jitter. */
-static uint64_t
-backoff_ms(const struct queue_limits *l, unsigned attempts)
-{
-	uint64_t s = l->retry_min_s;
-	uint64_t ms;
-
-	for (unsigned i = 1; i < attempts && s < l->retry_max_s; i++)
-		s *= 2;
-	if (s > l->retry_max_s)
-		s = l->retry_max_s;
-	ms = s * 1000u;
-	return ms - ms / 10 + (uint64_t)rand() % (ms / 5 + 1);
-}
-
-/* ---- delivery: worker side ------------------------------------------------ */
-
-static void
-remove_files(struct queue *q, const char *id)
-{
-	char st[UTIL_ID_LEN + 8];
-
-	snprintf(st, sizeof(st), "%s.st", id);
-	unlinkat(q->queue_fd, st, 0);
-	unlinkat(q->queue_fd, id, 0);
-}
-
-static void
-delivery_run(struct pool_job *job)
-{
-	struct delivery *d = (struct delivery *)job;
-	struct queue *q = d->q;
-	struct entry *e = d->entry;
-	struct queue_file_env env;
-	struct queue_file_status st;
-	struct queue_rcpt_result *res = NULL;
-	struct queue_item item;
-	char err[200];
-	struct stat sb;
-	bool expired, any_left = false;
-	int fd;
-
-	fd = openat(q->queue_fd, e->id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		/* Deleted by "petrel queue delete" (or already finished). */
-		if (errno == ENOENT)
-			d->finished = true;
-		snprintf(d->error, sizeof(d->error), "open: %s", strerror(errno));
-		pool_complete(q->pool, job);
-		return;
-	}
-	if (queue_file_read(fd, &env, err, sizeof(err)) != 0 || fstat(fd, &sb) != 0) {
-		log_err("%s: unreadable queue file: %s; left in place", e->id, err);
-		snprintf(d->error, sizeof(d->error), "unreadable queue file: %s", err);
-		close(fd);
-		pool_complete(q->pool, job);
-		return;
-	}
-	if (queue_file_status_read(q->queue_fd, e->id, env.rcpts_len, &st) != 0)
-		log_warn("%s: cannot read delivery status: %s", e->id, strerror(errno));
-	if (st.attempts > e->attempts)
-		e->attempts = st.attempts;
-
-	memset(&item, 0, sizeof(item));
-	memcpy(item.id, e->id, sizeof(item.id));
-	item.arrival = env.arrival;
-	item.sender = env.sender;
-	item.rcpts_len = env.rcpts_len;
-	item.rcpts = env.rcpts;
-	item.helo = env.helo;
-	item.client_addr = env.client_addr;
-	item.client_name = env.client_name;
-	item.protocol = env.protocol;
-	item.body_8bit = env.body_8bit;
-	item.smtputf8 = env.smtputf8;
-	item.attempts = e->attempts;
-	item.recovered = e->recovered;
-	item.fd = fd;
-	item.body_off = env.body_off;
-	item.body_len = (uint64_t)sb.st_size - (uint64_t)env.body_off;
-
-	res = xcalloc(env.rcpts_len, sizeof(*res));
-	if (q->deliver != NULL)
-		q->deliver(q->deliver_ctx, &item, st.done, res);
-	expired = time(NULL) - env.arrival >= (time_t)q->limits.lifetime_s;
-	for (size_t i = 0; i < env.rcpts_len; i++) {
-		if (st.done[i])
-			continue;
-		switch (res[i].status) {
-		case QUEUE_RCPT_DONE:
-			st.done[i] = true;
-			break;
-		case QUEUE_RCPT_FAIL:
-			st.done[i] = st.failed[i] = true;
-			/* TODO(issue 3): a DSN to the sender. */
-			log_info("%s: to=<%s>, status=bounced (%s)", e->id, env.rcpts[i],
-				 res[i].reason);
-			break;
-		case QUEUE_RCPT_PENDING:
-		case QUEUE_RCPT_DEFER:
-			if (expired) {
-				st.done[i] = st.failed[i] = true;
-				log_info("%s: to=<%s>, status=expired (%s)", e->id, env.rcpts[i],
-					 res[i].reason);
-				break;
-			}
-			any_left = true;
-			if (res[i].reason[0] != '\0')
-				snprintf(st.error, sizeof(st.error), "%s", res[i].reason);
-			break;
-		}
-	}
-	if (!any_left) {
-		remove_files(q, e->id);
-		log_info("%s: removed", e->id);
-		d->finished = true;
-	} else {
-		st.attempts = e->attempts + 1;
-		if (queue_file_status_write(q->queue_fd, e->id, env.rcpts_len, &st) != 0)
-			log_warn("%s: cannot record delivery status: %s", e->id, strerror(errno));
-		snprintf(d->error, sizeof(d->error), "%s", st.error);
-	}
-	free(res);
-	queue_file_status_free(&st);
-	queue_file_env_free(&env);
-	close(fd);
-	pool_complete(q->pool, job);
-}
-
-/* ---- delivery: loop side -------------------------------------------------- */
-
-static void
-delivery_done(struct pool_job *job)
-{
-	struct delivery *d = (struct delivery *)job;
-	struct queue *q = d->q;
-	struct entry *e = d->entry;
-
-	q->running--;
-	if (d->finished) {
-		q->total--;
-		free(e);
-	} else {
-		e->attempts++;
-		e->recovered = false;
-		e->due_ms = util_now_ms() + backoff_ms(&q->limits, e->attempts);
-		heap_push(q, e);
-	}
-	free(d);
-	start_due(q);
-}
-
-static void
-start_due(struct queue *q)
-{
-	uint64_t now = util_now_ms();
-
-	if (q->closing)
-		return;
-	while (q->heap_len > 0 && q->running < q->limits.max_deliveries &&
-	       q->heap[0]->due_ms <= now) {
-		struct delivery *d = xcalloc(1, sizeof(*d));
-		d->job.run = delivery_run;
-		d->job.done = delivery_done;
-		d->q = q;
-		d->entry = heap_pop(q);
-		q->running++;
-		pool_submit(q->pool, &d->job);
-	}
-}
-
 /* ---- open, recover, close ------------------------------------------------- */
 
 static int
@@ -603,7 +332,7 @@ recover(struct queue *q)
 		memcpy(e->id, de->d_name, sizeof(e->id));
 		e->recovered = true;
 		q->total++;
-		schedule(q, e);
+		queue_schedule(q, e);
 		found++;
 	}
 	if (d != NULL)
@@ -688,13 +417,6 @@ queue_close(struct queue *q)
 	free(q);
 }
 
-void
-queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx)
-{
-	q->deliver = fn;
-	q->deliver_ctx = ctx;
-}
-
 int
 queue_notify_fd(const struct queue *q)
 {
@@ -705,28 +427,7 @@ void
 queue_dispatch(struct queue *q)
 {
 	pool_dispatch(q->pool);
-	start_due(q);
-}
-
-long
-queue_next_due_ms(const struct queue *q)
-{
-	uint64_t now = util_now_ms();
-
-	if (q->heap_len == 0)
-		return -1;
-	return q->heap[0]->due_ms <= now ? 0 : (long)(q->heap[0]->due_ms - now);
-}
-
-void
-queue_flush_all(struct queue *q)
-{
-	uint64_t now = util_now_ms();
-
-	/* Equal keys keep the heap valid. */
-	for (size_t i = 0; i < q->heap_len; i++)
-		q->heap[i]->due_ms = now;
-	start_due(q);
+	queue_start_due(q);
 }
 
 size_t

@@ -17,8 +17,8 @@
  * on the queue's threads, and completions come back through
  * queue_notify_fd() / queue_dispatch() on the loop's thread.
  *
- * Threading: every function here is called from the event loop thread only;
- * the deliverer (queue_set_deliverer) runs on worker threads.
+ * Threading: every function here is called from the event loop thread only,
+ * except that queue_work() and the bounce builder run code on worker threads.
  */
 #ifndef PETREL_QUEUE_H
 #define PETREL_QUEUE_H
@@ -55,13 +55,14 @@ struct queue_limits {
 	unsigned max_deliveries;   /* messages being delivered at once (0: 64) */
 };
 
-/* A message as a deliverer sees it (read-only, valid during the call). */
+/* A message as a deliverer sees it (read-only, valid until queue_delivery_finish). */
 struct queue_item {
 	char id[UTIL_ID_LEN + 1];
 	time_t arrival;
 	const char *sender;
 	size_t rcpts_len;
 	char *const *rcpts;
+	const bool *done;   /* done[i]: recipient i was finished by an earlier attempt; skip it */
 	const char *helo;
 	const char *client_addr;
 	const char *client_name;
@@ -85,15 +86,36 @@ enum queue_rcpt_status {
 struct queue_rcpt_result {
 	enum queue_rcpt_status status;
 	char reason[256]; /* for DEFER and FAIL: the remote or local reply */
+	char relay[128];  /* where it went: "local", "mx.example.org[192.0.2.1]:25" */
 };
 
+/* One delivery attempt of one message. */
+struct queue_delivery;
+
 /*
- * Delivers what it can of item, filling results[i] for each recipient that
- * is not already done (done[i] true: skip it).  Runs on a worker thread;
- * must be thread-safe.
+ * Starts an attempt, on the event loop thread.  The deliverer decides every
+ * recipient not yet done (queue_delivery_results()[i]), on whatever thread
+ * it likes, then calls queue_delivery_finish() on the loop thread.
  */
-typedef void (*queue_deliver_fn)(void *ctx, const struct queue_item *item, const bool *done,
-				 struct queue_rcpt_result *results);
+typedef void (*queue_deliver_fn)(void *ctx, struct queue_delivery *d);
+const struct queue_item *queue_delivery_item(const struct queue_delivery *d);
+struct queue_rcpt_result *queue_delivery_results(struct queue_delivery *d);
+/* The attempt is over (event loop thread); results are recorded, bounces sent. */
+void queue_delivery_finish(struct queue_delivery *d);
+
+/*
+ * Builds a bounce (an RFC 3464 DSN, CRLF line ends) for the recipients
+ * with failed_now[i] set; runs on a worker thread.  Returns a malloc'd
+ * message and its length, or NULL.  The queue sends it from <> to the
+ * original sender (never for a message from <>).
+ */
+typedef char *(*queue_bounce_fn)(void *ctx, const struct queue_item *item,
+				 const struct queue_rcpt_result *results, const bool *failed_now,
+				 size_t *len);
+void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
+
+/* Runs run(arg) on a worker thread (blocking file work), then done(arg) on the loop thread. */
+void queue_work(struct queue *q, void (*run)(void *arg), void (*done)(void *arg), void *arg);
 
 /* Result callbacks: err is 0 or an errno value (ENOSPC: disk full). */
 typedef void (*queue_done_fn)(void *arg, int err);

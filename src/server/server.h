@@ -43,10 +43,8 @@ struct server;
 int server_run(const char *conf_path);
 
 /* Queue deliverer for local recipients (server_deliver.c); ctx is the struct server. */
-struct queue_item;
-struct queue_rcpt_result;
-void server_deliver(void *ctx, const struct queue_item *item, const bool *done,
-		    struct queue_rcpt_result *results);
+struct queue_delivery;
+void server_deliver(void *ctx, struct queue_delivery *d);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */
 struct server_cfg *server_current_cfg(struct server *srv);
 

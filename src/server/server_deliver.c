@@ -8,6 +8,7 @@
 #include "server/server_internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -127,15 +128,42 @@ out:
 	deliver_targets_free(targets, ntargets);
 }
 
-void
-server_deliver(void *ctx, const struct queue_item *item, const bool *done,
-	       struct queue_rcpt_result *results)
+/* One attempt: local recipients on a worker thread, then the rest. */
+struct attempt {
+	struct server *srv;
+	struct queue_delivery *d;
+};
+
+static void
+local_run(void *arg)
 {
-	struct server_cfg *cfg = server_current_cfg(ctx);
+	struct attempt *a = arg;
+	struct server_cfg *cfg = server_current_cfg(a->srv);
+	const struct queue_item *item = queue_delivery_item(a->d);
+	struct queue_rcpt_result *results = queue_delivery_results(a->d);
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
-		if (!done[i])
+		if (!item->done[i])
 			deliver_one(cfg->conf, cfg->db, item, i, &results[i]);
 	}
 	server_cfg_unref(cfg);
+}
+
+static void
+local_done(void *arg)
+{
+	struct attempt *a = arg;
+
+	queue_delivery_finish(a->d);
+	free(a);
+}
+
+void
+server_deliver(void *ctx, struct queue_delivery *d)
+{
+	struct attempt *a = xcalloc(1, sizeof(*a));
+
+	a->srv = ctx;
+	a->d = d;
+	queue_work(a->srv->queue, local_run, local_done, a);
 }

@@ -1,0 +1,57 @@
+/*
+ * queue_internal — what queue.c (receiving, recovery) and queue_run.c
+ * (delivery attempts, the schedule) share.  Internal to queue/.
+ */
+#ifndef PETREL_QUEUE_INTERNAL_H
+#define PETREL_QUEUE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "queue/queue.h"
+#include "queue/queue_pool.h"
+
+/* A message known to the queue: acknowledged, not yet finished. */
+struct entry {
+	char id[UTIL_ID_LEN + 1];
+	uint64_t due_ms;
+	unsigned attempts;
+	bool recovered;
+};
+
+/* The commit thread: one fsync of queue/ for every message renamed since the last one. */
+struct syncer {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct pool_job *waiting; /* renamed, waiting for the directory flush */
+	bool stopping;
+	bool started;
+};
+
+struct queue {
+	char *dir;
+	int tmp_fd;   /* spool/tmp */
+	int queue_fd; /* spool/queue */
+	struct queue_limits limits;
+	struct pool *pool;
+	struct syncer syncer;
+	queue_deliver_fn deliver;
+	void *deliver_ctx;
+	queue_bounce_fn bounce;
+	void *bounce_ctx;
+	/* Waiting entries, a binary min-heap on due_ms. */
+	struct entry **heap;
+	size_t heap_len, heap_cap;
+	size_t running; /* entries being delivered */
+	size_t total;   /* entries known (waiting + running) */
+	bool closing;   /* no new deliveries */
+};
+
+/* Adds e to the schedule (due_ms 0: now). */
+void queue_schedule(struct queue *q, struct entry *e);
+/* Starts the deliveries that are due, up to max_deliveries at once. */
+void queue_start_due(struct queue *q);
+
+#endif
