@@ -29,11 +29,17 @@ for t in tests/fuzz/fuzz_*.c; do
 	[ -d "$corpus" ] && "build/san/replay/$name" "$corpus"
 done
 
+# A private temporary root: pytest's shared default prunes other runs' folders.
+TMPROOT=$(mktemp -d /tmp/petrel-test.XXXXXX)
+trap 'rm -rf "$TMPROOT"' EXIT
+
 step "black-box tests (release build)"
-PETREL_BIN=build/petrel $PY -m pytest -q -p no:cacheprovider tests/integration
+PETREL_BIN=build/petrel $PY -m pytest -q -p no:cacheprovider --basetemp="$TMPROOT/rel" \
+	tests/integration
 
 step "black-box tests (ASan+UBSan build)"
-PETREL_BIN=build/san/petrel PETREL_SANITIZED=1 $PY -m pytest -q -p no:cacheprovider tests/integration
+PETREL_BIN=build/san/petrel PETREL_SANITIZED=1 $PY -m pytest -q -p no:cacheprovider \
+	--basetemp="$TMPROOT/san" tests/integration
 
 step "fuzzing, ${FUZZ_SECONDS}s per target"
 make -j2 fuzz
