@@ -12,7 +12,7 @@
 
 #include "queue/queue_file.h"
 #include "queue/queue_internal.h"
-#include "queue/queue_pool.h"
+#include "util/util_pool.h"
 #include "util/util_buf.h"
 #include "util/util_fs.h"
 #include "util/util_log.h"
@@ -24,7 +24,7 @@
 enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
 
 struct msg_op {
-	struct pool_job job; /* first: a job is an op */
+	struct util_pool_job job; /* first: a job is an op */
 	enum op_kind kind;
 	struct queue_msg *msg;
 	char *data; /* owned */
@@ -60,7 +60,7 @@ syncer_main(void *arg)
 
 	pthread_mutex_lock(&sy->lock);
 	for (;;) {
-		struct pool_job *batch;
+		struct util_pool_job *batch;
 		int err = 0;
 
 		while (sy->waiting == NULL && !sy->stopping)
@@ -74,11 +74,11 @@ syncer_main(void *arg)
 		if (fsync(q->queue_fd) != 0)
 			err = errno;
 		while (batch != NULL) {
-			struct pool_job *next = batch->next;
+			struct util_pool_job *next = batch->next;
 			struct msg_op *op = (struct msg_op *)batch;
 			if (op->err == 0)
 				op->err = err;
-			pool_complete(q->pool, batch);
+			util_pool_complete(q->pool, batch);
 			batch = next;
 		}
 		pthread_mutex_lock(&sy->lock);
@@ -88,7 +88,7 @@ syncer_main(void *arg)
 }
 
 static void
-syncer_add(struct queue *q, struct pool_job *job)
+syncer_add(struct queue *q, struct util_pool_job *job)
 {
 	struct syncer *sy = &q->syncer;
 
@@ -115,7 +115,7 @@ msg_create(struct queue_msg *m)
 }
 
 static void
-op_run(struct pool_job *job)
+op_run(struct util_pool_job *job)
 {
 	struct msg_op *op = (struct msg_op *)job;
 	struct queue_msg *m = op->msg;
@@ -155,7 +155,7 @@ op_run(struct pool_job *job)
 			unlinkat(q->tmp_fd, m->id, 0);
 		break;
 	}
-	pool_complete(q->pool, job);
+	util_pool_complete(q->pool, job);
 }
 
 /* ---- receiving a message: loop side ------------------------------------- */
@@ -168,7 +168,7 @@ msg_free(struct queue_msg *m)
 }
 
 static void
-op_done(struct pool_job *job)
+op_done(struct util_pool_job *job)
 {
 	struct msg_op *op = (struct msg_op *)job;
 	struct queue_msg *m = op->msg;
@@ -205,7 +205,7 @@ msg_kick(struct queue_msg *m)
 	if (m->busy || m->ops_head == NULL || m->q->closing)
 		return;
 	m->busy = true;
-	pool_submit(m->q->pool, &m->ops_head->job);
+	util_pool_submit(m->q->pool, &m->ops_head->job);
 }
 
 static void
@@ -372,7 +372,7 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	if (q->tmp_fd < 0 || q->queue_fd < 0)
 		goto fail;
 	recover(q);
-	q->pool = pool_new(q->limits.workers);
+	q->pool = util_pool_new(q->limits.workers);
 	pthread_mutex_init(&q->syncer.lock, NULL);
 	pthread_cond_init(&q->syncer.cond, NULL);
 	if (pthread_create(&q->syncer.thread, NULL, syncer_main, q) != 0)
@@ -391,7 +391,7 @@ queue_close(struct queue *q)
 		return;
 	q->closing = true;
 	if (q->pool != NULL)
-		pool_stop(q->pool); /* workers finish their jobs; commits reach the syncer */
+		util_pool_stop(q->pool); /* workers finish their jobs; commits reach the syncer */
 	if (q->syncer.started) {
 		pthread_mutex_lock(&q->syncer.lock);
 		q->syncer.stopping = true;
@@ -403,8 +403,8 @@ queue_close(struct queue *q)
 	}
 	if (q->pool != NULL) {
 		/* Completed work is recorded (entries back in the heap) and freed below. */
-		pool_dispatch(q->pool);
-		pool_free(q->pool);
+		util_pool_dispatch(q->pool);
+		util_pool_free(q->pool);
 	}
 	for (size_t i = 0; i < q->heap_len; i++)
 		free(q->heap[i]);
@@ -420,13 +420,13 @@ queue_close(struct queue *q)
 int
 queue_notify_fd(const struct queue *q)
 {
-	return pool_notify_fd(q->pool);
+	return util_pool_notify_fd(q->pool);
 }
 
 void
 queue_dispatch(struct queue *q)
 {
-	pool_dispatch(q->pool);
+	util_pool_dispatch(q->pool);
 	queue_start_due(q);
 }
 

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "queue/queue.h"
-#include "queue/queue_pool.h"
+#include "util/util_pool.h"
 
 /* A message known to the queue: acknowledged, not yet finished. */
 struct entry {
@@ -25,7 +25,7 @@ struct syncer {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct pool_job *waiting; /* renamed, waiting for the directory flush */
+	struct util_pool_job *waiting; /* renamed, waiting for the directory flush */
 	bool stopping;
 	bool started;
 };
@@ -35,7 +35,7 @@ struct queue {
 	int tmp_fd;   /* spool/tmp */
 	int queue_fd; /* spool/queue */
 	struct queue_limits limits;
-	struct pool *pool;
+	struct util_pool *pool;
 	struct syncer syncer;
 	queue_deliver_fn deliver;
 	void *deliver_ctx;

@@ -27,7 +27,7 @@
 #include "util/util_time.h"
 
 struct queue_delivery {
-	struct pool_job job;
+	struct util_pool_job job;
 	struct queue *q;
 	struct entry *entry;
 	struct queue_file_env env;
@@ -151,7 +151,7 @@ queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx)
 /* ---- generic blocking work ------------------------------------------------- */
 
 struct work {
-	struct pool_job job;
+	struct util_pool_job job;
 	struct queue *q;
 	void (*run)(void *);
 	void (*done)(void *);
@@ -159,16 +159,16 @@ struct work {
 };
 
 static void
-work_run(struct pool_job *job)
+work_run(struct util_pool_job *job)
 {
 	struct work *w = (struct work *)job;
 
 	w->run(w->arg);
-	pool_complete(w->q->pool, job);
+	util_pool_complete(w->q->pool, job);
 }
 
 static void
-work_done(struct pool_job *job)
+work_done(struct util_pool_job *job)
 {
 	struct work *w = (struct work *)job;
 
@@ -187,14 +187,14 @@ queue_work(struct queue *q, void (*run)(void *), void (*done)(void *), void *arg
 	w->run = run;
 	w->done = done;
 	w->arg = arg;
-	pool_submit(q->pool, &w->job);
+	util_pool_submit(q->pool, &w->job);
 }
 
 /* ---- one attempt ------------------------------------------------------------ */
 
-static void delivery_loaded(struct pool_job *job);
-static void delivery_recorded(struct pool_job *job);
-static void record_run(struct pool_job *job);
+static void delivery_loaded(struct util_pool_job *job);
+static void delivery_recorded(struct util_pool_job *job);
+static void record_run(struct util_pool_job *job);
 
 static void
 delivery_free(struct queue_delivery *d)
@@ -211,7 +211,7 @@ delivery_free(struct queue_delivery *d)
 
 /* Worker: read the envelope and the progress of one entry. */
 static void
-load_run(struct pool_job *job)
+load_run(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 	struct queue *q = d->q;
@@ -227,12 +227,12 @@ load_run(struct pool_job *job)
 			d->finished = true;
 		else
 			log_err("%s: cannot open queue file: %s", e->id, strerror(errno));
-		pool_complete(q->pool, job);
+		util_pool_complete(q->pool, job);
 		return;
 	}
 	if (queue_file_read(d->fd, &d->env, err, sizeof(err)) != 0 || fstat(d->fd, &sb) != 0) {
 		log_err("%s: unreadable queue file: %s; left in place", e->id, err);
-		pool_complete(q->pool, job);
+		util_pool_complete(q->pool, job);
 		return;
 	}
 	if (queue_file_status_read(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
@@ -259,7 +259,7 @@ load_run(struct pool_job *job)
 	d->res = xcalloc(d->env.rcpts_len, sizeof(*d->res));
 	d->failed_now = xcalloc(d->env.rcpts_len, sizeof(bool));
 	d->loaded = true;
-	pool_complete(q->pool, job);
+	util_pool_complete(q->pool, job);
 }
 
 /* Loop: the entry is back in the schedule or gone. */
@@ -284,7 +284,7 @@ delivery_end(struct queue_delivery *d)
 }
 
 static void
-delivery_loaded(struct pool_job *job)
+delivery_loaded(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 	struct queue *q = d->q;
@@ -310,13 +310,13 @@ queue_delivery_results(struct queue_delivery *d)
 
 /* Worker: the DSN for the recipients that failed now. */
 static void
-bounce_run(struct pool_job *job)
+bounce_run(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 
 	d->bounce = d->q->bounce(d->q->bounce_ctx, &d->item, d->res, d->failed_now,
 				 &d->bounce_len);
-	pool_complete(d->q->pool, job);
+	util_pool_complete(d->q->pool, job);
 }
 
 static void
@@ -339,11 +339,11 @@ bounce_committed(void *arg, int err)
 	}
 	d->job.run = record_run;
 	d->job.done = delivery_recorded;
-	pool_submit(d->q->pool, &d->job);
+	util_pool_submit(d->q->pool, &d->job);
 }
 
 static void
-bounce_built(struct pool_job *job)
+bounce_built(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 	struct queue *q = d->q;
@@ -373,7 +373,7 @@ bounce_built(struct pool_job *job)
 
 /* Worker: remove a finished message, or record what is done. */
 static void
-record_run(struct pool_job *job)
+record_run(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 	struct queue *q = d->q;
@@ -397,11 +397,11 @@ record_run(struct pool_job *job)
 			log_warn("%s: cannot record delivery status: %s", d->entry->id,
 				 strerror(errno));
 	}
-	pool_complete(q->pool, job);
+	util_pool_complete(q->pool, job);
 }
 
 static void
-delivery_recorded(struct pool_job *job)
+delivery_recorded(struct util_pool_job *job)
 {
 	delivery_end((struct queue_delivery *)job);
 }
@@ -465,7 +465,7 @@ queue_delivery_finish(struct queue_delivery *d)
 		d->job.run = record_run;
 		d->job.done = delivery_recorded;
 	}
-	pool_submit(q->pool, &d->job);
+	util_pool_submit(q->pool, &d->job);
 }
 
 void
@@ -484,6 +484,6 @@ queue_start_due(struct queue *q)
 		d->fd = -1;
 		d->entry = heap_pop(q);
 		q->running++;
-		pool_submit(q->pool, &d->job);
+		util_pool_submit(q->pool, &d->job);
 	}
 }

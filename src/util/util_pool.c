@@ -1,4 +1,4 @@
-#include "queue/queue_pool.h"
+#include "util/util_pool.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -11,11 +11,11 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-struct pool {
+struct util_pool {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct pool_job *head, *tail; /* waiting to run */
-	struct pool_job *done_head, *done_tail; /* waiting for pool_dispatch */
+	struct util_pool_job *head, *tail; /* waiting to run */
+	struct util_pool_job *done_head, *done_tail; /* waiting for util_pool_dispatch */
 	bool stopping;
 	unsigned nthreads;
 	pthread_t *threads;
@@ -25,10 +25,10 @@ struct pool {
 static void *
 worker(void *arg)
 {
-	struct pool *p = arg;
+	struct util_pool *p = arg;
 
 	for (;;) {
-		struct pool_job *job;
+		struct util_pool_job *job;
 
 		pthread_mutex_lock(&p->lock);
 		while (p->head == NULL && !p->stopping)
@@ -47,10 +47,10 @@ worker(void *arg)
 	}
 }
 
-struct pool *
-pool_new(unsigned workers)
+struct util_pool *
+util_pool_new(unsigned workers)
 {
-	struct pool *p = xcalloc(1, sizeof(*p));
+	struct util_pool *p = xcalloc(1, sizeof(*p));
 
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
@@ -67,7 +67,7 @@ pool_new(unsigned workers)
 }
 
 void
-pool_stop(struct pool *p)
+util_pool_stop(struct util_pool *p)
 {
 	pthread_mutex_lock(&p->lock);
 	p->stopping = true;
@@ -79,11 +79,11 @@ pool_stop(struct pool *p)
 }
 
 void
-pool_free(struct pool *p)
+util_pool_free(struct util_pool *p)
 {
 	if (p == NULL)
 		return;
-	pool_stop(p);
+	util_pool_stop(p);
 	free(p->threads);
 	close(p->efd);
 	pthread_mutex_destroy(&p->lock);
@@ -92,7 +92,7 @@ pool_free(struct pool *p)
 }
 
 void
-pool_submit(struct pool *p, struct pool_job *job)
+util_pool_submit(struct util_pool *p, struct util_pool_job *job)
 {
 	job->next = NULL;
 	pthread_mutex_lock(&p->lock);
@@ -106,7 +106,7 @@ pool_submit(struct pool *p, struct pool_job *job)
 }
 
 void
-pool_complete(struct pool *p, struct pool_job *job)
+util_pool_complete(struct util_pool *p, struct util_pool_job *job)
 {
 	uint64_t one = 1;
 	bool wake;
@@ -126,15 +126,15 @@ pool_complete(struct pool *p, struct pool_job *job)
 }
 
 int
-pool_notify_fd(const struct pool *p)
+util_pool_notify_fd(const struct util_pool *p)
 {
 	return p->efd;
 }
 
 unsigned
-pool_dispatch(struct pool *p)
+util_pool_dispatch(struct util_pool *p)
 {
-	struct pool_job *job;
+	struct util_pool_job *job;
 	uint64_t count;
 	unsigned n = 0;
 
@@ -145,7 +145,7 @@ pool_dispatch(struct pool *p)
 	p->done_head = p->done_tail = NULL;
 	pthread_mutex_unlock(&p->lock);
 	while (job != NULL) {
-		struct pool_job *next = job->next;
+		struct util_pool_job *next = job->next;
 		job->done(job);
 		job = next;
 		n++;
