@@ -23,9 +23,9 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define READ_CHUNK      (64 * 1024)  /* octets handed to the session at a time */
-#define OUTPUT_HIGH     (128 * 1024) /* stop reading while this much output waits */
-#define PENDING_HIGH    (256 * 1024) /* stop reading while this much body waits for the disk */
+#define READ_CHUNK   (64 * 1024)  /* octets handed to the session at a time */
+#define OUTPUT_HIGH  (128 * 1024) /* stop reading while this much output waits */
+#define PENDING_HIGH (256 * 1024) /* stop reading while this much body waits for the disk */
 
 struct conn {
 	struct server *srv;
@@ -37,9 +37,9 @@ struct conn {
 	char addr[INET6_ADDRSTRLEN];
 	struct sockaddr_storage sa;
 	bool committing; /* waiting for the queue: read nothing */
-	bool closing;    /* close once the output is written */
-	bool dead;       /* the socket is gone; free when the commit returns */
-	bool counted;    /* holds a slot in the per-address count */
+	bool closing;	 /* close once the output is written */
+	bool dead;	 /* the socket is gone; free when the commit returns */
+	bool counted;	 /* holds a slot in the per-address count */
 	struct conn *prev, *next;
 };
 
@@ -149,7 +149,8 @@ conn_close(struct conn *c)
 	c->bev = NULL;
 	evtimer_del(c->timer);
 	if (c->committing) {
-		/* The commit goes on (the message may have reached the disk); freed in commit_done. */
+		/* The commit goes on (the message may have reached the disk); freed in commit_done.
+		 */
 		return;
 	}
 	conn_free(c);
@@ -298,22 +299,25 @@ conn_process(struct conn *c)
 		return;
 	in = bufferevent_get_input(c->bev);
 	out = bufferevent_get_output(c->bev);
+	enum smtp_event ev = SMTP_EVENT_NONE;
+
 	while (!c->closing && !c->committing) {
 		size_t len = evbuffer_get_length(in);
 		size_t n, used;
-		enum smtp_event ev;
 		const char *data;
 
-		if (len == 0)
+		/* After an event the session may have more to do even without input. */
+		if (len == 0 && ev == SMTP_EVENT_NONE)
 			break;
 		if (c->msg != NULL && queue_msg_pending(c->msg) >= PENDING_HIGH)
 			break; /* resumed by append_done */
 		if (evbuffer_get_length(out) + smtp_session_output(c->sess)->len > OUTPUT_HIGH)
 			break; /* resumed by the write callback */
 		n = len < READ_CHUNK ? len : READ_CHUNK;
-		data = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+		data = n > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)n) : "";
 		used = smtp_session_feed(c->sess, data, n, &ev);
 		evbuffer_drain(in, used);
+		flush_output(c);
 		if (used > 0)
 			arm_timer(c);
 		if (!handle_event(c, ev))
@@ -436,17 +440,17 @@ server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int sa
 
 	log_info("connect from unknown[%s]", c->addr);
 	if (srv->stopping)
-		refuse = "4.3.2 Service shutting down";
+		refuse = "Service shutting down";
 	else if (srv->nconns > conf->max_connections)
-		refuse = "4.7.0 Error: too many connections";
+		refuse = "Error: too many connections";
 	else if (ip_add(srv, c->addr, 1) > conf->max_connections_per_ip)
-		refuse = "4.7.0 Error: too many connections from your address";
+		refuse = "Error: too many connections from your address";
 	c->counted = refuse == NULL || srv->nconns <= conf->max_connections;
 	if (refuse != NULL) {
 		log_warn("refusing unknown[%s]: %s", c->addr, refuse);
 		/* The 421 replaces the greeting. */
 		buf_reset(smtp_session_output(c->sess));
-		smtp_session_close_421(c->sess, refuse);
+		smtp_session_close_421(c->sess, srv->stopping ? "4.3.2" : "4.7.0", refuse);
 		c->closing = true;
 	}
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
@@ -472,7 +476,7 @@ server_conn_shutdown_all(struct server *srv)
 				queue_msg_abort(c->msg);
 				c->msg = NULL;
 			}
-			smtp_session_close_421(c->sess, "4.3.2 Service shutting down");
+			smtp_session_close_421(c->sess, "4.3.2", "Service shutting down");
 			c->closing = true;
 			flush_output(c);
 			if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)

@@ -9,9 +9,10 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define OUTPUT_MAX    (256 * 1024) /* replies not yet written; the glue stops reading first */
-#define BODY_CHUNK    (64 * 1024)  /* decoded body octets handed to the glue at a time */
+#define OUTPUT_MAX     (256 * 1024) /* replies not yet written; the glue stops reading first */
+#define BODY_CHUNK     (64 * 1024)  /* decoded body octets handed to the glue at a time */
 #define DEFAULT_ERRORS 20
+#define OUTPUT_PAUSE   (32 * 1024) /* stop reading commands until the glue drains replies */
 
 struct smtp_session {
 	struct smtp_session_conf cfg;
@@ -19,10 +20,10 @@ struct smtp_session {
 	enum smtp_state state;
 	struct buf out;
 	size_t errors;
-	bool esmtp;  /* EHLO (not HELO) */
-	bool tls;    /* under TLS */
+	bool esmtp;	/* EHLO (not HELO) */
+	bool tls;	/* under TLS */
 	bool skip_line; /* dropping the rest of an overlong command line */
-	char *helo;  /* owned */
+	char *helo;	/* owned */
 
 	/* The transaction: MAIL .. end of message. */
 	char *sender; /* owned, NULL outside a transaction */
@@ -30,25 +31,25 @@ struct smtp_session {
 	char **rcpts; /* owned */
 	size_t rcpts_len;
 	size_t rcpts_cap;
-	bool rcpt_rejected; /* some RCPT failed (for the DATA "no valid recipients" reply) */
-	bool in_message;    /* MESSAGE_BEGIN was sent and not yet ended */
+	bool in_message; /* MESSAGE_BEGIN was sent and not yet ended */
 
 	/* Body reading (DATA and BDAT). */
 	struct smtp_body body;
 	char *body_buf; /* owned, BODY_CHUNK octets while a message is read */
 	size_t body_len;
-	uint64_t chunk_left; /* BDAT: octets of the current chunk still to read */
-	bool chunk_last;     /* BDAT: the current chunk is LAST */
+	uint64_t chunk_left;		/* BDAT: octets of the current chunk still to read */
+	uint64_t bdat_octets;		/* BDAT: octets of the message's chunks so far */
+	bool chunk_last;		/* BDAT: the current chunk is LAST */
 	enum smtp_state discard_return; /* DISCARD: the state to go back to */
 	char discard_reply[128];
 };
 
 static const char *const state_names[SMTP_STATE_COUNT] = {
-    [SMTP_STATE_INIT] = "init",     [SMTP_STATE_READY] = "ready",
-    [SMTP_STATE_MAIL] = "mail",     [SMTP_STATE_RCPT] = "rcpt",
-    [SMTP_STATE_DATA] = "data",     [SMTP_STATE_BDAT] = "bdat",
+    [SMTP_STATE_INIT] = "init",		  [SMTP_STATE_READY] = "ready",
+    [SMTP_STATE_MAIL] = "mail",		  [SMTP_STATE_RCPT] = "rcpt",
+    [SMTP_STATE_DATA] = "data",		  [SMTP_STATE_BDAT] = "bdat",
     [SMTP_STATE_BDAT_NEXT] = "bdat-next", [SMTP_STATE_DISCARD] = "discard",
-    [SMTP_STATE_COMMIT] = "commit", [SMTP_STATE_TLS] = "tls",
+    [SMTP_STATE_COMMIT] = "commit",	  [SMTP_STATE_TLS] = "tls",
     [SMTP_STATE_CLOSED] = "closed",
 };
 
@@ -101,7 +102,6 @@ txn_reset(struct smtp_session *s)
 	for (size_t i = 0; i < s->rcpts_len; i++)
 		free(s->rcpts[i]);
 	s->rcpts_len = 0;
-	s->rcpt_rejected = false;
 	memset(&s->params, 0, sizeof(s->params));
 	free(s->body_buf);
 	s->body_buf = NULL;
@@ -264,7 +264,6 @@ cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
 		ev = error_reply(s, "550 5.7.1 Relay access denied");
 		goto rejected;
 	case SMTP_RCPT_TEMPFAIL:
-		s->rcpt_rejected = true;
 		reply(s, "451 4.3.0 Recipient address rejected: temporary local problem");
 		return SMTP_EVENT_NONE;
 	}
@@ -278,7 +277,6 @@ cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
 	return SMTP_EVENT_NONE;
 
 rejected:
-	s->rcpt_rejected = true;
 	return ev;
 }
 
@@ -286,6 +284,7 @@ static void
 message_start(struct smtp_session *s)
 {
 	smtp_body_begin(&s->body, s->cfg.max_message_size);
+	s->bdat_octets = 0;
 	if (s->body_buf == NULL)
 		s->body_buf = xmalloc(BODY_CHUNK);
 	s->body_len = 0;
@@ -406,7 +405,7 @@ static enum smtp_event
 cmd_help(struct smtp_session *s, const char *arg, size_t len)
 {
 	reply(s, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT%s",
-	      s->cfg.starttls_offered ? " STARTTLS" : "");
+	      s->cfg.starttls_offered && !s->tls ? " STARTTLS" : "");
 	reply(s, "214 2.0.0 See RFC 5321");
 	return SMTP_EVENT_NONE;
 }
@@ -445,13 +444,13 @@ cmd_unknown(struct smtp_session *s, const char *arg, size_t len)
 }
 
 /* Where a verb may be used: one bit per state. */
-#define ST(x)      (1u << SMTP_STATE_##x)
-#define ANY_CMD    (ST(INIT) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(BDAT_NEXT))
+#define ST(x)	(1u << SMTP_STATE_##x)
+#define ANY_CMD (ST(INIT) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(BDAT_NEXT))
 
 static const struct command {
 	const char *name;
 	handler_fn fn;
-	unsigned states; /* where the verb is allowed; elsewhere 503 */
+	unsigned states;     /* where the verb is allowed; elsewhere 503 */
 	const char *refusal; /* the 503 text */
 } commands[SMTP_VERB_COUNT] = {
     [SMTP_VERB_UNKNOWN] = {"", cmd_unknown, ANY_CMD, NULL},
@@ -575,6 +574,7 @@ feed_bdat(struct smtp_session *s, const char *in, size_t len, enum smtp_event *e
 
 	smtp_body_bdat(&s->body, in, want, &used, s->body_buf, BODY_CHUNK, &s->body_len);
 	s->chunk_left -= used;
+	s->bdat_octets += used;
 	if (s->chunk_left > 0) {
 		if (BODY_CHUNK - s->body_len < 2)
 			*ev = SMTP_EVENT_BODY;
@@ -585,7 +585,7 @@ feed_bdat(struct smtp_session *s, const char *in, size_t len, enum smtp_event *e
 		*ev = message_end(s);
 		return used;
 	}
-	reply(s, "250 2.0.0 %" PRIu64 " octets received", s->body.size);
+	reply(s, "250 2.0.0 %" PRIu64 " octets received", s->bdat_octets);
 	enter_state(s, SMTP_STATE_BDAT_NEXT);
 	return used;
 }
@@ -635,7 +635,8 @@ smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_
 	size_t used = 0;
 
 	*ev = SMTP_EVENT_NONE;
-	while (used < len && *ev == SMTP_EVENT_NONE) {
+	/* A client that pipelines without reading our replies is not read further. */
+	while (used < len && *ev == SMTP_EVENT_NONE && s->out.len < OUTPUT_PAUSE) {
 		size_t n = 0;
 
 		switch (s->state) {
@@ -713,15 +714,15 @@ smtp_session_tls_started(struct smtp_session *s)
 void
 smtp_session_timeout(struct smtp_session *s)
 {
-	smtp_session_close_421(s, "4.4.2 Error: timeout exceeded");
+	smtp_session_close_421(s, "4.4.2", "Error: timeout exceeded");
 }
 
 void
-smtp_session_close_421(struct smtp_session *s, const char *text)
+smtp_session_close_421(struct smtp_session *s, const char *enhanced, const char *text)
 {
 	if (s->state == SMTP_STATE_CLOSED)
 		return;
-	reply(s, "421 %s %s", s->cfg.hostname, text);
+	reply(s, "421 %s %s %s", enhanced, s->cfg.hostname, text);
 	enter_state(s, SMTP_STATE_CLOSED);
 }
 

@@ -87,7 +87,11 @@ void smtp_session_free(struct smtp_session *s);
  * Feeds client bytes.  Returns how many were consumed (possibly fewer than
  * len, possibly 0 when only a partial command line is there — keep those
  * bytes and feed them again with what follows) and sets *ev to the event the
- * glue must act on before feeding again.
+ * glue must act on before feeding again.  After acting on an event, feed
+ * again even when no input is left (len 0): the session may have more to do
+ * (a zero-size BDAT chunk ends without input).  It also stops consuming
+ * while its output holds more than a few dozen KiB: write the output, then
+ * feed again.
  */
 size_t smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev);
 
@@ -108,8 +112,8 @@ void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r,
 void smtp_session_tls_started(struct smtp_session *s);
 /* The client was silent for too long: queue 421 4.4.2 and close. */
 void smtp_session_timeout(struct smtp_session *s);
-/* The server is stopping, or refuses this client: queue "421 <text>" and close. */
-void smtp_session_close_421(struct smtp_session *s, const char *text);
+/* The server is stopping, or refuses this client: queue "421 <enhanced> <host> <text>", close. */
+void smtp_session_close_421(struct smtp_session *s, const char *enhanced, const char *text);
 
 enum smtp_state smtp_session_state(const struct smtp_session *s);
 const char *smtp_state_name(enum smtp_state st);
