@@ -39,6 +39,8 @@ struct queue_envelope {
 	const char *sender; /* "" for the null sender */
 	const char *const *rcpts;
 	size_t rcpts_len;
+	const char *const *orcpts; /* NULL, or per rcpt: the address given at RCPT when an
+				      alias was expanded (NULL entry: same as rcpts[i]) */
 	const char *helo;
 	const char *client_addr; /* numeric */
 	const char *client_name; /* reverse name or "unknown" */
@@ -62,6 +64,7 @@ struct queue_item {
 	const char *sender;
 	size_t rcpts_len;
 	char *const *rcpts;
+	char *const *orcpts; /* per rcpt: the address given at RCPT (== rcpts[i] when no alias) */
 	const bool *done;   /* done[i]: recipient i was finished by an earlier attempt; skip it */
 	const char *helo;
 	const char *client_addr;

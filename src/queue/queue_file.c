@@ -20,8 +20,12 @@ queue_file_header(struct buf *out, const char *id, time_t arrival,
 	rc |= buf_append_str(out, QUEUE_FILE_MAGIC);
 	rc |= buf_printf(out, "id %s\narrival %lld\nsender %s\n", id, (long long)arrival,
 			 env->sender);
-	for (size_t i = 0; i < env->rcpts_len; i++)
+	for (size_t i = 0; i < env->rcpts_len; i++) {
 		rc |= buf_printf(out, "rcpt %s\n", env->rcpts[i]);
+		if (env->orcpts != NULL && env->orcpts[i] != NULL &&
+		    strcmp(env->orcpts[i], env->rcpts[i]) != 0)
+			rc |= buf_printf(out, "orcpt %s\n", env->orcpts[i]);
+	}
 	rc |= buf_printf(out, "helo %s\nclient_addr %s\nclient_name %s\nprotocol %s\n",
 			 env->helo, env->client_addr, env->client_name, env->protocol);
 	rc |= buf_printf(out, "body %s\nsmtputf8 %d\n\n", env->body_8bit ? "8BITMIME" : "7BIT",
@@ -33,9 +37,12 @@ void
 queue_file_env_free(struct queue_file_env *env)
 {
 	free(env->sender);
-	for (size_t i = 0; i < env->rcpts_len; i++)
+	for (size_t i = 0; i < env->rcpts_len; i++) {
 		free(env->rcpts[i]);
+		free(env->orcpts[i]);
+	}
 	free(env->rcpts);
+	free(env->orcpts);
 	free(env->helo);
 	free(env->client_addr);
 	free(env->client_name);
@@ -93,8 +100,13 @@ queue_file_parse(const char *data, size_t len, struct queue_file_env *env, char 
 			if (env->rcpts_len == rcpts_cap) {
 				rcpts_cap = rcpts_cap ? rcpts_cap * 2 : 8;
 				env->rcpts = xrealloc(env->rcpts, rcpts_cap * sizeof(char *));
+				env->orcpts = xrealloc(env->orcpts, rcpts_cap * sizeof(char *));
 			}
+			env->orcpts[env->rcpts_len] = xstrdup(value);
 			env->rcpts[env->rcpts_len++] = value;
+		} else if (key_is(line, key_len, "orcpt") && env->rcpts_len > 0) {
+			free(env->orcpts[env->rcpts_len - 1]);
+			env->orcpts[env->rcpts_len - 1] = value;
 		} else if (key_is(line, key_len, "helo")) {
 			free(env->helo);
 			env->helo = value;

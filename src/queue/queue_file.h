@@ -2,7 +2,7 @@
  * queue_file — the on-disk format of a queue entry and of its progress file.
  *
  * queue/ID:  "PETREL-QUEUE 1\n", then "key value\n" lines (id, arrival,
- * sender, rcpt (repeated), helo, client_addr, client_name, protocol, body,
+ * sender, rcpt (repeated, each optionally followed by "orcpt ORIGINAL"), helo, client_addr, client_name, protocol, body,
  * smtputf8), a blank line, then the message in wire form (CRLF lines,
  * dot-stuffing undone).  Values never hold LF or NUL: the SMTP parser
  * refuses such addresses and HELO names.
@@ -32,6 +32,7 @@ struct queue_file_env {
 	time_t arrival;
 	char *sender;
 	char **rcpts;
+	char **orcpts; /* same length as rcpts; each owned (a copy of rcpts[i] when not given) */
 	size_t rcpts_len;
 	char *helo;
 	char *client_addr;

@@ -244,6 +244,7 @@ load_run(struct util_pool_job *job)
 	it->sender = d->env.sender;
 	it->rcpts_len = d->env.rcpts_len;
 	it->rcpts = d->env.rcpts;
+	it->orcpts = d->env.orcpts;
 	it->done = d->st.done;
 	it->helo = d->env.helo;
 	it->client_addr = d->env.client_addr;

@@ -3,18 +3,20 @@
  * message is expanded (aliases, recipient_delimiter) and written into its
  * Maildir.  Runs on the queue's worker threads.
  *
- * Foreign recipients stay deferred in the queue until relaying exists.
+ * Recipients in foreign domains go to the relay, one session per domain.
  */
 #include "server/server_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "queue/queue.h"
+#include "relay/relay.h"
 #include "util/util_buf.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
@@ -50,21 +52,12 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 	double delay = difftime(time(NULL), item->arrival);
 	int deferred = 0;
 
-	/* RCPT TO:<Postmaster> (no domain) is the postmaster of our first domain. */
+	/* Queue files of older versions may hold a bare "Postmaster". */
 	if (strchr(rcpt, '@') == NULL)
 		snprintf(addr, sizeof(addr), "postmaster@%s", conf->local_domains[0]);
 	else
 		snprintf(addr, sizeof(addr), "%s", rcpt);
-	{
-		const char *at = strrchr(addr, '@');
-		if (!conf_is_local_domain(conf, at + 1, strlen(at + 1))) {
-			res->status = QUEUE_RCPT_DEFER;
-			snprintf(res->reason, sizeof(res->reason), "relaying is not available yet");
-			log_info("%s: to=<%s>, relay=none, delay=%.0f, status=deferred (%s)", item->id,
-				 rcpt, delay, res->reason);
-			return;
-		}
-	}
+	util_strlcpy(res->relay, "local", sizeof(res->relay));
 	if (deliver_expand(db, conf, addr, &targets, &ntargets, err, sizeof(err)) != 0) {
 		res->status = QUEUE_RCPT_FAIL;
 		snprintf(res->reason, sizeof(res->reason), "5.1.1 %s", err);
@@ -83,13 +76,14 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 			/* A remote alias target waits for relaying, like any foreign recipient. */
 			deferred = 1;
 			snprintf(res->reason, sizeof(res->reason),
-				 "alias target <%s>: relaying is not available yet", tg->addr);
+				 "4.3.0 alias target <%s> became remote after the message was queued",
+				 tg->addr);
 			log_info("%s: to=<%s>, orig_to=<%s>, relay=none, delay=%.0f, status=deferred "
 				 "(%s)",
 				 item->id, tg->addr, rcpt, delay, res->reason);
 			continue;
 		}
-		build_headers(&h, conf, item, tg->addr, rcpt);
+		build_headers(&h, conf, item, tg->addr, item->orcpts[i]);
 		m.headers = buf_cstr(&h);
 		m.body_fd = item->fd;
 		m.body_off = item->body_off;
@@ -128,34 +122,88 @@ out:
 	deliver_targets_free(targets, ntargets);
 }
 
-/* One attempt: local recipients on a worker thread, then the rest. */
+static bool
+is_local(const struct conf *conf, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+
+	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
+}
+
+/* One attempt: local recipients on a worker thread, then one relay session per domain. */
 struct attempt {
 	struct server *srv;
 	struct queue_delivery *d;
+	struct server_cfg *cfg; /* the configuration this attempt runs under */
+	size_t parts;           /* local part and relay sessions not yet finished */
 };
+
+static void
+part_done(void *arg)
+{
+	struct attempt *a = arg;
+
+	if (--a->parts > 0)
+		return;
+	server_cfg_unref(a->cfg);
+	queue_delivery_finish(a->d);
+	free(a);
+}
 
 static void
 local_run(void *arg)
 {
 	struct attempt *a = arg;
-	struct server_cfg *cfg = server_current_cfg(a->srv);
 	const struct queue_item *item = queue_delivery_item(a->d);
 	struct queue_rcpt_result *results = queue_delivery_results(a->d);
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
-		if (!item->done[i])
-			deliver_one(cfg->conf, cfg->db, item, i, &results[i]);
+		if (!item->done[i] && is_local(a->cfg->conf, item->rcpts[i]))
+			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i]);
 	}
-	server_cfg_unref(cfg);
 }
 
+/* Loop thread: hands each foreign domain's recipients to the relay. */
 static void
 local_done(void *arg)
 {
 	struct attempt *a = arg;
+	const struct queue_item *item = queue_delivery_item(a->d);
+	struct queue_rcpt_result *results = queue_delivery_results(a->d);
+	bool *taken = xcalloc(item->rcpts_len, sizeof(bool));
+	size_t *group = xcalloc(item->rcpts_len, sizeof(size_t));
 
-	queue_delivery_finish(a->d);
-	free(a);
+	for (size_t i = 0; i < item->rcpts_len; i++) {
+		const char *domain;
+		size_t n = 0;
+
+		if (item->done[i] || taken[i] || is_local(a->cfg->conf, item->rcpts[i]))
+			continue;
+		if (a->srv->relay == NULL) {
+			/* Stopping: the relay is gone; the next start retries. */
+			results[i].status = QUEUE_RCPT_DEFER;
+			util_strlcpy(results[i].reason, "4.3.2 petrel is stopping",
+				     sizeof(results[i].reason));
+			continue;
+		}
+		domain = strrchr(item->rcpts[i], '@') + 1;
+		for (size_t k = i; k < item->rcpts_len; k++) {
+			const char *at = strrchr(item->rcpts[k], '@');
+			/* With a relayhost every foreign recipient goes in one transaction. */
+			if (!item->done[k] && !taken[k] && at != NULL &&
+			    !is_local(a->cfg->conf, item->rcpts[k]) &&
+			    (a->cfg->conf->relayhost != NULL || strcasecmp(at + 1, domain) == 0)) {
+				taken[k] = true;
+				group[n++] = k;
+			}
+		}
+		a->parts++;
+		relay_deliver(a->srv->relay, a->cfg->conf, domain, item, group, n, results,
+			      part_done, a);
+	}
+	free(taken);
+	free(group);
+	part_done(a); /* the local part */
 }
 
 void
@@ -165,5 +213,7 @@ server_deliver(void *ctx, struct queue_delivery *d)
 
 	a->srv = ctx;
 	a->d = d;
+	a->cfg = server_current_cfg(a->srv);
+	a->parts = 1;
 	queue_work(a->srv->queue, local_run, local_done, a);
 }

@@ -28,9 +28,12 @@ struct server {
 	pthread_mutex_t cfg_lock; /* guards cfg for the delivery threads */
 	struct server_cfg *cfg;
 	struct queue *queue;
+	struct relay *relay;
+	char *bounce_hostname; /* the reporting MTA's name in bounces (fixed at start) */
 	struct evconnlistener **listeners;
 	size_t listeners_len;
-	struct event *ev_term, *ev_int, *ev_hup, *ev_queue, *ev_timer, *ev_exit;
+	struct event *ev_term, *ev_int, *ev_hup, *ev_queue, *ev_timer;
+	struct event *ev_relay_dns, *ev_relay_done;
 	struct conn *conns; /* every open connection, for shutdown */
 	size_t nconns;
 	struct ip_count *ips[IP_BUCKETS];

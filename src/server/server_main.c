@@ -18,6 +18,8 @@
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "queue/queue.h"
+#include "relay/relay.h"
+#include "relay/relay_dsn.h"
 #include "util/util_fs.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
@@ -211,6 +213,14 @@ queue_cb(evutil_socket_t fd, short what, void *arg)
 	queue_timer_arm(srv);
 }
 
+static void
+relay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	relay_process(srv->relay);
+}
+
 int
 server_run(const char *path)
 {
@@ -248,7 +258,14 @@ server_run(const char *path)
 		log_err("queue: %s", err);
 		return 1;
 	}
+	srv.relay = relay_new(conf->dns_resolver, &(struct relay_limits){0}, err, sizeof(err));
+	if (srv.relay == NULL) {
+		log_err("relay: %s", err);
+		return 1;
+	}
+	srv.bounce_hostname = xstrdup(conf->hostname);
 	queue_set_deliverer(srv.queue, server_deliver, &srv);
+	queue_set_bounce(srv.queue, relay_dsn_bounce, srv.bounce_hostname);
 
 	srv.ev_term = evsignal_new(srv.base, SIGTERM, stop_cb, &srv);
 	srv.ev_int = evsignal_new(srv.base, SIGINT, stop_cb, &srv);
@@ -256,6 +273,12 @@ server_run(const char *path)
 	srv.ev_queue = event_new(srv.base, queue_notify_fd(srv.queue), EV_READ | EV_PERSIST,
 				 queue_cb, &srv);
 	srv.ev_timer = evtimer_new(srv.base, queue_cb, &srv);
+	srv.ev_relay_dns = event_new(srv.base, relay_fd_dns(srv.relay), EV_READ | EV_PERSIST,
+				     relay_cb, &srv);
+	srv.ev_relay_done = event_new(srv.base, relay_fd_done(srv.relay), EV_READ | EV_PERSIST,
+				      relay_cb, &srv);
+	event_add(srv.ev_relay_dns, NULL);
+	event_add(srv.ev_relay_done, NULL);
 	evsignal_add(srv.ev_term, NULL);
 	evsignal_add(srv.ev_int, NULL);
 	evsignal_add(srv.ev_hup, NULL);
@@ -271,8 +294,14 @@ server_run(const char *path)
 		log_warn("stopping with %zu session(s) still open", srv.nconns);
 		status = 0;
 	}
+	/* Relay sessions end first: their results are recorded by the queue. */
+	relay_free(srv.relay);
+	srv.relay = NULL;
 	queue_close(srv.queue);
+	free(srv.bounce_hostname);
 	close_listeners(&srv);
+	event_free(srv.ev_relay_dns);
+	event_free(srv.ev_relay_done);
 	event_free(srv.ev_term);
 	event_free(srv.ev_int);
 	event_free(srv.ev_hup);

@@ -1,0 +1,393 @@
+/*
+ * relay — the event loop side: where mail for a domain goes (relayhost or
+ * MX), how many sessions run to one destination, and the results.
+ */
+#include "relay/relay_internal.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conf/conf.h"
+#include "relay/relay_dns.h"
+#include "tls/tls.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+struct relay_dest {
+	struct relay_dest *next;
+	char name[256];
+	unsigned active;
+	struct relay_job *wait_head, *wait_tail;
+};
+
+/* A lookup in flight: the job waits for its targets. */
+struct lookup {
+	struct lookup *prev, *next; /* relay->lookups */
+	struct relay_dns_query *query;
+	struct relay_job *job;
+	uint16_t port;
+};
+
+static struct relay_dest *
+dest_get(struct relay *r, const char *name)
+{
+	struct relay_dest *d;
+
+	for (d = r->dests; d != NULL; d = d->next) {
+		if (strcasecmp(d->name, name) == 0)
+			return d;
+	}
+	d = xcalloc(1, sizeof(*d));
+	util_strlcpy(d->name, name, sizeof(d->name));
+	d->next = r->dests;
+	r->dests = d;
+	return d;
+}
+
+static void
+dest_put(struct relay *r, struct relay_dest *d)
+{
+	struct relay_dest **pp;
+
+	if (d->active > 0 || d->wait_head != NULL)
+		return;
+	for (pp = &r->dests; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == d) {
+			*pp = d->next;
+			free(d);
+			return;
+		}
+	}
+}
+
+static void
+job_free(struct relay_job *j)
+{
+	free(j->rcpts);
+	free(j->targets);
+	free(j);
+}
+
+/* Every recipient of the job gets the same verdict (DNS failures, loops). */
+static void
+job_fail_all(struct relay_job *j, enum queue_rcpt_status st, const char *reason)
+{
+	for (size_t i = 0; i < j->n; i++) {
+		struct queue_rcpt_result *res = &j->results[j->rcpts[i]];
+		res->status = st;
+		util_strlcpy(res->reason, reason, sizeof(res->reason));
+		util_strlcpy(res->relay, "none", sizeof(res->relay));
+		log_info("%s: to=<%s>, relay=none, delay=%.0f, status=%s (%s)", j->item->id,
+			 j->item->rcpts[j->rcpts[i]], difftime(time(NULL), j->item->arrival),
+			 st == QUEUE_RCPT_FAIL ? "bounced" : "deferred", reason);
+	}
+}
+
+static void
+job_finish(struct relay_job *j)
+{
+	void (*done)(void *) = j->done;
+	void *arg = j->arg;
+
+	job_free(j);
+	done(arg);
+}
+
+/* Starts waiting jobs of d while it has room. */
+static void
+dest_run(struct relay *r, struct relay_dest *d)
+{
+	while (d->wait_head != NULL && d->active < r->limits.per_destination) {
+		struct relay_job *j = d->wait_head;
+		d->wait_head = j->next_waiting;
+		if (d->wait_head == NULL)
+			d->wait_tail = NULL;
+		d->active++;
+		util_pool_submit(r->pool, &j->job);
+	}
+}
+
+static void
+session_done(struct util_pool_job *job)
+{
+	struct relay_job *j = (struct relay_job *)job;
+	struct relay *r = j->relay;
+	struct relay_dest *d = j->dest;
+
+	d->active--;
+	job_finish(j);
+	dest_run(r, d);
+	dest_put(r, d);
+}
+
+static void
+enqueue(struct relay *r, struct relay_job *j, const char *dest_name)
+{
+	struct relay_dest *d = dest_get(r, dest_name);
+
+	j->dest = d;
+	j->job.run = relay_session_run;
+	j->job.done = session_done;
+	j->next_waiting = NULL;
+	if (d->wait_tail != NULL)
+		d->wait_tail->next_waiting = j;
+	else
+		d->wait_head = j;
+	d->wait_tail = j;
+	dest_run(r, d);
+}
+
+static void
+add_target(struct relay_job *j, const char *host, const struct sockaddr_storage *ss,
+	   uint16_t port)
+{
+	struct relay_target *t;
+
+	j->targets = xrealloc(j->targets, (j->targets_len + 1) * sizeof(*j->targets));
+	t = &j->targets[j->targets_len++];
+	memset(t, 0, sizeof(*t));
+	util_strlcpy(t->host, host, sizeof(t->host));
+	t->addr = *ss;
+	t->port = port;
+	if (ss->ss_family == AF_INET6) {
+		((struct sockaddr_in6 *)&t->addr)->sin6_port = htons(port);
+		t->addr_len = sizeof(struct sockaddr_in6);
+	} else {
+		((struct sockaddr_in *)&t->addr)->sin_port = htons(port);
+		t->addr_len = sizeof(struct sockaddr_in);
+	}
+}
+
+static void
+lookup_unlink(struct relay *r, struct lookup *lk)
+{
+	if (lk->prev != NULL)
+		lk->prev->next = lk->next;
+	else
+		r->lookups = lk->next;
+	if (lk->next != NULL)
+		lk->next->prev = lk->prev;
+}
+
+static void
+dns_done(const struct relay_dns_result *res, void *arg)
+{
+	struct lookup *lk = arg;
+	struct relay_job *j = lk->job;
+	struct relay *r = j->relay;
+	uint16_t port = lk->port;
+	char reason[256];
+
+	lookup_unlink(r, lk);
+	free(lk);
+	switch (res->status) {
+	case RELAY_DNS_OK:
+		break;
+	case RELAY_DNS_NULL_MX:
+		/* RFC 7505 3: the domain accepts no mail. */
+		snprintf(reason, sizeof(reason),
+			 "556 5.1.10 Recipient address rejected: domain %.200s accepts no mail "
+			 "(null MX)",
+			 res->domain);
+		job_fail_all(j, QUEUE_RCPT_FAIL, reason);
+		job_finish(j);
+		return;
+	case RELAY_DNS_NXDOMAIN:
+		snprintf(reason, sizeof(reason), "5.1.2 Host or domain name not found: %.200s",
+			 res->error);
+		job_fail_all(j, QUEUE_RCPT_FAIL, reason);
+		job_finish(j);
+		return;
+	case RELAY_DNS_NO_ADDRESS:
+	case RELAY_DNS_TEMPFAIL:
+		snprintf(reason, sizeof(reason), "4.4.3 DNS lookup failed: %.200s", res->error);
+		job_fail_all(j, QUEUE_RCPT_DEFER, reason);
+		job_finish(j);
+		return;
+	}
+	for (size_t t = 0; t < res->targets_len; t++) {
+		for (size_t a = 0; a < res->targets[t].addrs_len; a++)
+			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
+	}
+	enqueue(r, j, res->domain);
+}
+
+/* "host", "host:port", "[host]", "[host]:port" → lookup name and port. */
+static void
+split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap,
+		uint16_t *port)
+{
+	const char *colon;
+
+	*port = def_port;
+	if (relayhost[0] == '[') {
+		const char *end = strchr(relayhost, ']');
+		size_t n = end ? (size_t)(end - relayhost - 1) : strlen(relayhost + 1);
+		char inner[256];
+		struct in6_addr a6;
+		struct in_addr a4;
+
+		snprintf(inner, sizeof(inner), "%.*s", (int)n, relayhost + 1);
+		/* Keep literals bracketed for the resolver; names go without brackets. */
+		if (inet_pton(AF_INET, inner, &a4) == 1)
+			snprintf(host, cap, "[%s]", inner);
+		else if (inet_pton(AF_INET6, inner, &a6) == 1)
+			snprintf(host, cap, "[IPv6:%s]", inner);
+		else
+			snprintf(host, cap, "%s", inner);
+		colon = end ? strchr(end, ':') : NULL;
+	} else {
+		colon = strrchr(relayhost, ':');
+		snprintf(host, cap, "%.*s",
+			 (int)(colon ? (size_t)(colon - relayhost) : strlen(relayhost)),
+			 relayhost);
+	}
+	if (colon != NULL)
+		*port = (uint16_t)atoi(colon + 1);
+}
+
+void
+relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
+	      const struct queue_item *item, const size_t *rcpts, size_t n,
+	      struct queue_rcpt_result *results, void (*done)(void *arg), void *arg)
+{
+	struct relay_job *j = xcalloc(1, sizeof(*j));
+	struct lookup *lk = xcalloc(1, sizeof(*lk));
+	char name[300];
+
+	j->relay = r;
+	util_strlcpy(j->hostname, conf->hostname, sizeof(j->hostname));
+	j->item = item;
+	j->rcpts = xcalloc(n, sizeof(*j->rcpts));
+	memcpy(j->rcpts, rcpts, n * sizeof(*rcpts));
+	j->n = n;
+	j->results = results;
+	j->timeout_s = r->limits.timeout_s;
+	j->done = done;
+	j->arg = arg;
+	lk->job = j;
+	if (conf->relayhost != NULL) {
+		split_relayhost(conf->relayhost, 25, name, sizeof(name), &lk->port);
+	} else {
+		util_strlcpy(name, domain, sizeof(name));
+		lk->port = conf->smtp_port;
+	}
+	lk->next = r->lookups;
+	if (r->lookups != NULL)
+		r->lookups->prev = lk;
+	r->lookups = lk;
+	lk->query = relay_dns_lookup_mx(r->dns, name, dns_done, lk);
+}
+
+size_t
+relay_count_received(const char *h, size_t len)
+{
+	size_t count = 0;
+
+	for (size_t i = 0; i < len;) {
+		const char *nl;
+		if (len - i >= 9 && strncasecmp(h + i, "Received:", 9) == 0)
+			count++;
+		if (len - i >= 2 && h[i] == '\r' && h[i + 1] == '\n')
+			break; /* the end of the header section */
+		nl = memchr(h + i, '\n', len - i);
+		if (nl == NULL)
+			break;
+		i = (size_t)(nl - h) + 1;
+	}
+	return count;
+}
+
+struct relay *
+relay_new(const char *dns_resolver, const struct relay_limits *limits, char *err, size_t err_cap)
+{
+	struct relay *r = xcalloc(1, sizeof(*r));
+
+	r->limits = *limits;
+	if (r->limits.threads == 0)
+		r->limits.threads = 32;
+	if (r->limits.per_destination == 0)
+		r->limits.per_destination = 10;
+	if (r->limits.timeout_s == 0)
+		r->limits.timeout_s = 300;
+	if (r->limits.conn_idle_s == 0)
+		r->limits.conn_idle_s = 5;
+	r->dns = relay_dns_new(dns_resolver, err, err_cap);
+	if (r->dns == NULL) {
+		free(r);
+		return NULL;
+	}
+	r->tls = tls_client_ctx_new(err, err_cap);
+	if (r->tls == NULL) {
+		relay_dns_free(r->dns);
+		free(r);
+		return NULL;
+	}
+	pthread_mutex_init(&r->cache_lock, NULL);
+	pthread_mutex_init(&r->active_lock, NULL);
+	r->pool = util_pool_new(r->limits.threads);
+	return r;
+}
+
+void
+relay_free(struct relay *r)
+{
+	if (r == NULL)
+		return;
+	/* Lookups in flight: their recipients are retried after the restart. */
+	while (r->lookups != NULL) {
+		struct lookup *lk = r->lookups;
+		relay_dns_cancel(lk->query);
+		lookup_unlink(r, lk);
+		job_fail_all(lk->job, QUEUE_RCPT_DEFER, "4.3.2 petrel is stopping");
+		job_finish(lk->job);
+		free(lk);
+	}
+	relay_dns_free(r->dns);
+	/* Sessions in flight end at once (their sockets are shut down) and report. */
+	relay_session_stop_all(r);
+	util_pool_stop(r->pool);
+	util_pool_dispatch(r->pool);
+	util_pool_free(r->pool);
+	relay_session_cache_clear(r);
+	pthread_mutex_destroy(&r->cache_lock);
+	pthread_mutex_destroy(&r->active_lock);
+	free(r->active_fds);
+	tls_ctx_free(r->tls);
+	while (r->dests != NULL) {
+		struct relay_dest *d = r->dests;
+		r->dests = d->next;
+		while (d->wait_head != NULL) {
+			struct relay_job *j = d->wait_head;
+			d->wait_head = j->next_waiting;
+			job_fail_all(j, QUEUE_RCPT_DEFER, "4.3.2 petrel is stopping");
+			job_finish(j);
+		}
+		free(d);
+	}
+	free(r);
+}
+
+int
+relay_fd_dns(const struct relay *r)
+{
+	return relay_dns_fd(r->dns);
+}
+
+int
+relay_fd_done(const struct relay *r)
+{
+	return util_pool_notify_fd(r->pool);
+}
+
+void
+relay_process(struct relay *r)
+{
+	relay_dns_process(r->dns);
+	util_pool_dispatch(r->pool);
+}

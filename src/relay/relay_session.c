@@ -1,0 +1,549 @@
+/*
+ * relay_session — one SMTP conversation on a relay thread: connect (or take
+ * a cached connection), drive the pure client (relay_client) with blocking
+ * I/O bounded by timeouts, stream the message dot-stuffed, and turn the
+ * client's per-recipient results into queue results.
+ *
+ * Order of targets: the resolver's (MX preference, then addresses).  A
+ * target that cannot be reached or fails temporarily before the recipients
+ * are decided passes the recipients on to the next one (RFC 5321 5.1).
+ */
+#include "relay/relay_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "relay/relay_client.h"
+#include "tls/tls.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+#include "util/util_time.h"
+
+#define IO_CHUNK      (64 * 1024)
+#define HEADERS_PEEK  (64 * 1024) /* read to count Received: fields */
+#define HOPS_MAX      50          /* Received: fields before we call it a loop */
+#define CACHE_MAX     64
+
+struct relay_conn {
+	int fd;
+	struct tls_conn *tls;
+	struct relay_client *client;
+	char key[INET6_ADDRSTRLEN + 8]; /* "addr:port", the cache key */
+	char name[300];                 /* "host[addr]:port" for logs and DSNs */
+	char host[256];                 /* the MX host name, for SNI */
+	char in[IO_CHUNK];
+	size_t in_len;
+};
+
+/* ---- sockets ------------------------------------------------------------ */
+
+static void
+active_add(struct relay *r, int fd)
+{
+	pthread_mutex_lock(&r->active_lock);
+	if (r->active_len == r->active_cap) {
+		r->active_cap = r->active_cap ? r->active_cap * 2 : 16;
+		r->active_fds = xrealloc(r->active_fds, r->active_cap * sizeof(int));
+	}
+	r->active_fds[r->active_len++] = fd;
+	if (r->stopping)
+		shutdown(fd, SHUT_RDWR);
+	pthread_mutex_unlock(&r->active_lock);
+}
+
+static void
+active_del(struct relay *r, int fd)
+{
+	pthread_mutex_lock(&r->active_lock);
+	for (size_t i = 0; i < r->active_len; i++) {
+		if (r->active_fds[i] == fd) {
+			r->active_fds[i] = r->active_fds[--r->active_len];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->active_lock);
+}
+
+void
+relay_session_stop_all(struct relay *r)
+{
+	pthread_mutex_lock(&r->active_lock);
+	r->stopping = true;
+	for (size_t i = 0; i < r->active_len; i++)
+		shutdown(r->active_fds[i], SHUT_RDWR);
+	pthread_mutex_unlock(&r->active_lock);
+}
+
+static void
+conn_close(struct relay *r, struct relay_conn *c)
+{
+	if (c == NULL)
+		return;
+	tls_conn_free(c->tls);
+	active_del(r, c->fd);
+	close(c->fd);
+	relay_client_free(c->client);
+	free(c);
+}
+
+/* Connects within timeout_s; -1 with err filled. */
+static int
+connect_to(const struct relay_target *t, unsigned timeout_s, char *err, size_t err_cap)
+{
+	int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct pollfd pfd;
+	struct timeval tv = {.tv_sec = timeout_s, .tv_usec = 0};
+	int soerr = 0, one = 1;
+	socklen_t len = sizeof(soerr);
+
+	if (fd < 0) {
+		snprintf(err, err_cap, "socket: %s", strerror(errno));
+		return -1;
+	}
+	if (connect(fd, (const struct sockaddr *)&t->addr, t->addr_len) != 0 &&
+	    errno != EINPROGRESS) {
+		snprintf(err, err_cap, "connect: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	pfd.fd = fd;
+	pfd.events = POLLOUT;
+	if (poll(&pfd, 1, (int)timeout_s * 1000) != 1) {
+		snprintf(err, err_cap, "connect: timed out");
+		close(fd);
+		return -1;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 || soerr != 0) {
+		snprintf(err, err_cap, "connect: %s", strerror(soerr ? soerr : errno));
+		close(fd);
+		return -1;
+	}
+	/* From here on blocking I/O, each read and write bounded by the timeout. */
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+static int
+write_all(struct relay_conn *c, const char *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = c->tls ? tls_write(c->tls, p, len) : write(c->fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static ssize_t
+read_some(struct relay_conn *c)
+{
+	ssize_t n;
+
+	do {
+		n = c->tls ? tls_read(c->tls, c->in + c->in_len, sizeof(c->in) - c->in_len)
+			   : read(c->fd, c->in + c->in_len, sizeof(c->in) - c->in_len);
+	} while (n < 0 && errno == EINTR);
+	if (n > 0)
+		c->in_len += (size_t)n;
+	return n;
+}
+
+static int
+flush_output(struct relay_conn *c)
+{
+	struct buf *out = relay_client_output(c->client);
+	int rc = write_all(c, out->data, out->len);
+
+	buf_reset(out);
+	return rc;
+}
+
+/* ---- the message ------------------------------------------------------------ */
+
+/*
+ * Writes our Received: field, then the queued message with dot-stuffing
+ * (RFC 5321 4.5.2) and ".\r\n".  The spool holds CRLF lines (bare CR and LF
+ * were refused on the way in), so only leading dots need care.
+ */
+static int
+send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
+{
+	const struct queue_item *it = j->item;
+	char *in = xmalloc(IO_CHUNK);
+	char *out = xmalloc(2 * IO_CHUNK + 8);
+	uint64_t off = 0;
+	bool line_start = true;
+	char last = '\n';
+	int rc = -1;
+
+	if (write_all(c, received, strlen(received)) != 0)
+		goto out;
+	while (off < it->body_len) {
+		size_t want = it->body_len - off < IO_CHUNK ? (size_t)(it->body_len - off) : IO_CHUNK;
+		ssize_t n = pread(it->fd, in, want, it->body_off + (off_t)off);
+		size_t o = 0;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			goto out;
+		for (ssize_t i = 0; i < n; i++) {
+			if (line_start && in[i] == '.')
+				out[o++] = '.';
+			out[o++] = in[i];
+			line_start = in[i] == '\n';
+		}
+		last = in[n - 1];
+		if (write_all(c, out, o) != 0)
+			goto out;
+		off += (uint64_t)n;
+	}
+	if (last != '\n' && write_all(c, "\r\n", 2) != 0)
+		goto out;
+	rc = write_all(c, ".\r\n", 3);
+out:
+	free(in);
+	free(out);
+	return rc;
+}
+
+/* ---- driving the client ----------------------------------------------------- */
+
+/*
+ * Runs the client until it is idle (0) or the connection is over (-1, the
+ * client knows why).  act is the action to begin with.
+ */
+static int
+drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const char *received,
+      enum relay_client_action act)
+{
+	char err[256];
+
+	for (;;) {
+		switch (act) {
+		case RELAY_ACT_IDLE:
+			return 0;
+		case RELAY_ACT_CLOSE:
+			flush_output(c);
+			return -1;
+		case RELAY_ACT_SEND:
+			if (flush_output(c) != 0) {
+				relay_client_abort(c->client, strerror(errno));
+				return -1;
+			}
+			act = RELAY_ACT_NONE;
+			continue;
+		case RELAY_ACT_BODY:
+			if (flush_output(c) != 0 || send_body(c, j, received) != 0) {
+				relay_client_abort(c->client, "write failed while sending the message");
+				return -1;
+			}
+			relay_client_body_sent(c->client);
+			act = RELAY_ACT_NONE;
+			continue;
+		case RELAY_ACT_STARTTLS:
+			flush_output(c);
+			c->tls = tls_client_connect(r->tls, c->fd, c->host, err, sizeof(err));
+			if (c->tls == NULL)
+				log_info("%s: TLS with %s failed: %s", j->item->id, c->name, err);
+			act = relay_client_tls_done(c->client, c->tls != NULL);
+			continue;
+		case RELAY_ACT_NONE:
+			break;
+		}
+		/* Feed what is buffered; read more only when the client needs it. */
+		if (c->in_len > 0) {
+			size_t used = relay_client_feed(c->client, c->in, c->in_len, &act);
+			memmove(c->in, c->in + used, c->in_len - used);
+			c->in_len -= used;
+			if (act != RELAY_ACT_NONE || used > 0)
+				continue;
+		}
+		if (c->in_len == sizeof(c->in)) {
+			relay_client_abort(c->client, "reply too long");
+			return -1;
+		}
+		ssize_t n = read_some(c);
+		if (n <= 0) {
+			relay_client_abort(c->client, n == 0 ? "connection closed by server"
+							    : (errno == EAGAIN ? "timed out"
+									       : strerror(errno)));
+			return -1;
+		}
+	}
+}
+
+/* ---- the connection cache ---------------------------------------------------- */
+
+static struct relay_conn *
+cache_take(struct relay *r, const char *key)
+{
+	struct relay_cache_entry **pp, *e;
+	struct relay_conn *c = NULL;
+	time_t now = time(NULL);
+
+	pthread_mutex_lock(&r->cache_lock);
+	for (pp = &r->cache; (e = *pp) != NULL;) {
+		if (now - e->idle_since > (time_t)r->limits.conn_idle_s) {
+			/* Too old: the server may have closed it; drop it. */
+			*pp = e->next;
+			r->cache_len--;
+			pthread_mutex_unlock(&r->cache_lock);
+			conn_close(r, e->conn);
+			free(e);
+			pthread_mutex_lock(&r->cache_lock);
+			pp = &r->cache;
+			continue;
+		}
+		if (c == NULL && strcmp(e->conn->key, key) == 0) {
+			c = e->conn;
+			*pp = e->next;
+			r->cache_len--;
+			free(e);
+			continue;
+		}
+		pp = &e->next;
+	}
+	pthread_mutex_unlock(&r->cache_lock);
+	return c;
+}
+
+static void
+cache_put(struct relay *r, struct relay_conn *c)
+{
+	struct relay_cache_entry *e;
+
+	pthread_mutex_lock(&r->cache_lock);
+	if (r->cache_len >= CACHE_MAX || r->stopping) {
+		pthread_mutex_unlock(&r->cache_lock);
+		relay_client_quit(c->client);
+		flush_output(c);
+		conn_close(r, c);
+		return;
+	}
+	e = xcalloc(1, sizeof(*e));
+	e->conn = c;
+	e->idle_since = time(NULL);
+	e->next = r->cache;
+	r->cache = e;
+	r->cache_len++;
+	pthread_mutex_unlock(&r->cache_lock);
+}
+
+void
+relay_session_cache_clear(struct relay *r)
+{
+	while (r->cache != NULL) {
+		struct relay_cache_entry *e = r->cache;
+		r->cache = e->next;
+		relay_client_quit(e->conn->client);
+		flush_output(e->conn);
+		conn_close(r, e->conn);
+		free(e);
+	}
+	r->cache_len = 0;
+}
+
+/* ---- one session ----------------------------------------------------------------- */
+
+static struct relay_conn *
+open_conn(struct relay *r, const struct relay_job *j, const struct relay_target *t,
+	  const char *key, char *err, size_t err_cap)
+{
+	struct relay_client_conf cfg = {.helo_name = j->hostname, .tls_wanted = true};
+	struct relay_conn *c;
+	int fd = connect_to(t, j->timeout_s, err, err_cap);
+
+	if (fd < 0)
+		return NULL;
+	c = xcalloc(1, sizeof(*c));
+	c->fd = fd;
+	active_add(r, fd);
+	c->client = relay_client_new(&cfg);
+	util_strlcpy(c->key, key, sizeof(c->key));
+	util_strlcpy(c->host, t->host, sizeof(c->host));
+	return c;
+}
+
+/* Our Received: field for the relayed copy (RFC 5321 4.4). */
+static void
+received_field(const struct relay_job *j, char *dst, size_t cap)
+{
+	const struct queue_item *it = j->item;
+	char date[64];
+
+	util_rfc5322_date(it->arrival, date, sizeof(date));
+	if (j->n == 1)
+		snprintf(dst, cap,
+			 "Received: from %.200s (%.200s [%s])\r\n\tby %s (petrel) with %s id %s\r\n"
+			 "\tfor <%.300s>; %s\r\n",
+			 it->helo[0] ? it->helo : "localhost", it->client_name, it->client_addr,
+			 j->hostname, it->protocol, it->id, it->rcpts[j->rcpts[0]], date);
+	else
+		snprintf(dst, cap,
+			 "Received: from %.200s (%.200s [%s])\r\n\tby %s (petrel) with %s id %s;\r\n"
+			 "\t%s\r\n",
+			 it->helo[0] ? it->helo : "localhost", it->client_name, it->client_addr,
+			 j->hostname, it->protocol, it->id, date);
+}
+
+static size_t
+count_hops(const struct queue_item *it)
+{
+	char *h = xmalloc(HEADERS_PEEK);
+	size_t len = it->body_len < HEADERS_PEEK ? (size_t)it->body_len : HEADERS_PEEK;
+	ssize_t n = pread(it->fd, h, len, it->body_off);
+	size_t hops = n > 0 ? relay_count_received(h, (size_t)n) : 0;
+
+	free(h);
+	return hops;
+}
+
+static void
+set_result(struct relay_job *j, size_t k, enum queue_rcpt_status st, const char *reason,
+	   const char *relay_name)
+{
+	struct queue_rcpt_result *res = &j->results[j->rcpts[k]];
+	const char *word = st == QUEUE_RCPT_DONE ? "sent" : st == QUEUE_RCPT_FAIL ? "bounced"
+										 : "deferred";
+
+	res->status = st;
+	util_strlcpy(res->reason, reason, sizeof(res->reason));
+	util_strlcpy(res->relay, relay_name, sizeof(res->relay));
+	log_info("%s: to=<%s>, relay=%s, delay=%.0f, status=%s (%s)", j->item->id,
+		 j->item->rcpts[j->rcpts[k]], relay_name, difftime(time(NULL), j->item->arrival),
+		 word, reason);
+}
+
+/* "250 2.0.0 Ok" from a reply, newlines flattened. */
+static void
+reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
+{
+	snprintf(dst, cap, "%d %s%s%.200s", rep->code, rep->enhanced, rep->enhanced[0] ? " " : "",
+		 rep->text);
+	for (char *p = dst; *p; p++) {
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	}
+}
+
+void
+relay_session_run(struct util_pool_job *job)
+{
+	struct relay_job *j = (struct relay_job *)job;
+	struct relay *r = j->relay;
+	const struct queue_item *it = j->item;
+	const char **rcpts = xcalloc(j->n, sizeof(*rcpts));
+	struct relay_client_msg msg;
+	char received[1200], last_error[256] = "4.4.1 no server could be reached";
+	char last_relay[300] = "none";
+	bool decided = false;
+
+	for (size_t k = 0; k < j->n; k++)
+		rcpts[k] = it->rcpts[j->rcpts[k]];
+	memset(&msg, 0, sizeof(msg));
+	msg.sender = it->sender;
+	msg.rcpts = rcpts;
+	msg.rcpts_len = j->n;
+	msg.body_8bit = it->body_8bit;
+	msg.smtputf8 = it->smtputf8;
+	received_field(j, received, sizeof(received));
+	msg.size = it->body_len + strlen(received);
+
+	if (count_hops(it) > HOPS_MAX) {
+		for (size_t k = 0; k < j->n; k++)
+			set_result(j, k, QUEUE_RCPT_FAIL,
+				   "554 5.4.6 Too many hops: mail forwarding loop", "none");
+		goto out;
+	}
+	for (size_t t = 0; t < j->targets_len && !decided && !r->stopping; t++) {
+		const struct relay_target *tg = &j->targets[t];
+		char addr[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8], err[200];
+		const void *a = tg->addr.ss_family == AF_INET6
+				    ? (const void *)&((const struct sockaddr_in6 *)&tg->addr)->sin6_addr
+				    : (const void *)&((const struct sockaddr_in *)&tg->addr)->sin_addr;
+		struct relay_conn *c;
+		const struct relay_rcpt_result *res;
+		const struct smtp_reply *host_reply;
+		bool permanent = false;
+		int rc;
+
+		inet_ntop(tg->addr.ss_family, a, addr, sizeof(addr));
+		snprintf(key, sizeof(key), "%s:%u", addr, (unsigned)tg->port);
+		snprintf(last_relay, sizeof(last_relay), "%.200s[%s]:%u", tg->host, addr,
+			 (unsigned)tg->port);
+		c = cache_take(r, key);
+		if (c == NULL) {
+			c = open_conn(r, j, tg, key, err, sizeof(err));
+			if (c == NULL) {
+				snprintf(last_error, sizeof(last_error), "4.4.1 %s: %s", last_relay,
+					 err);
+				continue;
+			}
+			util_strlcpy(c->name, last_relay, sizeof(c->name));
+			rc = drive(r, c, j, received, RELAY_ACT_NONE);
+		} else {
+			rc = 0;
+		}
+		if (rc == 0)
+			rc = drive(r, c, j, received, relay_client_start(c->client, &msg));
+		if (relay_client_host_error(c->client, &permanent, &host_reply)) {
+			reply_text(host_reply, err, sizeof(err));
+			snprintf(last_error, sizeof(last_error), "%s", err);
+			if (permanent) {
+				for (size_t k = 0; k < j->n; k++)
+					set_result(j, k, QUEUE_RCPT_FAIL, err, last_relay);
+				decided = true;
+			}
+			conn_close(r, c);
+			continue;
+		}
+		res = relay_client_results(c->client);
+		decided = true;
+		for (size_t k = 0; k < j->n; k++) {
+			reply_text(&res[k].reply, err, sizeof(err));
+			switch (res[k].status) {
+			case RELAY_RCPT_OK:
+				set_result(j, k, QUEUE_RCPT_DONE, err, last_relay);
+				break;
+			case RELAY_RCPT_TEMP:
+				set_result(j, k, QUEUE_RCPT_DEFER, err, last_relay);
+				break;
+			case RELAY_RCPT_PERM:
+				set_result(j, k, QUEUE_RCPT_FAIL, err, last_relay);
+				break;
+			case RELAY_RCPT_PENDING:
+				set_result(j, k, QUEUE_RCPT_DEFER, "4.4.2 no reply from server",
+					   last_relay);
+				break;
+			}
+		}
+		if (rc == 0)
+			cache_put(r, c);
+		else
+			conn_close(r, c);
+	}
+	if (!decided) {
+		for (size_t k = 0; k < j->n; k++)
+			set_result(j, k, QUEUE_RCPT_DEFER, last_error, last_relay);
+	}
+out:
+	free(rcpts);
+	util_pool_complete(r->pool, job);
+}

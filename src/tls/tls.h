@@ -1,0 +1,38 @@
+/*
+ * tls — petrel's only contact with OpenSSL.
+ *
+ * Client side (the relay): opportunistic TLS on a blocking socket, TLS 1.2
+ * or newer, certificates not verified (RFC 7435 opportunistic security:
+ * encryption against passive listeners; verification needs DANE/MTA-STS).
+ * Server side: a context from tls_cert/tls_key for STARTTLS and implicit TLS.
+ */
+#ifndef PETREL_TLS_H
+#define PETREL_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct tls_ctx;  /* an SSL_CTX */
+struct tls_conn; /* an SSL on a blocking socket */
+
+/* A client context for opportunistic TLS.  NULL (err filled) on failure. */
+struct tls_ctx *tls_client_ctx_new(char *err, size_t err_cap);
+void tls_ctx_free(struct tls_ctx *ctx);
+
+/*
+ * Handshakes as a client on the connected blocking socket fd (its
+ * SO_RCVTIMEO/SO_SNDTIMEO bound the wait).  sni may be NULL.  Returns the
+ * connection, or NULL with err filled.  fd stays owned by the caller.
+ */
+struct tls_conn *tls_client_connect(struct tls_ctx *ctx, int fd, const char *sni, char *err,
+				    size_t err_cap);
+/* Like read(2)/write(2): bytes moved, 0 at a clean end, -1 on error (errno set). */
+ssize_t tls_read(struct tls_conn *c, void *buf, size_t len);
+ssize_t tls_write(struct tls_conn *c, const void *buf, size_t len);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" into dst. */
+void tls_describe(const struct tls_conn *c, char *dst, size_t cap);
+/* Sends close_notify (best effort) and frees; does not close fd. */
+void tls_conn_free(struct tls_conn *c);
+
+#endif
