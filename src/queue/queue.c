@@ -348,7 +348,7 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	struct queue *q = xcalloc(1, sizeof(*q));
 	int spool_fd;
 
-	q->tmp_fd = q->queue_fd = -1;
+	q->tmp_fd = q->queue_fd = q->incoming_fd = -1;
 	q->dir = xstrdup(spool_dir);
 	q->limits = *limits;
 	if (q->limits.workers == 0)
@@ -366,10 +366,11 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	}
 	q->tmp_fd = open_dir(spool_fd, "tmp", err, err_cap);
 	q->queue_fd = open_dir(spool_fd, "queue", err, err_cap);
+	q->incoming_fd = open_dir(spool_fd, "incoming", err, err_cap);
 	/* New directories must survive a crash before any message is put in them. */
 	fsync(spool_fd);
 	close(spool_fd);
-	if (q->tmp_fd < 0 || q->queue_fd < 0)
+	if (q->tmp_fd < 0 || q->queue_fd < 0 || q->incoming_fd < 0)
 		goto fail;
 	recover(q);
 	q->pool = util_pool_new(q->limits.workers);
@@ -378,6 +379,7 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	if (pthread_create(&q->syncer.thread, NULL, syncer_main, q) != 0)
 		log_fatal("cannot start the queue commit thread");
 	q->syncer.started = true;
+	queue_pickup(q); /* what petrel sendmail left while the server was down */
 	return q;
 fail:
 	queue_close(q);
@@ -413,6 +415,8 @@ queue_close(struct queue *q)
 		close(q->tmp_fd);
 	if (q->queue_fd >= 0)
 		close(q->queue_fd);
+	if (q->incoming_fd >= 0)
+		close(q->incoming_fd);
 	free(q->dir);
 	free(q);
 }

@@ -168,4 +168,33 @@ void queue_msg_abort(struct queue_msg *m);
 /* Forgets the callbacks of m (its owner went away); the work itself goes on. */
 void queue_msg_detach(struct queue_msg *m);
 
+/*
+ * Moves messages dropped into spool/incoming/ (by `petrel sendmail`) into
+ * the queue and schedules them.  Runs on the queue's threads; cheap when
+ * incoming/ is empty.  The server calls it on SIGUSR1 and every few seconds.
+ */
+void queue_pickup(struct queue *q);
+
+/* ---- the drop-off, for other processes (petrel sendmail) ------------------
+ *
+ * Blocking functions that write a message into spool/incoming/ the way the
+ * server writes its own: "incoming/.ID" is written and fdatasync'd, renamed
+ * to "incoming/ID", and incoming/ is fsync'd.  The running server picks it up
+ * (queue_pickup); a server that starts later finds it too.
+ */
+struct queue_drop;
+
+/* Starts a message; NULL with err filled when the spool is unusable. */
+struct queue_drop *queue_drop_open(const char *spool_dir, const struct queue_envelope *env,
+				   char *err, size_t err_cap);
+/* Appends message octets (wire form: CRLF lines).  0, or -1 with errno set. */
+int queue_drop_write(struct queue_drop *d, const void *data, size_t len);
+/* Makes it durable and visible; writes the queue id into id.  0, or -1 with err filled. */
+int queue_drop_commit(struct queue_drop *d, char id[UTIL_ID_LEN + 1], char *err, size_t err_cap);
+/* Drops an unfinished message (also after a failed commit); frees d.  NULL is fine. */
+void queue_drop_abort(struct queue_drop *d);
+
+/* The spool's pid file, written by a running server: "<spool_dir>/petrel.pid". */
+#define QUEUE_PID_FILE "petrel.pid"
+
 #endif

@@ -34,6 +34,8 @@ struct queue {
 	char *dir;
 	int tmp_fd;   /* spool/tmp */
 	int queue_fd; /* spool/queue */
+	int incoming_fd; /* spool/incoming (petrel sendmail drops messages here) */
+	bool pickup_running;
 	struct queue_limits limits;
 	struct util_pool *pool;
 	struct syncer syncer;

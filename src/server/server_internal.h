@@ -32,7 +32,7 @@ struct server {
 	char *bounce_hostname; /* the reporting MTA's name in bounces (fixed at start) */
 	struct evconnlistener **listeners;
 	size_t listeners_len;
-	struct event *ev_term, *ev_int, *ev_hup, *ev_queue, *ev_timer;
+	struct event *ev_term, *ev_int, *ev_hup, *ev_usr1, *ev_queue, *ev_timer;
 	struct event *ev_relay_dns, *ev_relay_done;
 	struct conn *conns; /* every open connection, for shutdown */
 	size_t nconns;

@@ -5,6 +5,7 @@
 #include "server/server_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,7 +25,8 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define SHUTDOWN_GRACE_S 30 /* longest wait for commits in flight at stop */
+#define SHUTDOWN_GRACE_S 30   /* longest wait for commits in flight at stop */
+#define PICKUP_MS        2000 /* how often spool/incoming/ is looked at */
 
 struct server_cfg *
 server_cfg_ref(struct server_cfg *cfg)
@@ -195,10 +197,9 @@ queue_timer_arm(struct server *srv)
 	long ms = queue_next_due_ms(srv->queue);
 	struct timeval tv;
 
-	if (ms < 0)
-		ms = 60000;
-	if (ms > 60000)
-		ms = 60000;
+	/* Wake at least every PICKUP_MS to look into spool/incoming/. */
+	if (ms < 0 || ms > PICKUP_MS)
+		ms = PICKUP_MS;
 	tv.tv_sec = ms / 1000;
 	tv.tv_usec = (ms % 1000) * 1000 + 1000;
 	evtimer_add(srv->ev_timer, &tv);
@@ -210,7 +211,41 @@ queue_cb(evutil_socket_t fd, short what, void *arg)
 	struct server *srv = arg;
 
 	queue_dispatch(srv->queue);
+	if (what & EV_TIMEOUT)
+		queue_pickup(srv->queue);
 	queue_timer_arm(srv);
+}
+
+/* SIGUSR1 (petrel queue flush, petrel sendmail): look into incoming/, retry everything now. */
+static void
+usr1_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	queue_pickup(srv->queue);
+	queue_flush_all(srv->queue);
+}
+
+static void
+pid_file(const char *spool_dir, bool create)
+{
+	char path[4096], pid[32];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", spool_dir, QUEUE_PID_FILE);
+	if (!create) {
+		unlink(path);
+		return;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0) {
+		log_warn("%s: %s", path, strerror(errno));
+		return;
+	}
+	snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	if (write(fd, pid, strlen(pid)) < 0)
+		log_warn("%s: %s", path, strerror(errno));
+	close(fd);
 }
 
 static void
@@ -270,6 +305,7 @@ server_run(const char *path)
 	srv.ev_term = evsignal_new(srv.base, SIGTERM, stop_cb, &srv);
 	srv.ev_int = evsignal_new(srv.base, SIGINT, stop_cb, &srv);
 	srv.ev_hup = evsignal_new(srv.base, SIGHUP, hup_cb, &srv);
+	srv.ev_usr1 = evsignal_new(srv.base, SIGUSR1, usr1_cb, &srv);
 	srv.ev_queue = event_new(srv.base, queue_notify_fd(srv.queue), EV_READ | EV_PERSIST,
 				 queue_cb, &srv);
 	srv.ev_timer = evtimer_new(srv.base, queue_cb, &srv);
@@ -282,6 +318,8 @@ server_run(const char *path)
 	evsignal_add(srv.ev_term, NULL);
 	evsignal_add(srv.ev_int, NULL);
 	evsignal_add(srv.ev_hup, NULL);
+	evsignal_add(srv.ev_usr1, NULL);
+	pid_file(conf->spool_dir, true);
 	event_add(srv.ev_queue, NULL);
 	queue_dispatch(srv.queue); /* recovered messages start now */
 	queue_timer_arm(&srv);
@@ -305,6 +343,8 @@ server_run(const char *path)
 	event_free(srv.ev_term);
 	event_free(srv.ev_int);
 	event_free(srv.ev_hup);
+	event_free(srv.ev_usr1);
+	pid_file(srv.cfg->conf->spool_dir, false);
 	event_free(srv.ev_queue);
 	event_free(srv.ev_timer);
 	event_base_free(srv.base);
