@@ -11,19 +11,19 @@
  */
 enum smtp_body_state {
 	SMTP_BODY_ST_LINE_START, /* after CR LF (or the DATA command's CR LF) */
-	SMTP_BODY_ST_DOT,        /* '.' at line start, not yet written */
-	SMTP_BODY_ST_DOT_CR,     /* '.' CR at line start, neither written */
-	SMTP_BODY_ST_IN_LINE,    /* inside a line */
-	SMTP_BODY_ST_CR,         /* CR inside a line, not yet written */
-	SMTP_BODY_ST_DONE,       /* DATA mode: CR LF . CR LF consumed */
+	SMTP_BODY_ST_DOT,	 /* '.' at line start, not yet written */
+	SMTP_BODY_ST_DOT_CR,	 /* '.' CR at line start, neither written */
+	SMTP_BODY_ST_IN_LINE,	 /* inside a line */
+	SMTP_BODY_ST_CR,	 /* CR inside a line, not yet written */
+	SMTP_BODY_ST_DONE,	 /* DATA mode: CR LF . CR LF consumed */
 };
 
 /* One call's view of its buffers. */
 struct scan {
 	const char *in; /* borrowed */
 	size_t in_len;
-	size_t pos;     /* next input octet */
-	char *out;      /* borrowed */
+	size_t pos; /* next input octet */
+	char *out;  /* borrowed */
 	size_t out_cap;
 	size_t out_len;
 	/*
@@ -145,8 +145,9 @@ scan(struct smtp_body *b, bool is_data, const char *in, size_t in_len, size_t *c
 		switch ((enum smtp_body_state)b->state) {
 		case SMTP_BODY_ST_LINE_START:
 			if (is_data && c == '.') {
+				/* Not counted: RFC 5321 4.5.3.1.6 excludes the dot added for
+				 * transparency from the 1000-octet limit. */
 				s.pos++;
-				line_add(b, 1);
 				b->state = SMTP_BODY_ST_DOT;
 			} else {
 				b->state = SMTP_BODY_ST_IN_LINE;

@@ -12,8 +12,8 @@
  *
  * Policy on bad content — the message is refused after its end, the session
  * goes on: a bare CR or bare LF (SMTP_BODY_BARE_EOL), a line over
- * SMTP_LINE_MAX octets with its CRLF (SMTP_BODY_LONG_LINE, RFC 5321
- * 4.5.3.1.6), more than max_size octets (SMTP_BODY_TOO_BIG; once set, no
+ * SMTP_LINE_MAX octets with its CRLF, not counting a stuffing dot
+ * (SMTP_BODY_LONG_LINE, RFC 5321 4.5.3.1.6), more than max_size octets (SMTP_BODY_TOO_BIG; once set, no
  * further output is produced, the input is still consumed to its end).
  */
 #ifndef PETREL_SMTP_BODY_H
