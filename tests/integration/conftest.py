@@ -59,6 +59,9 @@ class Petrel:
             "relay_networks": "127.0.0.0/8",
             "retry_min": "1s",
             "retry_max": "2s",
+            # Never the host's DNS: nothing answers here, so foreign mail is
+            # deferred unless a test starts its own dnsmasq.
+            "dns_resolver": "127.0.0.1:1",
         }
         self.conf.update({k: str(v) for k, v in overrides.items() if v is not None})
         for k, v in overrides.items():

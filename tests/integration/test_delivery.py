@@ -276,12 +276,12 @@ def _mount_tmpfs(path, size="2m"):
 def _fill(path):
     """Fills the filesystem holding path; returns the filler file."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    # unbuffered: a buffered close would raise ENOSPC again on its final flush
+    with open(filler, "wb", buffering=0) as f:
         chunk = b"\0" * 65536
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError:
             pass
     # also use up the last partial blocks
