@@ -35,4 +35,27 @@ void tls_describe(const struct tls_conn *c, char *dst, size_t cap);
 /* Sends close_notify (best effort) and frees; does not close fd. */
 void tls_conn_free(struct tls_conn *c);
 
+/*
+ * A server context from PEM files (TLS 1.2 minimum, the system's modern
+ * cipher defaults, no compression, no renegotiation).  NULL with err filled.
+ */
+struct tls_ctx *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
+				   size_t err_cap);
+
+/* ---- libevent glue (tls_bev.c) ------------------------------------------ */
+struct bufferevent;
+struct event_base;
+
+/* Implicit TLS (RFC 8314): a bufferevent that handshakes as a server on fd. */
+struct bufferevent *tls_bev_accept(struct tls_ctx *ctx, struct event_base *base, int fd);
+/*
+ * STARTTLS (RFC 3207): wraps an existing socket bufferevent (which the
+ * result owns and frees).  The caller has already written the 220 and thrown
+ * away every octet the client sent before it.
+ */
+struct bufferevent *tls_bev_starttls(struct tls_ctx *ctx, struct event_base *base,
+				     struct bufferevent *plain);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384" of a TLS bufferevent into dst. */
+void tls_bev_describe(struct bufferevent *bev, char *dst, size_t cap);
+
 #endif

@@ -8,11 +8,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "tls/tls_internal.h"
 #include "util/util_mem.h"
-
-struct tls_ctx {
-	SSL_CTX *ssl_ctx;
-};
 
 struct tls_conn {
 	SSL *ssl;
