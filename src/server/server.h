@@ -17,6 +17,7 @@ struct conf;
 struct deliver_db;
 struct queue;
 struct event_base;
+struct tls_ctx;
 
 /*
  * The configuration in force, shared by sessions and delivery threads and
@@ -27,6 +28,7 @@ struct server_cfg {
 	atomic_int refs;
 	struct conf *conf;      /* owned */
 	struct deliver_db *db;  /* owned */
+	struct tls_ctx *tls;    /* owned: the server TLS context, NULL without tls_cert */
 };
 
 struct server_cfg *server_cfg_ref(struct server_cfg *cfg);

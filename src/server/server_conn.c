@@ -5,6 +5,7 @@
 #include "server/server_internal.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +21,17 @@
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "queue/queue.h"
+#include "auth/auth.h"
 #include "smtp/smtp_session.h"
+#include "tls/tls.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
 #define READ_CHUNK   (64 * 1024)  /* octets handed to the session at a time */
 #define OUTPUT_HIGH  (128 * 1024) /* stop reading while this much output waits */
 #define PENDING_HIGH (256 * 1024) /* stop reading while this much body waits for the disk */
+#define AUTH_FAIL_WINDOW_S 600 /* failed AUTHs of a client address are counted this long */
+#define AUTH_FAIL_MAX_IP 10 /* failed AUTHs from one address before all of its AUTHs fail */
 
 struct conn {
 	struct server *srv;
@@ -35,6 +40,9 @@ struct conn {
 	struct smtp_session *sess;
 	struct queue_msg *msg; /* the message being received, if any */
 	struct event *timer;   /* smtp_timeout without progress */
+	struct event *auth_delay; /* a failed AUTH is answered late */
+	enum listener_kind kind;
+	bool authing;    /* a password check is on a worker thread */
 	char addr[INET6_ADDRSTRLEN];
 	struct sockaddr_storage sa;
 	bool committing; /* waiting for the queue: read nothing */
@@ -107,9 +115,30 @@ check_rcpt(void *ctx, const struct smtp_path *rcpt)
 			return SMTP_RCPT_BAD_MAILBOX;
 		}
 	}
-	if (conf_in_relay_networks(conf, (const struct sockaddr *)&c->sa))
+	if (conf_in_relay_networks(conf, (const struct sockaddr *)&c->sa) ||
+	    smtp_session_auth_user(c->sess) != NULL)
 		return SMTP_RCPT_ACCEPT;
 	return SMTP_RCPT_RELAY_DENIED;
+}
+
+/* An authenticated user sends as itself, or as an alias that reaches it. */
+static bool
+sender_allowed(void *ctx, const struct smtp_path *sender, const char *user)
+{
+	struct conn *c = ctx;
+	struct deliver_target *t = NULL;
+	size_t n = 0;
+	char err[256];
+	bool ok = false;
+
+	if (sender->is_null || strcasecmp(sender->addr, user) == 0)
+		return true;
+	if (deliver_expand(c->cfg->db, c->cfg->conf, sender->addr, &t, &n, err, sizeof(err)) != 0)
+		return false;
+	for (size_t i = 0; i < n && !ok; i++)
+		ok = strcasecmp(t[i].addr, user) == 0;
+	deliver_targets_free(t, n);
+	return ok;
 }
 
 /* ---- output and lifetime -------------------------------------------------- */
@@ -172,6 +201,7 @@ conn_free(struct conn *c)
 		c->next->prev = c->prev;
 	srv->nconns--;
 	event_free(c->timer);
+	event_free(c->auth_delay);
 	smtp_session_free(c->sess);
 	server_cfg_unref(c->cfg);
 	free(c);
@@ -318,6 +348,143 @@ take_body(struct conn *c)
 		queue_msg_append(c->msg, data, len, append_done, c);
 }
 
+/* ---- STARTTLS ---------------------------------------------------------------- */
+
+static void read_cb(struct bufferevent *bev, void *arg);
+static void write_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+static void
+start_tls(struct conn *c)
+{
+	struct bufferevent *tls;
+
+	flush_output(c); /* the 220 goes out in clear */
+	/*
+	 * Whatever the client sent after STARTTLS, before the handshake, is
+	 * thrown away: it would otherwise be read as if it came over TLS
+	 * (CVE-2011-0411, RFC 3207 6).
+	 */
+	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+	tls = tls_bev_starttls(c->cfg->tls, c->srv->base, c->bev);
+	if (tls == NULL) {
+		log_warn("STARTTLS from unknown[%s]: cannot start TLS", c->addr);
+		c->closing = true;
+		return;
+	}
+	c->bev = tls;
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* ---- AUTH ------------------------------------------------------------------ */
+
+struct auth_check {
+	struct conn *c;
+	char *stored;   /* owned: the users file's hash, NULL when no such user */
+	char *password; /* owned, wiped */
+	bool ok;
+};
+
+static void
+auth_run(void *arg)
+{
+	struct auth_check *a = arg;
+
+	a->ok = a->stored != NULL && auth_password_verify(a->stored, a->password);
+}
+
+static struct ip_count *
+ip_find(struct server *srv, const char *addr)
+{
+	for (struct ip_count *ic = srv->ips[ip_hash(addr)]; ic != NULL; ic = ic->next) {
+		if (strcmp(ic->addr, addr) == 0)
+			return ic;
+	}
+	return NULL;
+}
+
+static void
+auth_answer(struct conn *c, bool ok)
+{
+	smtp_session_auth_done(c->sess, ok);
+	if (smtp_session_state(c->sess) == SMTP_STATE_CLOSED)
+		c->closing = true;
+	conn_process(c);
+}
+
+static void
+auth_delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	auth_answer(arg, false);
+}
+
+static void
+auth_done(void *arg)
+{
+	struct auth_check *a = arg;
+	struct conn *c = a->c;
+	bool ok = a->ok;
+
+	util_wipe(a->password, strlen(a->password));
+	free(a->password);
+	free(a->stored);
+	free(a);
+	c->authing = false;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	if (ok) {
+		log_info("unknown[%s]: sasl_method=AUTH, sasl_username=%s", c->addr,
+			 smtp_session_auth_user(c->sess) ? "" : "(pending)");
+		auth_answer(c, true);
+		return;
+	}
+	{
+		/* A growing pause slows password guessing; the answer comes after it. */
+		struct ip_count *ic = ip_find(c->srv, c->addr);
+		struct timeval tv = {.tv_sec = 1, .tv_usec = 0};
+		time_t now = time(NULL);
+
+		if (ic != NULL) {
+			if (now - ic->auth_last_failure > AUTH_FAIL_WINDOW_S)
+				ic->auth_failures = 0;
+			ic->auth_failures++;
+			ic->auth_last_failure = now;
+			tv.tv_sec = ic->auth_failures < 5 ? (time_t)ic->auth_failures : 5;
+		}
+		log_warn("unknown[%s]: SASL authentication failed", c->addr);
+		evtimer_add(c->auth_delay, &tv);
+	}
+}
+
+static void
+start_auth(struct conn *c)
+{
+	struct auth_check *a = xcalloc(1, sizeof(*a));
+	struct ip_count *ic = ip_find(c->srv, c->addr);
+	const char *user, *password, *stored;
+	char key[300];
+
+	smtp_session_auth_take(c->sess, &user, &password);
+	snprintf(key, sizeof(key), "%s", user);
+	for (char *p = key; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	stored = deliver_db_password(c->cfg->db, key);
+	a->c = c;
+	a->stored = stored ? xstrdup(stored) : NULL;
+	a->password = xstrdup(password);
+	/* An address with too many recent failures fails without a check. */
+	if (ic != NULL && ic->auth_failures >= AUTH_FAIL_MAX_IP &&
+	    time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S) {
+		free(a->stored);
+		a->stored = NULL;
+	}
+	c->authing = true;
+	queue_work(c->srv->queue, auth_run, auth_done, a);
+}
+
 /* Acts on one session event.  Returns false when processing must pause. */
 static bool
 handle_event(struct conn *c, enum smtp_event ev)
@@ -342,8 +509,11 @@ handle_event(struct conn *c, enum smtp_event ev)
 		c->msg = NULL;
 		return true;
 	case SMTP_EVENT_STARTTLS:
-		/* Not offered without TLS configuration; the session refuses it. */
-		return true;
+		start_tls(c);
+		return false;
+	case SMTP_EVENT_AUTH:
+		start_auth(c);
+		return false;
 	case SMTP_EVENT_CLOSE:
 		c->closing = true;
 		return false;
@@ -363,7 +533,9 @@ conn_process(struct conn *c)
 	out = bufferevent_get_output(c->bev);
 	enum smtp_event ev = SMTP_EVENT_NONE;
 
-	while (!c->closing && !c->committing) {
+	while (!c->closing && !c->committing && !c->authing &&
+	       smtp_session_state(c->sess) != SMTP_STATE_TLS &&
+	       smtp_session_state(c->sess) != SMTP_STATE_AUTH_WAIT) {
 		size_t len = evbuffer_get_length(in);
 		size_t n, used;
 		const char *data;
@@ -418,6 +590,17 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
+	if (what & BEV_EVENT_CONNECTED) {
+		/* The TLS handshake is done (STARTTLS or implicit TLS). */
+		char desc[128];
+		tls_bev_describe(c->bev, desc, sizeof(desc));
+		log_info("%s TLS connection established from unknown[%s]: %s",
+			 c->kind == LISTENER_SUBMISSIONS ? "implicit" : "STARTTLS", c->addr, desc);
+		if (smtp_session_state(c->sess) == SMTP_STATE_TLS)
+			smtp_session_tls_started(c->sess);
+		conn_process(c);
+		return;
+	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
 		conn_close(c);
 		return;
@@ -471,11 +654,13 @@ addr_string(const struct sockaddr *sa, char *dst, size_t cap)
 }
 
 void
-server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int salen)
+server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const struct sockaddr *sa,
+		   int salen)
 {
 	struct conn *c = xcalloc(1, sizeof(*c));
 	struct smtp_session_conf scfg;
-	struct smtp_policy policy = {.ctx = c, .check_rcpt = check_rcpt};
+	struct smtp_policy policy = {
+	    .ctx = c, .check_rcpt = check_rcpt, .sender_allowed = sender_allowed};
 	const struct conf *conf;
 	struct timeval wtv;
 	const char *refuse = NULL;
@@ -485,9 +670,22 @@ server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int sa
 	conf = c->cfg->conf;
 	memcpy(&c->sa, sa, (size_t)salen < sizeof(c->sa) ? (size_t)salen : sizeof(c->sa));
 	addr_string(sa, c->addr, sizeof(c->addr));
+	c->kind = kind;
 	evutil_make_socket_nonblocking(fd);
-	c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (kind == LISTENER_SUBMISSIONS)
+		c->bev = tls_bev_accept(c->cfg->tls, srv->base, fd);
+	else
+		c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL) {
+		/* Unlikely (out of memory in OpenSSL): the client just sees the close. */
+		log_warn("unknown[%s]: cannot set up the connection", c->addr);
+		close(fd);
+		server_cfg_unref(c->cfg);
+		free(c);
+		return;
+	}
 	c->timer = evtimer_new(srv->base, timer_cb, c);
+	c->auth_delay = evtimer_new(srv->base, auth_delay_cb, c);
 	c->next = srv->conns;
 	if (srv->conns != NULL)
 		srv->conns->prev = c;
@@ -498,7 +696,11 @@ server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int sa
 	scfg.hostname = conf->hostname;
 	scfg.max_message_size = conf->max_message_size;
 	scfg.max_recipients = conf->max_recipients;
+	scfg.starttls_offered = c->cfg->tls != NULL && kind != LISTENER_SUBMISSIONS;
+	scfg.auth_offered = conf->users_file != NULL;
+	scfg.auth_required = kind != LISTENER_SMTP;
 	c->sess = smtp_session_new(&scfg, &policy);
+	smtp_session_set_tls(c->sess, kind == LISTENER_SUBMISSIONS);
 
 	log_info("connect from unknown[%s]", c->addr);
 	if (srv->stopping)

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "server/server.h"
 
@@ -18,7 +19,21 @@ struct evconnlistener;
 struct ip_count {
 	struct ip_count *next;
 	char addr[INET6_ADDRSTRLEN];
-	size_t count;
+	size_t count;          /* open sessions */
+	size_t auth_failures;  /* failed AUTHs, forgotten after AUTH_FAIL_WINDOW_S */
+	time_t auth_last_failure;
+};
+
+enum listener_kind {
+	LISTENER_SMTP,        /* MX: port 25 style */
+	LISTENER_SUBMISSION,  /* STARTTLS, AUTH required (RFC 6409) */
+	LISTENER_SUBMISSIONS, /* implicit TLS, AUTH required (RFC 8314) */
+};
+
+struct listener {
+	struct server *srv;
+	enum listener_kind kind;
+	struct evconnlistener *el;
 };
 
 #define IP_BUCKETS 4096
@@ -30,7 +45,7 @@ struct server {
 	struct queue *queue;
 	struct relay *relay;
 	char *bounce_hostname; /* the reporting MTA's name in bounces (fixed at start) */
-	struct evconnlistener **listeners;
+	struct listener **listeners;
 	size_t listeners_len;
 	struct event *ev_term, *ev_int, *ev_hup, *ev_usr1, *ev_queue, *ev_timer;
 	struct event *ev_relay_dns, *ev_relay_done;
@@ -41,7 +56,8 @@ struct server {
 };
 
 /* server_conn.c */
-void server_conn_accept(struct server *srv, int fd, const struct sockaddr *sa, int salen);
+void server_conn_accept(struct server *srv, enum listener_kind kind, int fd,
+			const struct sockaddr *sa, int salen);
 /* Ends every session (421), waits for commits in flight; the loop exits when none are left. */
 void server_conn_shutdown_all(struct server *srv);
 

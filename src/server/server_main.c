@@ -21,6 +21,7 @@
 #include "queue/queue.h"
 #include "relay/relay.h"
 #include "relay/relay_dsn.h"
+#include "tls/tls.h"
 #include "util/util_fs.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
@@ -42,6 +43,7 @@ server_cfg_unref(struct server_cfg *cfg)
 		return;
 	deliver_db_free(cfg->db);
 	conf_free(cfg->conf);
+	tls_ctx_free(cfg->tls);
 	free(cfg);
 }
 
@@ -80,6 +82,15 @@ load_cfg(const char *path)
 	atomic_init(&cfg->refs, 1);
 	cfg->conf = conf;
 	cfg->db = db;
+	if (conf->tls_cert != NULL) {
+		/* Read again on every SIGHUP: a renewed certificate needs no restart. */
+		cfg->tls = tls_server_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
+		if (cfg->tls == NULL) {
+			log_err("%s", err);
+			server_cfg_unref(cfg);
+			return NULL;
+		}
+	}
 	return cfg;
 }
 
@@ -88,7 +99,9 @@ static const char *conf_path; /* for SIGHUP */
 static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-	server_conn_accept(arg, fd, sa, salen);
+	struct listener *li = arg;
+
+	server_conn_accept(li->srv, li->kind, fd, sa, salen);
 }
 
 static void
@@ -101,8 +114,9 @@ accept_error_cb(struct evconnlistener *l, void *arg)
 }
 
 static int
-listen_on(struct server *srv, const struct conf_listen *l)
+listen_on(struct server *srv, const struct conf_listen *l, enum listener_kind kind)
 {
+	struct listener *li;
 	struct addrinfo hints, *res = NULL;
 	char port[8];
 	struct evconnlistener *el;
@@ -118,18 +132,23 @@ listen_on(struct server *srv, const struct conf_listen *l)
 		log_err("listen %s:%s: %s", l->host, port, gai_strerror(rc));
 		return -1;
 	}
-	el = evconnlistener_new_bind(srv->base, accept_cb, srv,
+	li = xcalloc(1, sizeof(*li));
+	li->srv = srv;
+	li->kind = kind;
+	el = evconnlistener_new_bind(srv->base, accept_cb, li,
 				     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
 					 LEV_OPT_CLOSE_ON_EXEC,
 				     1024, res->ai_addr, (int)res->ai_addrlen);
 	freeaddrinfo(res);
 	if (el == NULL) {
 		log_err("listen %s:%s: %s", l->host, port, strerror(errno));
+		free(li);
 		return -1;
 	}
+	li->el = el;
 	evconnlistener_set_error_cb(el, accept_error_cb);
-	srv->listeners = xrealloc(srv->listeners, (srv->listeners_len + 1) * sizeof(el));
-	srv->listeners[srv->listeners_len++] = el;
+	srv->listeners = xrealloc(srv->listeners, (srv->listeners_len + 1) * sizeof(li));
+	srv->listeners[srv->listeners_len++] = li;
 	log_info("listening on %s:%s", l->host, port);
 	return 0;
 }
@@ -137,8 +156,10 @@ listen_on(struct server *srv, const struct conf_listen *l)
 static void
 close_listeners(struct server *srv)
 {
-	for (size_t i = 0; i < srv->listeners_len; i++)
-		evconnlistener_free(srv->listeners[i]);
+	for (size_t i = 0; i < srv->listeners_len; i++) {
+		evconnlistener_free(srv->listeners[i]->el);
+		free(srv->listeners[i]);
+	}
 	free(srv->listeners);
 	srv->listeners = NULL;
 	srv->listeners_len = 0;
@@ -280,8 +301,20 @@ server_run(const char *path)
 	srv.base = event_base_new();
 	if (srv.base == NULL)
 		log_fatal("cannot create the event loop");
+	if (conf->listen_submissions_len > 0 && srv.cfg->tls == NULL) {
+		log_err("listen_submissions needs tls_cert and tls_key");
+		return 1;
+	}
 	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
-		if (listen_on(&srv, &conf->listen_smtp[i]) != 0)
+		if (listen_on(&srv, &conf->listen_smtp[i], LISTENER_SMTP) != 0)
+			return 1;
+	}
+	for (size_t i = 0; i < conf->listen_submission_len; i++) {
+		if (listen_on(&srv, &conf->listen_submission[i], LISTENER_SUBMISSION) != 0)
+			return 1;
+	}
+	for (size_t i = 0; i < conf->listen_submissions_len; i++) {
+		if (listen_on(&srv, &conf->listen_submissions[i], LISTENER_SUBMISSIONS) != 0)
 			return 1;
 	}
 	memset(&limits, 0, sizeof(limits));

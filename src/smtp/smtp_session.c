@@ -4,14 +4,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "smtp/smtp_body.h"
+#include "util/util_base64.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
 #define OUTPUT_MAX     (256 * 1024) /* replies not yet written; the glue stops reading first */
 #define BODY_CHUNK     (64 * 1024)  /* decoded body octets handed to the glue at a time */
 #define DEFAULT_ERRORS 20
+#define DEFAULT_AUTH_FAILURES 3
+#define AUTH_FIELD_MAX 256 /* user name and password octets */
 #define OUTPUT_PAUSE   (32 * 1024) /* stop reading commands until the glue drains replies */
 
 struct smtp_session {
@@ -24,6 +28,13 @@ struct smtp_session {
 	bool tls;	/* under TLS */
 	bool skip_line; /* dropping the rest of an overlong command line */
 	char *helo;	/* owned */
+
+	/* AUTH (RFC 4954): the exchange in progress, and its outcome. */
+	enum { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_step;
+	char auth_user[AUTH_FIELD_MAX]; /* wiped after the check */
+	char auth_pass[AUTH_FIELD_MAX]; /* wiped after the check */
+	char *authenticated;            /* owned: the user, once AUTH succeeded */
+	size_t auth_failures;
 
 	/* The transaction: MAIL .. end of message. */
 	char *sender; /* owned, NULL outside a transaction */
@@ -49,7 +60,7 @@ static const char *const state_names[SMTP_STATE_COUNT] = {
     [SMTP_STATE_MAIL] = "mail",		  [SMTP_STATE_RCPT] = "rcpt",
     [SMTP_STATE_DATA] = "data",		  [SMTP_STATE_BDAT] = "bdat",
     [SMTP_STATE_BDAT_NEXT] = "bdat-next", [SMTP_STATE_DISCARD] = "discard",
-    [SMTP_STATE_COMMIT] = "commit",	  [SMTP_STATE_TLS] = "tls",
+    [SMTP_STATE_COMMIT] = "commit",	  [SMTP_STATE_TLS] = "tls", [SMTP_STATE_AUTH] = "auth", [SMTP_STATE_AUTH_WAIT] = "auth-wait",
     [SMTP_STATE_CLOSED] = "closed",
 };
 
@@ -118,6 +129,8 @@ smtp_session_new(const struct smtp_session_conf *cfg, const struct smtp_policy *
 	s->cfg = *cfg;
 	if (s->cfg.max_errors == 0)
 		s->cfg.max_errors = DEFAULT_ERRORS;
+	if (s->cfg.max_auth_failures == 0)
+		s->cfg.max_auth_failures = DEFAULT_AUTH_FAILURES;
 	s->policy = *policy;
 	buf_init(&s->out, OUTPUT_MAX);
 	s->state = SMTP_STATE_INIT;
@@ -133,6 +146,9 @@ smtp_session_free(struct smtp_session *s)
 	txn_reset(s);
 	free(s->rcpts);
 	free(s->helo);
+	free(s->authenticated);
+	util_wipe(s->auth_user, sizeof(s->auth_user));
+	util_wipe(s->auth_pass, sizeof(s->auth_pass));
 	buf_free(&s->out);
 	free(s);
 }
@@ -167,6 +183,8 @@ do_helo(struct smtp_session *s, const char *arg, size_t len, bool esmtp)
 	reply(s, "250-SIZE %" PRIu64, s->cfg.max_message_size);
 	if (s->cfg.starttls_offered && !s->tls)
 		reply(s, "250-STARTTLS");
+	if (s->cfg.auth_offered && s->tls)
+		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-SMTPUTF8");
@@ -192,6 +210,9 @@ cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 	struct smtp_path path;
 	struct smtp_mail_params params;
 
+	if (s->cfg.auth_required && s->authenticated == NULL)
+		return error_reply(s, s->tls ? "530 5.7.0 Authentication required"
+					     : "530 5.7.0 Must issue a STARTTLS command first");
 	switch (smtp_parse_mail_from(arg, len, &path, &params)) {
 	case SMTP_ARG_OK:
 		break;
@@ -210,6 +231,9 @@ cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 		return error_reply(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
 	if (params.has_size && params.size > s->cfg.max_message_size)
 		return error_reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+	if (s->authenticated != NULL && s->policy.sender_allowed != NULL &&
+	    !s->policy.sender_allowed(s->policy.ctx, &path, s->authenticated))
+		return error_reply(s, "553 5.7.1 Sender address rejected: not owned by user");
 	s->sender = xstrdup(path.addr);
 	s->params = params;
 	enter_state(s, SMTP_STATE_MAIL);
@@ -351,6 +375,8 @@ cmd_bdat(struct smtp_session *s, const char *arg, size_t len)
 	case SMTP_STATE_DISCARD:
 	case SMTP_STATE_COMMIT:
 	case SMTP_STATE_TLS:
+	case SMTP_STATE_AUTH:
+	case SMTP_STATE_AUTH_WAIT:
 	case SMTP_STATE_CLOSED:
 		/* Not reachable: the dispatcher does not read commands in these states. */
 		abort();
@@ -431,10 +457,111 @@ cmd_starttls(struct smtp_session *s, const char *arg, size_t len)
 	return SMTP_EVENT_STARTTLS;
 }
 
-static enum smtp_event
-cmd_not_implemented(struct smtp_session *s, const char *arg, size_t len)
+/* Splits PLAIN's "authzid NUL authcid NUL passwd" (RFC 4616 2). */
+static bool
+auth_plain_split(struct smtp_session *s, const unsigned char *p, size_t len)
 {
-	return error_reply(s, "502 5.5.1 Error: command not implemented");
+	const unsigned char *nul1 = memchr(p, '\0', len), *nul2;
+	size_t authz_len, user_len, pass_len;
+
+	if (nul1 == NULL)
+		return false;
+	nul2 = memchr(nul1 + 1, '\0', len - (size_t)(nul1 + 1 - p));
+	if (nul2 == NULL)
+		return false;
+	authz_len = (size_t)(nul1 - p);
+	user_len = (size_t)(nul2 - nul1 - 1);
+	pass_len = len - (size_t)(nul2 + 1 - p);
+	if (user_len == 0 || user_len >= AUTH_FIELD_MAX || pass_len >= AUTH_FIELD_MAX ||
+	    memchr(nul2 + 1, '\0', pass_len) != NULL)
+		return false;
+	/* Acting for someone else is not offered. */
+	if (authz_len > 0 && (authz_len != user_len || memcmp(p, nul1 + 1, user_len) != 0))
+		return false;
+	memcpy(s->auth_user, nul1 + 1, user_len);
+	s->auth_user[user_len] = '\0';
+	memcpy(s->auth_pass, nul2 + 1, pass_len);
+	s->auth_pass[pass_len] = '\0';
+	return true;
+}
+
+/* A base64 SASL response (initial or after a 334); returns the event. */
+static enum smtp_event
+auth_response(struct smtp_session *s, const char *b64, size_t len)
+{
+	unsigned char dec[2 * AUTH_FIELD_MAX + 4];
+	long n;
+
+	if (len == 1 && b64[0] == '*') {
+		enter_state(s, SMTP_STATE_READY);
+		return error_reply(s, "501 5.0.0 Authentication cancelled");
+	}
+	/* "=" is an empty initial response (RFC 4954 4). */
+	n = (len == 1 && b64[0] == '=') ? 0 : util_base64_decode(b64, len, dec, sizeof(dec));
+	if (n < 0) {
+		enter_state(s, SMTP_STATE_READY);
+		return error_reply(s, "501 5.5.2 Cannot decode response");
+	}
+	switch (s->auth_step) {
+	case AUTH_PLAIN:
+		if (!auth_plain_split(s, dec, (size_t)n)) {
+			util_wipe(dec, sizeof(dec));
+			enter_state(s, SMTP_STATE_READY);
+			return error_reply(s, "501 5.5.2 Malformed PLAIN response");
+		}
+		break;
+	case AUTH_LOGIN_USER:
+	case AUTH_LOGIN_PASS: {
+		char *dst = s->auth_step == AUTH_LOGIN_USER ? s->auth_user : s->auth_pass;
+		if ((size_t)n >= AUTH_FIELD_MAX || memchr(dec, '\0', (size_t)n) != NULL ||
+		    (s->auth_step == AUTH_LOGIN_USER && n == 0)) {
+			util_wipe(dec, sizeof(dec));
+			enter_state(s, SMTP_STATE_READY);
+			return error_reply(s, "501 5.5.2 Malformed LOGIN response");
+		}
+		memcpy(dst, dec, (size_t)n);
+		dst[n] = '\0';
+		if (s->auth_step == AUTH_LOGIN_USER) {
+			s->auth_step = AUTH_LOGIN_PASS;
+			util_wipe(dec, sizeof(dec));
+			reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+			return SMTP_EVENT_NONE;
+		}
+		break;
+	}
+	}
+	util_wipe(dec, sizeof(dec));
+	enter_state(s, SMTP_STATE_AUTH_WAIT);
+	return SMTP_EVENT_AUTH;
+}
+
+static enum smtp_event
+cmd_auth(struct smtp_session *s, const char *arg, size_t len)
+{
+	const char *sp = memchr(arg, ' ', len);
+	size_t mech_len = sp ? (size_t)(sp - arg) : len;
+	const char *initial = sp ? sp + 1 : NULL;
+	size_t initial_len = sp ? len - mech_len - 1 : 0;
+
+	if (!s->cfg.auth_offered)
+		return error_reply(s, "502 5.5.1 Error: authentication not enabled");
+	if (!s->tls)
+		return error_reply(s, "538 5.7.11 Encryption required for requested authentication "
+				      "mechanism");
+	if (s->authenticated != NULL)
+		return error_reply(s, "503 5.5.1 Error: already authenticated");
+	if (mech_len == 5 && strncasecmp(arg, "PLAIN", 5) == 0) {
+		s->auth_step = AUTH_PLAIN;
+	} else if (mech_len == 5 && strncasecmp(arg, "LOGIN", 5) == 0) {
+		s->auth_step = AUTH_LOGIN_USER;
+	} else {
+		return error_reply(s, "504 5.5.4 Unrecognized authentication type");
+	}
+	enter_state(s, SMTP_STATE_AUTH);
+	if (initial != NULL)
+		return auth_response(s, initial, initial_len);
+	reply(s, s->auth_step == AUTH_PLAIN ? "334 " : "334 VXNlcm5hbWU6"); /* "Username:" */
+	return SMTP_EVENT_NONE;
 }
 
 static enum smtp_event
@@ -470,7 +597,8 @@ static const struct command {
     [SMTP_VERB_QUIT] = {"QUIT", cmd_quit, ANY_CMD, NULL},
     [SMTP_VERB_STARTTLS] = {"STARTTLS", cmd_starttls, ST(INIT) | ST(READY),
 			    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction"},
-    [SMTP_VERB_AUTH] = {"AUTH", cmd_not_implemented, ANY_CMD & ~ST(BDAT_NEXT), NULL},
+    [SMTP_VERB_AUTH] = {"AUTH", cmd_auth, ST(READY),
+			"503 5.5.1 Error: AUTH not allowed here (send EHLO first, or RSET)"},
 };
 
 /* The 503 for a verb used out of order (RFC 5321 4.1.4). */
@@ -494,6 +622,8 @@ sequence_error(const struct smtp_session *s, enum smtp_verb verb)
 	case SMTP_STATE_DISCARD:
 	case SMTP_STATE_COMMIT:
 	case SMTP_STATE_TLS:
+	case SMTP_STATE_AUTH:
+	case SMTP_STATE_AUTH_WAIT:
 	case SMTP_STATE_CLOSED:
 		break;
 	}
@@ -625,7 +755,10 @@ feed_command(struct smtp_session *s, const char *in, size_t len, enum smtp_event
 	}
 	if (line_len > 0 && in[line_len - 1] == '\r')
 		line_len--;
-	*ev = dispatch(s, in, line_len);
+	if (s->state == SMTP_STATE_AUTH)
+		*ev = auth_response(s, in, line_len);
+	else
+		*ev = dispatch(s, in, line_len);
 	return (size_t)(lf - in) + 1;
 }
 
@@ -645,6 +778,7 @@ smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_
 		case SMTP_STATE_MAIL:
 		case SMTP_STATE_RCPT:
 		case SMTP_STATE_BDAT_NEXT:
+		case SMTP_STATE_AUTH:
 			n = feed_command(s, in + used, len - used, ev);
 			if (n == 0)
 				return used;
@@ -660,6 +794,7 @@ smtp_session_feed(struct smtp_session *s, const char *in, size_t len, enum smtp_
 			break;
 		case SMTP_STATE_COMMIT:
 		case SMTP_STATE_TLS:
+		case SMTP_STATE_AUTH_WAIT:
 		case SMTP_STATE_CLOSED:
 			return used;
 		}
@@ -698,6 +833,39 @@ smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r, cons
 	s->in_message = false;
 	txn_reset(s);
 	enter_state(s, SMTP_STATE_READY);
+}
+
+void
+smtp_session_auth_take(const struct smtp_session *s, const char **user, const char **password)
+{
+	*user = s->auth_user;
+	*password = s->auth_pass;
+}
+
+void
+smtp_session_auth_done(struct smtp_session *s, bool ok)
+{
+	if (s->state != SMTP_STATE_AUTH_WAIT)
+		return;
+	enter_state(s, SMTP_STATE_READY);
+	if (ok) {
+		s->authenticated = xstrdup(s->auth_user);
+		reply(s, "235 2.7.0 Authentication successful");
+	} else if (++s->auth_failures >= s->cfg.max_auth_failures) {
+		reply(s, "535 5.7.8 Authentication credentials invalid");
+		reply(s, "421 4.7.0 %s Error: too many failed authentications", s->cfg.hostname);
+		enter_state(s, SMTP_STATE_CLOSED);
+	} else {
+		reply(s, "535 5.7.8 Authentication credentials invalid");
+	}
+	util_wipe(s->auth_user, sizeof(s->auth_user));
+	util_wipe(s->auth_pass, sizeof(s->auth_pass));
+}
+
+const char *
+smtp_session_auth_user(const struct smtp_session *s)
+{
+	return s->authenticated;
 }
 
 void
@@ -773,6 +941,8 @@ smtp_session_protocol(const struct smtp_session *s)
 {
 	if (!s->esmtp)
 		return "SMTP";
+	if (s->authenticated != NULL)
+		return s->tls ? "ESMTPSA" : "ESMTPA";
 	return s->tls ? "ESMTPS" : "ESMTP";
 }
 

@@ -41,6 +41,11 @@ struct smtp_policy {
 	void *ctx;
 	/* Decides one recipient; called once per syntactically valid RCPT. */
 	enum smtp_rcpt_verdict (*check_rcpt)(void *ctx, const struct smtp_path *rcpt);
+	/*
+	 * May an authenticated client (auth_user) use this sender?  NULL: yes.
+	 * A refusal is 553 5.7.1 (RFC 4954 does not name one; Postfix's).
+	 */
+	bool (*sender_allowed)(void *ctx, const struct smtp_path *sender, const char *auth_user);
 };
 
 struct smtp_session_conf {
@@ -48,7 +53,10 @@ struct smtp_session_conf {
 	uint64_t max_message_size; /* SIZE and the DATA/BDAT limit */
 	size_t max_recipients;
 	bool starttls_offered;     /* advertise and accept STARTTLS */
+	bool auth_offered;         /* AUTH PLAIN LOGIN, offered under TLS only (RFC 4954 4) */
+	bool auth_required;        /* submission: MAIL needs AUTH first (530 5.7.0) */
 	size_t max_errors;         /* bad commands before 421 and close (0: 20) */
+	size_t max_auth_failures;  /* failed AUTHs before 421 and close (0: 3) */
 };
 
 enum smtp_event {
@@ -60,6 +68,8 @@ enum smtp_event {
 	SMTP_EVENT_MESSAGE_ABORT, /* message refused (reply queued): discard the queue entry */
 	SMTP_EVENT_STARTTLS,      /* flush the output, drop all unread input, start TLS, then
 				     call smtp_session_tls_started() */
+	SMTP_EVENT_AUTH,          /* credentials to check: smtp_session_auth_take(), then
+				     smtp_session_auth_done() */
 	SMTP_EVENT_CLOSE,         /* flush the output and close */
 };
 
@@ -74,6 +84,8 @@ enum smtp_state {
 	SMTP_STATE_DISCARD,   /* reading and dropping a refused BDAT chunk */
 	SMTP_STATE_COMMIT,    /* waiting for smtp_session_commit_done() */
 	SMTP_STATE_TLS,       /* waiting for smtp_session_tls_started() */
+	SMTP_STATE_AUTH,      /* reading a SASL response line (RFC 4954 4) */
+	SMTP_STATE_AUTH_WAIT, /* waiting for smtp_session_auth_done() */
 	SMTP_STATE_CLOSED,    /* nothing more is read */
 };
 #define SMTP_STATE_COUNT (SMTP_STATE_CLOSED + 1)
@@ -110,6 +122,17 @@ enum smtp_commit_result {
 void smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r, const char *id);
 /* Ends SMTP_STATE_TLS: the session starts over (EHLO required again, RFC 3207 4.2). */
 void smtp_session_tls_started(struct smtp_session *s);
+/*
+ * The credentials of SMTP_EVENT_AUTH (borrowed, wiped at auth_done).  user
+ * is the authentication identity as given; password may hold any octet but
+ * NUL.
+ */
+void smtp_session_auth_take(const struct smtp_session *s, const char **user,
+			    const char **password);
+/* Ends SMTP_STATE_AUTH_WAIT: 235, or 535 5.7.8 (and 421 after too many failures). */
+void smtp_session_auth_done(struct smtp_session *s, bool ok);
+/* The authenticated user, or NULL. */
+const char *smtp_session_auth_user(const struct smtp_session *s);
 /* The client was silent for too long: queue 421 4.4.2 and close. */
 void smtp_session_timeout(struct smtp_session *s);
 /* The server is stopping, or refuses this client: queue "421 <enhanced> <host> <text>", close. */
@@ -125,7 +148,7 @@ const char *smtp_session_rcpt(const struct smtp_session *s, size_t i);
 const struct smtp_mail_params *smtp_session_mail_params(const struct smtp_session *s);
 uint64_t smtp_session_message_size(const struct smtp_session *s);
 const char *smtp_session_helo(const struct smtp_session *s); /* "" before HELO/EHLO */
-/* "SMTP", "ESMTP" or "ESMTPS" (Received header "with"). */
+/* "SMTP", "ESMTP", "ESMTPS", "ESMTPA" or "ESMTPSA" (Received header "with", RFC 3848). */
 const char *smtp_session_protocol(const struct smtp_session *s);
 /* The session is under TLS (set by the glue for implicit TLS). */
 void smtp_session_set_tls(struct smtp_session *s, bool on);

@@ -21,7 +21,7 @@ log_set_level(enum log_level level)
 	min_level = level;
 }
 
-static void
+static void __attribute__((format(printf, 2, 0)))
 vlog(enum log_level level, const char *fmt, va_list ap)
 {
 	char line[2048];
