@@ -436,8 +436,12 @@ auth_done(void *arg)
 		return;
 	}
 	if (ok) {
-		log_info("unknown[%s]: sasl_method=AUTH, sasl_username=%s", c->addr,
-			 smtp_session_auth_user(c->sess) ? "" : "(pending)");
+		const char *user, *password;
+		char esc[300];
+
+		smtp_session_auth_take(c->sess, &user, &password);
+		log_info("unknown[%s]: sasl_username=%s", c->addr,
+			 util_log_escape(esc, sizeof(esc), user, strlen(user)));
 		auth_answer(c, true);
 		return;
 	}
