@@ -11,12 +11,12 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define OUTPUT_MAX     (256 * 1024) /* replies not yet written; the glue stops reading first */
-#define BODY_CHUNK     (64 * 1024)  /* decoded body octets handed to the glue at a time */
-#define DEFAULT_ERRORS 20
+#define OUTPUT_MAX	      (256 * 1024) /* replies not yet written; the glue stops reading first */
+#define BODY_CHUNK	      (64 * 1024) /* decoded body octets handed to the glue at a time */
+#define DEFAULT_ERRORS	      20
 #define DEFAULT_AUTH_FAILURES 3
-#define AUTH_FIELD_MAX 256 /* user name and password octets */
-#define OUTPUT_PAUSE   (32 * 1024) /* stop reading commands until the glue drains replies */
+#define AUTH_FIELD_MAX	      256	  /* user name and password octets */
+#define OUTPUT_PAUSE	      (32 * 1024) /* stop reading commands until the glue drains replies */
 
 struct smtp_session {
 	struct smtp_session_conf cfg;
@@ -33,7 +33,7 @@ struct smtp_session {
 	enum { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_step;
 	char auth_user[AUTH_FIELD_MAX]; /* wiped after the check */
 	char auth_pass[AUTH_FIELD_MAX]; /* wiped after the check */
-	char *authenticated;            /* owned: the user, once AUTH succeeded */
+	char *authenticated;		/* owned: the user, once AUTH succeeded */
 	size_t auth_failures;
 
 	/* The transaction: MAIL .. end of message. */
@@ -60,7 +60,8 @@ static const char *const state_names[SMTP_STATE_COUNT] = {
     [SMTP_STATE_MAIL] = "mail",		  [SMTP_STATE_RCPT] = "rcpt",
     [SMTP_STATE_DATA] = "data",		  [SMTP_STATE_BDAT] = "bdat",
     [SMTP_STATE_BDAT_NEXT] = "bdat-next", [SMTP_STATE_DISCARD] = "discard",
-    [SMTP_STATE_COMMIT] = "commit",	  [SMTP_STATE_TLS] = "tls", [SMTP_STATE_AUTH] = "auth", [SMTP_STATE_AUTH_WAIT] = "auth-wait",
+    [SMTP_STATE_COMMIT] = "commit",	  [SMTP_STATE_TLS] = "tls",
+    [SMTP_STATE_AUTH] = "auth",		  [SMTP_STATE_AUTH_WAIT] = "auth-wait",
     [SMTP_STATE_CLOSED] = "closed",
 };
 
@@ -545,6 +546,10 @@ cmd_auth(struct smtp_session *s, const char *arg, size_t len)
 
 	if (!s->cfg.auth_offered)
 		return error_reply(s, "502 5.5.1 Error: authentication not enabled");
+	if (s->state != SMTP_STATE_READY)
+		return error_reply(s, s->state == SMTP_STATE_INIT
+					  ? "503 5.5.1 Error: send HELO/EHLO first"
+					  : "503 5.5.1 Error: MAIL transaction in progress");
 	if (!s->tls)
 		return error_reply(s, "538 5.7.11 Encryption required for requested authentication "
 				      "mechanism");
@@ -597,8 +602,7 @@ static const struct command {
     [SMTP_VERB_QUIT] = {"QUIT", cmd_quit, ANY_CMD, NULL},
     [SMTP_VERB_STARTTLS] = {"STARTTLS", cmd_starttls, ST(INIT) | ST(READY),
 			    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction"},
-    [SMTP_VERB_AUTH] = {"AUTH", cmd_auth, ST(READY),
-			"503 5.5.1 Error: AUTH not allowed here (send EHLO first, or RSET)"},
+    [SMTP_VERB_AUTH] = {"AUTH", cmd_auth, ANY_CMD & ~ST(BDAT_NEXT), NULL},
 };
 
 /* The 503 for a verb used out of order (RFC 5321 4.1.4). */

@@ -303,6 +303,14 @@ handle_event(struct glue *g, enum smtp_event ev, size_t line)
 		g->pending.len = g->pending_off = 0;
 		smtp_session_tls_started(g->s);
 		break;
+	case SMTP_EVENT_AUTH: {
+		/* The glue checks the password; here one user and password exist. */
+		const char *user, *password;
+		smtp_session_auth_take(g->s, &user, &password);
+		smtp_session_auth_done(g->s, strcmp(user, "alice@example.test") == 0 &&
+						 strcmp(password, "secret") == 0);
+		break;
+	}
 	case SMTP_EVENT_CLOSE:
 		g->closed = true;
 		g->pending.len = g->pending_off = 0;

@@ -88,6 +88,8 @@ struct opts {
 	uint64_t max_size; /* 0: 1000000 */
 	size_t max_rcpts;  /* 0: 100 */
 	bool starttls;
+	bool auth;	   /* AUTH offered (under TLS) */
+	bool submission;   /* MAIL needs AUTH */
 	size_t max_errors; /* 0: the session's default */
 	enum smtp_commit_result commit;
 };
@@ -112,7 +114,7 @@ static const char *const event_names[] = {
     [SMTP_EVENT_NONE] = "NONE",		  [SMTP_EVENT_MESSAGE_BEGIN] = "BEGIN",
     [SMTP_EVENT_BODY] = "BODY",		  [SMTP_EVENT_MESSAGE_END] = "END",
     [SMTP_EVENT_MESSAGE_ABORT] = "ABORT", [SMTP_EVENT_STARTTLS] = "STARTTLS",
-    [SMTP_EVENT_CLOSE] = "CLOSE",
+    [SMTP_EVENT_AUTH] = "AUTH",		  [SMTP_EVENT_CLOSE] = "CLOSE",
 };
 
 /* A session for the options; the policy counts its calls in *policy_calls. */
@@ -124,6 +126,8 @@ session_new(const struct opts *o, size_t *policy_calls)
 	    .max_message_size = o->max_size ? o->max_size : 1000000,
 	    .max_recipients = o->max_rcpts ? o->max_rcpts : 100,
 	    .starttls_offered = o->starttls,
+	    .auth_offered = o->auth,
+	    .auth_required = o->submission,
 	    .max_errors = o->max_errors,
 	};
 	struct smtp_policy policy = {.ctx = policy_calls, .check_rcpt = check_rcpt};
@@ -242,6 +246,14 @@ handle_event(struct glue *g, enum smtp_event ev)
 		drop_pending(g);
 		smtp_session_tls_started(g->s);
 		break;
+	case SMTP_EVENT_AUTH: {
+		/* The glue checks the password; here one user and password exist. */
+		const char *user, *password;
+		smtp_session_auth_take(g->s, &user, &password);
+		smtp_session_auth_done(g->s, strcmp(user, "alice@example.test") == 0 &&
+						 strcmp(password, "secret") == 0);
+		break;
+	}
 	case SMTP_EVENT_CLOSE:
 		g->closed = true;
 		drop_pending(g);
@@ -630,9 +642,9 @@ static const struct session_case cases[] = {
 	       STEP("EXPN list\r\n", "502 5.5.1 Error: EXPN not available\n"),
 	       STEP("HELP\r\n", HELP_TEXT), STEP("help mail\r\n", HELP_TEXT),
 	       STEP("NOOP anything\r\n", OK), STEP("noop\r\n", OK),
-	       STEP("AUTH PLAIN\r\n", NOT_IMPL), STEP("XYZZY\r\n", UNKNOWN_CMD),
-	       STEP("\r\n", UNKNOWN_CMD), STEP("MAILX FROM:<a@b.test>\r\n", UNKNOWN_CMD),
-	       QUIT_STEP},
+	       STEP("AUTH PLAIN\r\n", "502 5.5.1 Error: authentication not enabled\n"),
+	       STEP("XYZZY\r\n", UNKNOWN_CMD), STEP("\r\n", UNKNOWN_CMD),
+	       STEP("MAILX FROM:<a@b.test>\r\n", UNKNOWN_CMD), QUIT_STEP},
      .events = "CLOSE", .state = CLOSED},
     {"RSET",
      .steps = {STEP("RSET\r\n", OK), STEP("MAIL FROM:<a@b.test>\r\n", NO_HELO),
@@ -668,6 +680,52 @@ static const struct session_case cases[] = {
 	       STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"), STEP("HELP\r\n", HELP_TEXT),
 	       QUIT_STEP},
      .events = "STARTTLS CLOSE", .state = CLOSED},
+    /* AUTH (RFC 4954, RFC 4616). alice@example.test / secret is the one account. */
+    {"AUTH needs TLS", .opt = {.starttls = true, .auth = true},
+     .steps = {STEP("EHLO client.test\r\n", EHLO_TLS),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+		    "538 5.7.11 Encryption required for requested authentication mechanism\n"),
+	       QUIT_STEP},
+     .events = "CLOSE", .state = CLOSED},
+    {"AUTH not offered",
+     .steps = {EHLO_STEP, STEP("AUTH PLAIN\r\n", "502 5.5.1 Error: authentication not enabled\n"),
+	       QUIT_STEP},
+     .events = "CLOSE", .state = CLOSED},
+    {"AUTH PLAIN with initial response, then relay-free submission",
+     .opt = {.starttls = true, .auth = true, .submission = true},
+     .steps = {STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"),
+	       STEP("EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL),
+	       STEP("MAIL FROM:<alice@example.test>\r\n", "530 5.7.0 Authentication required\n"),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+		    "235 2.7.0 Authentication successful\n"),
+	       STEP("AUTH PLAIN\r\n", "503 5.5.1 Error: already authenticated\n"),
+	       STEP("MAIL FROM:<alice@example.test>\r\n", MAIL_OK), QUIT_STEP},
+     .events = "STARTTLS AUTH CLOSE", .state = CLOSED},
+    {"AUTH LOGIN, wrong password, cancel, bad base64, unknown mechanism",
+     .opt = {.starttls = true, .auth = true},
+     .steps = {STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"),
+	       STEP("EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL),
+	       STEP("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\n"),
+	       STEP("YWxpY2VAZXhhbXBsZS50ZXN0\r\n", "334 UGFzc3dvcmQ6\n"),
+	       STEP("d3Jvbmc=\r\n", "535 5.7.8 Authentication credentials invalid\n"),
+	       STEP("AUTH PLAIN\r\n", "334 \n"),
+	       STEP("*\r\n", "501 5.0.0 Authentication cancelled\n"),
+	       STEP("AUTH PLAIN !!!!\r\n", "501 5.5.2 Cannot decode response\n"),
+	       STEP("AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\n"),
+	       STEP("AUTH LOGIN YWxpY2VAZXhhbXBsZS50ZXN0\r\n", "334 UGFzc3dvcmQ6\n"),
+	       STEP("c2VjcmV0\r\n", "235 2.7.0 Authentication successful\n"), QUIT_STEP},
+     .events = "STARTTLS AUTH AUTH CLOSE", .state = CLOSED},
+    {"AUTH: three failures close the session", .opt = {.starttls = true, .auth = true},
+     .steps = {STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"),
+	       STEP("EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB4\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n"),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB4\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n"),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB4\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n421 4.7.0 mx.test Error: too "
+		    "many failed authentications\n")},
+     .events = "STARTTLS AUTH AUTH AUTH", .state = CLOSED},
     {"no QUIT: the session waits",
      .steps = {EHLO_STEP, MAIL_STEP, STEP("RCPT TO:<c@d.test>\r\nNOO", RCPT_OK)}, .events = "",
      .state = SMTP_STATE_RCPT},
