@@ -69,7 +69,8 @@ auth_password_hash(const char *password, char *dst, size_t cap)
 		return -1;
 	cd = xcalloc(1, sizeof(*cd));
 	out = crypt_r(password, salt, cd);
-	if (out != NULL && out[0] != '*' && (size_t)snprintf(dst, cap, "{SHA512-CRYPT}%s", out) < cap)
+	if (out != NULL && out[0] != '*' &&
+	    (size_t)snprintf(dst, cap, "{SHA512-CRYPT}%s", out) < cap)
 		rc = 0;
 	util_wipe(cd, sizeof(*cd));
 	free(cd);

@@ -22,7 +22,7 @@ struct conf_listen {
 };
 
 struct conf_cidr {
-	int family;       /* AF_INET or AF_INET6 */
+	int family;	  /* AF_INET or AF_INET6 */
 	uint8_t addr[16]; /* network address, 4 or 16 bytes used */
 	unsigned prefix;  /* prefix length in bits */
 };
@@ -37,18 +37,18 @@ struct conf {
 	size_t listen_submissions_len;
 	char **local_domains; /* owned, lower-cased */
 	size_t local_domains_len;
-	char *mail_root;           /* owned */
-	char *spool_dir;           /* owned */
-	char *users_file;          /* owned, NULL when unset */
-	char *aliases_file;        /* owned, NULL when unset */
+	char *mail_root;	   /* owned */
+	char *spool_dir;	   /* owned */
+	char *users_file;	   /* owned, NULL when unset */
+	char *aliases_file;	   /* owned, NULL when unset */
 	char *recipient_delimiter; /* owned; set of delimiter characters, "" = none */
 	struct conf_cidr *relay_networks;
 	size_t relay_networks_len;
 	char *dns_resolver; /* owned "addr:port" (port defaults to 53), NULL when unset */
 	uint16_t smtp_port;
 	char *relayhost; /* owned "host[:port]", NULL when unset */
-	char *tls_cert;  /* owned, NULL when unset */
-	char *tls_key;   /* owned, NULL when unset */
+	char *tls_cert;	 /* owned, NULL when unset */
+	char *tls_key;	 /* owned, NULL when unset */
 	uint64_t max_message_size;
 	size_t max_recipients;
 	size_t max_connections;
@@ -83,9 +83,10 @@ bool conf_in_relay_networks(const struct conf *c, const struct sockaddr *sa);
  * Parsers for value syntaxes, exported for unit tests.  Each returns 0 and
  * stores the value, or -1 on a malformed value.
  */
-int conf_parse_size(const char *s, uint64_t *out);        /* "25M", "1024", "1G" */
-int conf_parse_duration(const char *s, unsigned *out_s);  /* "300s", "5m", "1h", "5d", "60" */
-int conf_parse_cidr(const char *s, struct conf_cidr *out); /* "127.0.0.0/8", "::1/128", "10.1.2.3" */
+int conf_parse_size(const char *s, uint64_t *out);	 /* "25M", "1024", "1G" */
+int conf_parse_duration(const char *s, unsigned *out_s); /* "300s", "5m", "1h", "5d", "60" */
+int conf_parse_cidr(const char *s,
+		    struct conf_cidr *out); /* "127.0.0.0/8", "::1/128", "10.1.2.3" */
 int conf_parse_listen(const char *s, struct conf_listen *out); /* "127.0.0.1:25", "[::1]:25" */
 
 #endif

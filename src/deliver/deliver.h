@@ -39,8 +39,8 @@ const char *deliver_db_password(const struct deliver_db *db, const char *address
 bool deliver_local_part_is_safe(const char *local, size_t len);
 
 enum deliver_rcpt_status {
-	DELIVER_RCPT_OK,        /* exists (user or alias) */
-	DELIVER_RCPT_UNKNOWN,   /* 550 5.1.1 */
+	DELIVER_RCPT_OK,	/* exists (user or alias) */
+	DELIVER_RCPT_UNKNOWN,	/* 550 5.1.1 */
 	DELIVER_RCPT_BAD_LOCAL, /* unsafe local part: 553 5.1.3 */
 };
 
@@ -56,10 +56,10 @@ enum deliver_rcpt_status deliver_check_rcpt(const struct deliver_db *db, const s
 					    size_t domain_len);
 
 struct deliver_target {
-	char *addr;   /* owned: "user@domain", lower-cased for local targets */
+	char *addr;    /* owned: "user@domain", lower-cased for local targets */
 	bool is_local; /* domain is one of local_domains */
-	char *user;   /* owned: local part after delimiter removal (local targets only) */
-	char *domain; /* owned: lower-cased domain (local targets only) */
+	char *user;    /* owned: local part after delimiter removal (local targets only) */
+	char *domain;  /* owned: lower-cased domain (local targets only) */
 };
 
 /*
@@ -77,8 +77,8 @@ void deliver_targets_free(struct deliver_target *t, size_t n);
 /* A message to write into one Maildir. */
 struct deliver_msg {
 	const char *headers; /* borrowed: header lines to prepend (LF line ends, ends with LF) */
-	int body_fd;         /* the spool file holding the message in wire form (CRLF lines) */
-	off_t body_off;      /* where the message starts in body_fd */
+	int body_fd;	     /* the spool file holding the message in wire form (CRLF lines) */
+	off_t body_off;	     /* where the message starts in body_fd */
 	uint64_t body_len;   /* its length */
 };
 

@@ -39,12 +39,12 @@ struct queue_msg {
 	struct queue *q;
 	char id[UTIL_ID_LEN + 1];
 	struct buf header; /* written before the first octet of the message */
-	int fd;            /* tmp/ID once created, worker threads only */
+	int fd;		   /* tmp/ID once created, worker threads only */
 	bool created;
-	int err;           /* first write error; sticks */
-	size_t pending;    /* octets appended, not yet written */
-	bool busy;         /* an op is on the pool */
-	bool detached;     /* callbacks dropped */
+	int err;	/* first write error; sticks */
+	size_t pending; /* octets appended, not yet written */
+	bool busy;	/* an op is on the pool */
+	bool detached;	/* callbacks dropped */
 	struct msg_op *ops_head, *ops_tail;
 };
 
@@ -104,8 +104,8 @@ syncer_add(struct queue *q, struct util_pool_job *job)
 static int
 msg_create(struct queue_msg *m)
 {
-	m->fd = openat(m->q->tmp_fd, m->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-		       0600);
+	m->fd =
+	    openat(m->q->tmp_fd, m->id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (m->fd < 0)
 		return errno;
 	m->created = true;

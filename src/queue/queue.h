@@ -44,8 +44,8 @@ struct queue_envelope {
 	const char *helo;
 	const char *client_addr; /* numeric */
 	const char *client_name; /* reverse name or "unknown" */
-	const char *protocol;    /* SMTP, ESMTP, ESMTPS, ESMTPSA, local */
-	bool body_8bit;          /* BODY=8BITMIME */
+	const char *protocol;	 /* SMTP, ESMTP, ESMTPS, ESMTPSA, local */
+	bool body_8bit;		 /* BODY=8BITMIME */
 	bool smtputf8;
 };
 
@@ -53,8 +53,8 @@ struct queue_limits {
 	unsigned retry_min_s;
 	unsigned retry_max_s;
 	unsigned lifetime_s;
-	unsigned workers;          /* file I/O threads (0: 8) */
-	unsigned max_deliveries;   /* messages being delivered at once (0: 64) */
+	unsigned workers;	 /* file I/O threads (0: 8) */
+	unsigned max_deliveries; /* messages being delivered at once (0: 64) */
 };
 
 /* A message as a deliverer sees it (read-only, valid until queue_delivery_finish). */
@@ -65,17 +65,17 @@ struct queue_item {
 	size_t rcpts_len;
 	char *const *rcpts;
 	char *const *orcpts; /* per rcpt: the address given at RCPT (== rcpts[i] when no alias) */
-	const bool *done;   /* done[i]: recipient i was finished by an earlier attempt; skip it */
+	const bool *done;    /* done[i]: recipient i was finished by an earlier attempt; skip it */
 	const char *helo;
 	const char *client_addr;
 	const char *client_name;
 	const char *protocol;
 	bool body_8bit;
 	bool smtputf8;
-	unsigned attempts;  /* earlier attempts */
-	bool recovered;     /* found on disk at start: a crash may have delivered some of it */
-	int fd;             /* the queue file, read-only */
-	off_t body_off;     /* where the message starts in fd */
+	unsigned attempts; /* earlier attempts */
+	bool recovered;	   /* found on disk at start: a crash may have delivered some of it */
+	int fd;		   /* the queue file, read-only */
+	off_t body_off;	   /* where the message starts in fd */
 	uint64_t body_len;
 };
 

@@ -28,8 +28,7 @@ struct queue_drop {
 };
 
 struct queue_drop *
-queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *err,
-		size_t err_cap)
+queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *err, size_t err_cap)
 {
 	struct queue_drop *d = xcalloc(1, sizeof(*d));
 	struct buf header;
@@ -45,8 +44,8 @@ queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *e
 	}
 	util_id_new(d->id);
 	snprintf(d->tmp, sizeof(d->tmp), ".%s", d->id);
-	d->fd = openat(d->dir_fd, d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-		       0600);
+	d->fd =
+	    openat(d->dir_fd, d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (d->fd < 0) {
 		snprintf(err, err_cap, "%s/%s: %s", path, d->tmp, strerror(errno));
 		queue_drop_abort(d);

@@ -12,8 +12,7 @@
 #define HEADER_MAX (64u * 1024 * 1024)
 
 int
-queue_file_header(struct buf *out, const char *id, time_t arrival,
-		  const struct queue_envelope *env)
+queue_file_header(struct buf *out, const char *id, time_t arrival, const struct queue_envelope *env)
 {
 	int rc = 0;
 
@@ -26,8 +25,8 @@ queue_file_header(struct buf *out, const char *id, time_t arrival,
 		    strcmp(env->orcpts[i], env->rcpts[i]) != 0)
 			rc |= buf_printf(out, "orcpt %s\n", env->orcpts[i]);
 	}
-	rc |= buf_printf(out, "helo %s\nclient_addr %s\nclient_name %s\nprotocol %s\n",
-			 env->helo, env->client_addr, env->client_name, env->protocol);
+	rc |= buf_printf(out, "helo %s\nclient_addr %s\nclient_name %s\nprotocol %s\n", env->helo,
+			 env->client_addr, env->client_name, env->protocol);
 	rc |= buf_printf(out, "body %s\nsmtputf8 %d\n\n", env->body_8bit ? "8BITMIME" : "7BIT",
 			 env->smtputf8 ? 1 : 0);
 	return rc ? -1 : 0;

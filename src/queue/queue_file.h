@@ -2,8 +2,8 @@
  * queue_file — the on-disk format of a queue entry and of its progress file.
  *
  * queue/ID:  "PETREL-QUEUE 1\n", then "key value\n" lines (id, arrival,
- * sender, rcpt (repeated, each optionally followed by "orcpt ORIGINAL"), helo, client_addr, client_name, protocol, body,
- * smtputf8), a blank line, then the message in wire form (CRLF lines,
+ * sender, rcpt (repeated, each optionally followed by "orcpt ORIGINAL"), helo, client_addr,
+ * client_name, protocol, body, smtputf8), a blank line, then the message in wire form (CRLF lines,
  * dot-stuffing undone).  Values never hold LF or NUL: the SMTP parser
  * refuses such addresses and HELO names.
  *

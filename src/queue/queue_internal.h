@@ -32,8 +32,8 @@ struct syncer {
 
 struct queue {
 	char *dir;
-	int tmp_fd;   /* spool/tmp */
-	int queue_fd; /* spool/queue */
+	int tmp_fd;	 /* spool/tmp */
+	int queue_fd;	 /* spool/queue */
 	int incoming_fd; /* spool/incoming (petrel sendmail drops messages here) */
 	bool pickup_running;
 	struct queue_limits limits;
@@ -47,8 +47,8 @@ struct queue {
 	struct entry **heap;
 	size_t heap_len, heap_cap;
 	size_t running; /* entries being delivered */
-	size_t total;   /* entries known (waiting + running) */
-	bool closing;   /* no new deliveries */
+	size_t total;	/* entries known (waiting + running) */
+	bool closing;	/* no new deliveries */
 };
 
 /* Adds e to the schedule (due_ms 0: now). */

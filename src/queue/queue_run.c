@@ -315,8 +315,7 @@ bounce_run(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
 
-	d->bounce = d->q->bounce(d->q->bounce_ctx, &d->item, d->res, d->failed_now,
-				 &d->bounce_len);
+	d->bounce = d->q->bounce(d->q->bounce_ctx, &d->item, d->res, d->failed_now, &d->bounce_len);
 	util_pool_complete(d->q->pool, job);
 }
 
@@ -449,8 +448,8 @@ queue_delivery_finish(struct queue_delivery *d)
 					 "4.4.7 delivery time expired: %.200s", why);
 			}
 			log_info("%s: to=<%s>, relay=none, delay=%.0f, status=expired (%s)",
-				 d->item.id, d->item.rcpts[i], difftime(time(NULL), d->item.arrival),
-				 r->reason);
+				 d->item.id, d->item.rcpts[i],
+				 difftime(time(NULL), d->item.arrival), r->reason);
 			r->status = QUEUE_RCPT_FAIL;
 			d->st.done[i] = d->st.failed[i] = true;
 			d->failed_now[i] = true;

@@ -26,10 +26,10 @@ struct conf;
 struct relay;
 
 struct relay_limits {
-	unsigned threads;         /* sessions at once in all (0: 32) */
+	unsigned threads;	  /* sessions at once in all (0: 32) */
 	unsigned per_destination; /* sessions at once to one domain (0: 10) */
-	unsigned timeout_s;       /* connect and per-reply timeout (0: 300) */
-	unsigned conn_idle_s;     /* an idle cached connection lives this long (0: 5) */
+	unsigned timeout_s;	  /* connect and per-reply timeout (0: 300) */
+	unsigned conn_idle_s;	  /* an idle cached connection lives this long (0: 5) */
 };
 
 /* dns_resolver: NULL for /etc/resolv.conf.  NULL (err filled) on failure. */

@@ -37,23 +37,23 @@ struct relay_client_msg {
 	const char *sender; /* "" for the null sender */
 	const char *const *rcpts;
 	size_t rcpts_len;
-	uint64_t size;  /* message octets, for SIZE= */
+	uint64_t size;	/* message octets, for SIZE= */
 	bool body_8bit; /* BODY=8BITMIME */
-	bool smtputf8;  /* needs SMTPUTF8 (non-ASCII addresses or headers) */
+	bool smtputf8;	/* needs SMTPUTF8 (non-ASCII addresses or headers) */
 };
 
 enum relay_client_action {
-	RELAY_ACT_NONE,     /* read more replies and feed them */
-	RELAY_ACT_SEND,     /* write relay_client_output(), then read */
+	RELAY_ACT_NONE,	    /* read more replies and feed them */
+	RELAY_ACT_SEND,	    /* write relay_client_output(), then read */
 	RELAY_ACT_STARTTLS, /* do the TLS handshake, then relay_client_tls_done() */
-	RELAY_ACT_BODY,     /* write the output, then the message (dot-stuffed, CRLF) and ".\r\n" */
-	RELAY_ACT_IDLE,     /* no transaction: relay_client_start() or relay_client_quit() */
+	RELAY_ACT_BODY,	    /* write the output, then the message (dot-stuffed, CRLF) and ".\r\n" */
+	RELAY_ACT_IDLE,	    /* no transaction: relay_client_start() or relay_client_quit() */
 	RELAY_ACT_CLOSE,    /* write the output (if any) and close the connection */
 };
 
 enum relay_rcpt_status {
 	RELAY_RCPT_PENDING, /* not decided (a host failure came first) */
-	RELAY_RCPT_OK,      /* the server accepted the message for it */
+	RELAY_RCPT_OK,	    /* the server accepted the message for it */
 	RELAY_RCPT_TEMP,    /* 4xx: retry later */
 	RELAY_RCPT_PERM,    /* 5xx: bounce */
 };

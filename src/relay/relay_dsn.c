@@ -10,8 +10,8 @@
 #include "util/util_mem.h"
 #include "util/util_time.h"
 
-#define DSN_MAX         (1024 * 1024)
-#define HEADERS_MAX     (64 * 1024) /* original headers quoted in the DSN */
+#define DSN_MAX	    (1024 * 1024)
+#define HEADERS_MAX (64 * 1024) /* original headers quoted in the DSN */
 
 void
 relay_dsn_status(const char *reason, char *dst, size_t cap)
@@ -24,12 +24,12 @@ relay_dsn_status(const char *reason, char *dst, size_t cap)
 		    (*p != '2' && *p != '4' && *p != '5') || p[1] != '.')
 			continue;
 		q = p + 2;
-		while (isdigit((unsigned char)q[a]) && a < 3)
+		while (a < 3 && isdigit((unsigned char)q[a]))
 			a++;
 		if (a == 0 || q[a] != '.')
 			continue;
 		q += a + 1;
-		while (isdigit((unsigned char)q[b]) && b < 3)
+		while (b < 3 && isdigit((unsigned char)q[b]))
 			b++;
 		c = (size_t)(q - p) + b;
 		if (b == 0 || (q[b] != '\0' && !isspace((unsigned char)q[b])))
@@ -54,7 +54,7 @@ append_clean(struct buf *out, const char *s, size_t max)
 {
 	int rc = 0;
 
-	for (size_t i = 0; s[i] != '\0' && i < max; i++) {
+	for (size_t i = 0; i < max && s[i] != '\0'; i++) {
 		char c = s[i];
 		if (c == '\r' || c == '\n' || c == '\t')
 			c = ' ';
@@ -90,8 +90,9 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 	rc |= buf_printf(out, "This is a MIME-encapsulated message.\r\n\r\n");
 
 	/* 1. For people. */
-	rc |= buf_printf(out, "--%s\r\nContent-Description: Notification\r\n"
-			      "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+	rc |= buf_printf(out,
+			 "--%s\r\nContent-Description: Notification\r\n"
+			 "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
 			 boundary);
 	rc |= buf_printf(out, "This is the mail system at host %s.\r\n\r\n", dsn->hostname);
 	rc |= buf_printf(out, "I'm sorry to have to inform you that your message could not\r\n"
@@ -111,8 +112,9 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 	}
 
 	/* 2. For programs (RFC 3464 2.2, 2.3). */
-	rc |= buf_printf(out, "--%s\r\nContent-Description: Delivery report\r\n"
-			      "Content-Type: message/delivery-status\r\n\r\n",
+	rc |= buf_printf(out,
+			 "--%s\r\nContent-Description: Delivery report\r\n"
+			 "Content-Type: message/delivery-status\r\n\r\n",
 			 boundary);
 	rc |= buf_printf(out, "Reporting-MTA: dns; %s\r\nX-Petrel-Queue-ID: %s\r\n", dsn->hostname,
 			 dsn->queue_id);
@@ -125,8 +127,7 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 		rc |= buf_printf(out, "\r\nAction: failed\r\nStatus: %s\r\n", status);
 		if (r->relay != NULL && r->relay[0] != '\0' && strcmp(r->relay, "local") != 0) {
 			size_t host_len = strcspn(r->relay, "[:");
-			rc |= buf_printf(out, "Remote-MTA: dns; %.*s\r\n", (int)host_len,
-					 r->relay);
+			rc |= buf_printf(out, "Remote-MTA: dns; %.*s\r\n", (int)host_len, r->relay);
 		}
 		if (is_smtp_reply(r->reason)) {
 			rc |= buf_append_str(out, "Diagnostic-Code: smtp; ");
@@ -141,8 +142,9 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 	rc |= buf_append_str(out, "\r\n");
 
 	/* 3. What was sent: the header section only. */
-	rc |= buf_printf(out, "--%s\r\nContent-Description: Undelivered Message Headers\r\n"
-			      "Content-Type: text/rfc822-headers\r\n\r\n",
+	rc |= buf_printf(out,
+			 "--%s\r\nContent-Description: Undelivered Message Headers\r\n"
+			 "Content-Type: text/rfc822-headers\r\n\r\n",
 			 boundary);
 	rc |= buf_append(out, dsn->headers, dsn->headers_len);
 	if (dsn->headers_len < 2 || memcmp(dsn->headers + dsn->headers_len - 2, "\r\n", 2) != 0)
@@ -180,8 +182,8 @@ read_headers(const struct queue_item *item, char *dst, size_t cap)
 }
 
 char *
-relay_dsn_bounce(void *ctx, const struct queue_item *item,
-		 const struct queue_rcpt_result *results, const bool *failed_now, size_t *len)
+relay_dsn_bounce(void *ctx, const struct queue_item *item, const struct queue_rcpt_result *results,
+		 const bool *failed_now, size_t *len)
 {
 	struct relay_dsn dsn;
 	struct relay_dsn_rcpt *rcpts = xcalloc(item->rcpts_len, sizeof(*rcpts));

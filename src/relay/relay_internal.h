@@ -41,7 +41,7 @@ struct relay_job {
 	size_t *rcpts; /* owned: indexes into item->rcpts */
 	size_t n;
 	struct queue_rcpt_result *results; /* borrowed: indexed like item->rcpts */
-	struct relay_target *targets;      /* owned */
+	struct relay_target *targets;	   /* owned */
 	size_t targets_len;
 	unsigned timeout_s;
 	void (*done)(void *arg);

@@ -26,9 +26,9 @@ struct tls_ctx;
  */
 struct server_cfg {
 	atomic_int refs;
-	struct conf *conf;      /* owned */
-	struct deliver_db *db;  /* owned */
-	struct tls_ctx *tls;    /* owned: the server TLS context, NULL without tls_cert */
+	struct conf *conf;     /* owned */
+	struct deliver_db *db; /* owned */
+	struct tls_ctx *tls;   /* owned: the server TLS context, NULL without tls_cert */
 };
 
 struct server_cfg *server_cfg_ref(struct server_cfg *cfg);

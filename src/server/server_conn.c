@@ -27,22 +27,22 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define READ_CHUNK   (64 * 1024)  /* octets handed to the session at a time */
-#define OUTPUT_HIGH  (128 * 1024) /* stop reading while this much output waits */
-#define PENDING_HIGH (256 * 1024) /* stop reading while this much body waits for the disk */
-#define AUTH_FAIL_WINDOW_S 600 /* failed AUTHs of a client address are counted this long */
-#define AUTH_FAIL_MAX_IP 10 /* failed AUTHs from one address before all of its AUTHs fail */
+#define READ_CHUNK	   (64 * 1024)	/* octets handed to the session at a time */
+#define OUTPUT_HIGH	   (128 * 1024) /* stop reading while this much output waits */
+#define PENDING_HIGH	   (256 * 1024) /* stop reading while this much body waits for the disk */
+#define AUTH_FAIL_WINDOW_S 600		/* failed AUTHs of a client address are counted this long */
+#define AUTH_FAIL_MAX_IP   10 /* failed AUTHs from one address before all of its AUTHs fail */
 
 struct conn {
 	struct server *srv;
 	struct server_cfg *cfg; /* reference held for the session's life */
 	struct bufferevent *bev;
 	struct smtp_session *sess;
-	struct queue_msg *msg; /* the message being received, if any */
-	struct event *timer;   /* smtp_timeout without progress */
+	struct queue_msg *msg;	  /* the message being received, if any */
+	struct event *timer;	  /* smtp_timeout without progress */
 	struct event *auth_delay; /* a failed AUTH is answered late */
 	enum listener_kind kind;
-	bool authing;    /* a password check is on a worker thread */
+	bool authing; /* a password check is on a worker thread */
 	char addr[INET6_ADDRSTRLEN];
 	struct sockaddr_storage sa;
 	bool committing; /* waiting for the queue: read nothing */
@@ -365,7 +365,8 @@ start_tls(struct conn *c)
 	 * thrown away: it would otherwise be read as if it came over TLS
 	 * (CVE-2011-0411, RFC 3207 6).
 	 */
-	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+	evbuffer_drain(bufferevent_get_input(c->bev),
+		       evbuffer_get_length(bufferevent_get_input(c->bev)));
 	tls = tls_bev_starttls(c->cfg->tls, c->srv->base, c->bev);
 	if (tls == NULL) {
 		log_warn("STARTTLS from unknown[%s]: cannot start TLS", c->addr);
@@ -381,7 +382,7 @@ start_tls(struct conn *c)
 
 struct auth_check {
 	struct conn *c;
-	char *stored;   /* owned: the users file's hash, NULL when no such user */
+	char *stored;	/* owned: the users file's hash, NULL when no such user */
 	char *password; /* owned, wiped */
 	bool ok;
 };

@@ -19,13 +19,13 @@ struct evconnlistener;
 struct ip_count {
 	struct ip_count *next;
 	char addr[INET6_ADDRSTRLEN];
-	size_t count;          /* open sessions */
-	size_t auth_failures;  /* failed AUTHs, forgotten after AUTH_FAIL_WINDOW_S */
+	size_t count;	      /* open sessions */
+	size_t auth_failures; /* failed AUTHs, forgotten after AUTH_FAIL_WINDOW_S */
 	time_t auth_last_failure;
 };
 
 enum listener_kind {
-	LISTENER_SMTP,        /* MX: port 25 style */
+	LISTENER_SMTP,	      /* MX: port 25 style */
 	LISTENER_SUBMISSION,  /* STARTTLS, AUTH required (RFC 6409) */
 	LISTENER_SUBMISSIONS, /* implicit TLS, AUTH required (RFC 8314) */
 };

@@ -30,7 +30,7 @@
 #include "util/util_mem.h"
 
 #define SHUTDOWN_GRACE_S 30   /* longest wait for commits in flight at stop */
-#define PICKUP_MS        2000 /* how often spool/incoming/ is looked at */
+#define PICKUP_MS	 2000 /* how often spool/incoming/ is looked at */
 
 struct server_cfg *
 server_cfg_ref(struct server_cfg *cfg)
@@ -410,13 +410,13 @@ server_run(const char *path)
 	srv.ev_int = evsignal_new(srv.base, SIGINT, stop_cb, &srv);
 	srv.ev_hup = evsignal_new(srv.base, SIGHUP, hup_cb, &srv);
 	srv.ev_usr1 = evsignal_new(srv.base, SIGUSR1, usr1_cb, &srv);
-	srv.ev_queue = event_new(srv.base, queue_notify_fd(srv.queue), EV_READ | EV_PERSIST,
-				 queue_cb, &srv);
+	srv.ev_queue =
+	    event_new(srv.base, queue_notify_fd(srv.queue), EV_READ | EV_PERSIST, queue_cb, &srv);
 	srv.ev_timer = evtimer_new(srv.base, queue_cb, &srv);
-	srv.ev_relay_dns = event_new(srv.base, relay_fd_dns(srv.relay), EV_READ | EV_PERSIST,
-				     relay_cb, &srv);
-	srv.ev_relay_done = event_new(srv.base, relay_fd_done(srv.relay), EV_READ | EV_PERSIST,
-				      relay_cb, &srv);
+	srv.ev_relay_dns =
+	    event_new(srv.base, relay_fd_dns(srv.relay), EV_READ | EV_PERSIST, relay_cb, &srv);
+	srv.ev_relay_done =
+	    event_new(srv.base, relay_fd_done(srv.relay), EV_READ | EV_PERSIST, relay_cb, &srv);
 	event_add(srv.ev_relay_dns, NULL);
 	event_add(srv.ev_relay_done, NULL);
 	evsignal_add(srv.ev_term, NULL);

@@ -13,8 +13,8 @@
  * Policy on bad content — the message is refused after its end, the session
  * goes on: a bare CR or bare LF (SMTP_BODY_BARE_EOL), a line over
  * SMTP_LINE_MAX octets with its CRLF, not counting a stuffing dot
- * (SMTP_BODY_LONG_LINE, RFC 5321 4.5.3.1.6), more than max_size octets (SMTP_BODY_TOO_BIG; once set, no
- * further output is produced, the input is still consumed to its end).
+ * (SMTP_BODY_LONG_LINE, RFC 5321 4.5.3.1.6), more than max_size octets (SMTP_BODY_TOO_BIG; once
+ * set, no further output is produced, the input is still consumed to its end).
  */
 #ifndef PETREL_SMTP_BODY_H
 #define PETREL_SMTP_BODY_H
@@ -31,13 +31,13 @@ enum smtp_body_flag {
 
 enum smtp_body_status {
 	SMTP_BODY_MORE, /* all input consumed, or the output buffer is full: call again */
-	SMTP_BODY_END,  /* DATA mode: end of data consumed; the message is complete */
+	SMTP_BODY_END,	/* DATA mode: end of data consumed; the message is complete */
 };
 
 struct smtp_body {
 	uint64_t max_size; /* limit on message octets (after unstuffing) */
-	uint64_t size;     /* message octets seen so far (also counted past max_size) */
-	unsigned flags;    /* enum smtp_body_flag bits */
+	uint64_t size;	   /* message octets seen so far (also counted past max_size) */
+	unsigned flags;	   /* enum smtp_body_flag bits */
 	/* private parser state */
 	int state;
 	size_t line_len;

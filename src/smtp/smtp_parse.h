@@ -14,9 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTP_LINE_MAX   1000 /* a command or text line, CRLF included (RFC 5321 4.5.3.1.4/6) */
-#define SMTP_PATH_MAX   256  /* reverse-path / forward-path (RFC 5321 4.5.3.1.3) */
-#define SMTP_LOCAL_MAX  64   /* local part (RFC 5321 4.5.3.1.1) */
+#define SMTP_LINE_MAX	1000 /* a command or text line, CRLF included (RFC 5321 4.5.3.1.4/6) */
+#define SMTP_PATH_MAX	256  /* reverse-path / forward-path (RFC 5321 4.5.3.1.3) */
+#define SMTP_LOCAL_MAX	64   /* local part (RFC 5321 4.5.3.1.1) */
 #define SMTP_DOMAIN_MAX 255  /* domain (RFC 5321 4.5.3.1.2) */
 
 enum smtp_verb {
@@ -41,7 +41,7 @@ enum smtp_verb {
 struct smtp_command {
 	enum smtp_verb verb;
 	const char *arg; /* borrowed: text after the verb and its separating space(s); "" if none */
-	size_t arg_len;  /* trailing spaces removed */
+	size_t arg_len;	 /* trailing spaces removed */
 };
 
 /*
@@ -55,18 +55,19 @@ void smtp_parse_command(const char *line, size_t len, struct smtp_command *out);
 /* The result of parsing a MAIL FROM / RCPT TO argument; the session maps each to a reply. */
 enum smtp_arg_status {
 	SMTP_ARG_OK,
-	SMTP_ARG_SYNTAX,        /* missing "FROM:"/"TO:" or no <...>: 501 5.5.2 */
-	SMTP_ARG_PATH_SYNTAX,   /* malformed address: 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) */
-	SMTP_ARG_PATH_TOO_LONG, /* path, local part or domain over its RFC limit: 501 5.1.7 / 5.1.3 */
+	SMTP_ARG_SYNTAX,	/* missing "FROM:"/"TO:" or no <...>: 501 5.5.2 */
+	SMTP_ARG_PATH_SYNTAX,	/* malformed address: 501 5.1.7 (MAIL) / 501 5.1.3 (RCPT) */
+	SMTP_ARG_PATH_TOO_LONG, /* path, local part or domain over its RFC limit: 501 5.1.7 / 5.1.3
+				 */
 	SMTP_ARG_PARAM_UNKNOWN, /* parameter keyword we do not implement: 555 5.5.4 */
 	SMTP_ARG_PARAM_INVALID, /* known keyword, bad value or repeated: 501 5.5.4 */
 };
 
 struct smtp_path {
-	bool is_null;       /* MAIL FROM:<> */
+	bool is_null;	    /* MAIL FROM:<> */
 	bool is_postmaster; /* RCPT TO:<Postmaster> with no domain (RFC 5321 4.1.1.3) */
-	bool is_utf8;       /* non-ASCII octets in local part or domain (needs SMTPUTF8) */
-	bool quoted;        /* the local part was a quoted-string */
+	bool is_utf8;	    /* non-ASCII octets in local part or domain (needs SMTPUTF8) */
+	bool quoted;	    /* the local part was a quoted-string */
 	/*
 	 * The address as it goes back on the wire: "local@domain", the local
 	 * part quoted exactly when it must be (RFC 5321 4.1.2), the domain as

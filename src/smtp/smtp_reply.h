@@ -21,7 +21,7 @@
 #define SMTP_REPLY_TEXT_MAX  4096
 
 struct smtp_reply {
-	int code;          /* 200..599 */
+	int code;	   /* 200..599 */
 	char enhanced[16]; /* "2.1.0" when the first line has one and its class matches, else "" */
 	/*
 	 * The text of every line (after "NNN-"/"NNN ", and after the enhanced

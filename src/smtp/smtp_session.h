@@ -31,10 +31,10 @@ struct smtp_session;
 
 enum smtp_rcpt_verdict {
 	SMTP_RCPT_ACCEPT,
-	SMTP_RCPT_UNKNOWN_USER,  /* 550 5.1.1 */
-	SMTP_RCPT_BAD_MAILBOX,   /* 553 5.1.3: not a safe mailbox name */
-	SMTP_RCPT_RELAY_DENIED,  /* 550 5.7.1 */
-	SMTP_RCPT_TEMPFAIL,      /* 451 4.3.0 */
+	SMTP_RCPT_UNKNOWN_USER, /* 550 5.1.1 */
+	SMTP_RCPT_BAD_MAILBOX,	/* 553 5.1.3: not a safe mailbox name */
+	SMTP_RCPT_RELAY_DENIED, /* 550 5.7.1 */
+	SMTP_RCPT_TEMPFAIL,	/* 451 4.3.0 */
 };
 
 struct smtp_policy {
@@ -49,28 +49,29 @@ struct smtp_policy {
 };
 
 struct smtp_session_conf {
-	const char *hostname;      /* borrowed, outlives the session */
+	const char *hostname;	   /* borrowed, outlives the session */
 	uint64_t max_message_size; /* SIZE and the DATA/BDAT limit */
 	size_t max_recipients;
-	bool starttls_offered;     /* advertise and accept STARTTLS */
-	bool auth_offered;         /* AUTH PLAIN LOGIN, offered under TLS only (RFC 4954 4) */
-	bool auth_required;        /* submission: MAIL needs AUTH first (530 5.7.0) */
-	size_t max_errors;         /* bad commands before 421 and close (0: 20) */
-	size_t max_auth_failures;  /* failed AUTHs before 421 and close (0: 3) */
+	bool starttls_offered;	  /* advertise and accept STARTTLS */
+	bool auth_offered;	  /* AUTH PLAIN LOGIN, offered under TLS only (RFC 4954 4) */
+	bool auth_required;	  /* submission: MAIL needs AUTH first (530 5.7.0) */
+	size_t max_errors;	  /* bad commands before 421 and close (0: 20) */
+	size_t max_auth_failures; /* failed AUTHs before 421 and close (0: 3) */
 };
 
 enum smtp_event {
-	SMTP_EVENT_NONE,          /* all input used (or a partial line kept): feed more */
-	SMTP_EVENT_MESSAGE_BEGIN, /* DATA/BDAT started a message: open a queue entry for the envelope */
-	SMTP_EVENT_BODY,          /* body octets ready: take them with smtp_session_body_take() */
-	SMTP_EVENT_MESSAGE_END,   /* message complete and acceptable: take the last octets,
+	SMTP_EVENT_NONE,	  /* all input used (or a partial line kept): feed more */
+	SMTP_EVENT_MESSAGE_BEGIN, /* DATA/BDAT started a message: open a queue entry for the
+				     envelope */
+	SMTP_EVENT_BODY,	  /* body octets ready: take them with smtp_session_body_take() */
+	SMTP_EVENT_MESSAGE_END,	  /* message complete and acceptable: take the last octets,
 				     store durably, then call smtp_session_commit_done() */
 	SMTP_EVENT_MESSAGE_ABORT, /* message refused (reply queued): discard the queue entry */
-	SMTP_EVENT_STARTTLS,      /* flush the output, drop all unread input, start TLS, then
+	SMTP_EVENT_STARTTLS,	  /* flush the output, drop all unread input, start TLS, then
 				     call smtp_session_tls_started() */
-	SMTP_EVENT_AUTH,          /* credentials to check: smtp_session_auth_take(), then
+	SMTP_EVENT_AUTH,	  /* credentials to check: smtp_session_auth_take(), then
 				     smtp_session_auth_done() */
-	SMTP_EVENT_CLOSE,         /* flush the output and close */
+	SMTP_EVENT_CLOSE,	  /* flush the output and close */
 };
 
 enum smtp_state {
@@ -83,7 +84,7 @@ enum smtp_state {
 	SMTP_STATE_BDAT_NEXT, /* between BDAT chunks */
 	SMTP_STATE_DISCARD,   /* reading and dropping a refused BDAT chunk */
 	SMTP_STATE_COMMIT,    /* waiting for smtp_session_commit_done() */
-	SMTP_STATE_TLS,       /* waiting for smtp_session_tls_started() */
+	SMTP_STATE_TLS,	      /* waiting for smtp_session_tls_started() */
 	SMTP_STATE_AUTH,      /* reading a SASL response line (RFC 4954 4) */
 	SMTP_STATE_AUTH_WAIT, /* waiting for smtp_session_auth_done() */
 	SMTP_STATE_CLOSED,    /* nothing more is read */
@@ -114,7 +115,7 @@ struct buf *smtp_session_output(struct smtp_session *s);
 void smtp_session_body_take(struct smtp_session *s, const char **data, size_t *len);
 
 enum smtp_commit_result {
-	SMTP_COMMIT_OK,       /* on stable storage: 250 */
+	SMTP_COMMIT_OK,	      /* on stable storage: 250 */
 	SMTP_COMMIT_NO_SPACE, /* disk full: 452 4.3.1 */
 	SMTP_COMMIT_ERROR,    /* any other local failure: 451 4.3.0 */
 };
@@ -127,8 +128,7 @@ void smtp_session_tls_started(struct smtp_session *s);
  * is the authentication identity as given; password may hold any octet but
  * NUL.
  */
-void smtp_session_auth_take(const struct smtp_session *s, const char **user,
-			    const char **password);
+void smtp_session_auth_take(const struct smtp_session *s, const char **user, const char **password);
 /* Ends SMTP_STATE_AUTH_WAIT: 235, or 535 5.7.8 (and 421 after too many failures). */
 void smtp_session_auth_done(struct smtp_session *s, bool ok);
 /* The authenticated user, or NULL. */

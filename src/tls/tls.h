@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-struct tls_ctx;  /* an SSL_CTX */
+struct tls_ctx;	 /* an SSL_CTX */
 struct tls_conn; /* an SSL on a blocking socket */
 
 /* A client context for opportunistic TLS.  NULL (err filled) on failure. */
@@ -49,12 +49,19 @@ struct event_base;
 /* Implicit TLS (RFC 8314): a bufferevent that handshakes as a server on fd. */
 struct bufferevent *tls_bev_accept(struct tls_ctx *ctx, struct event_base *base, int fd);
 /*
- * STARTTLS (RFC 3207): wraps an existing socket bufferevent (which the
- * result owns and frees).  The caller has already written the 220 and thrown
- * away every octet the client sent before it.
+ * STARTTLS (RFC 3207): replaces an existing socket bufferevent by a TLS one
+ * on the same connection.  The caller has already queued the 220 (written
+ * out here, in clear) and thrown away every octet the client sent before it.
+ * On success plain is freed; on failure (NULL) it is left as it was.
  */
 struct bufferevent *tls_bev_starttls(struct tls_ctx *ctx, struct event_base *base,
 				     struct bufferevent *plain);
+/*
+ * Sends TLS close_notify (RFC 8446 6.1) on a TLS bufferevent whose output is
+ * written; call just before bufferevent_free() (which sends nothing).  Does
+ * nothing on a plain bufferevent or before the handshake completed.
+ */
+void tls_bev_close_notify(struct bufferevent *bev);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" of a TLS bufferevent into dst. */
 void tls_bev_describe(struct bufferevent *bev, char *dst, size_t cap);
 

@@ -2,15 +2,17 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "tls/tls_internal.h"
 #include "util/util_mem.h"
-
 
 struct tls_ctx *
 tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t err_cap)
@@ -51,15 +53,60 @@ tls_bev_accept(struct tls_ctx *ctx, struct event_base *base, int fd)
 					      BEV_OPT_CLOSE_ON_FREE);
 }
 
+/*
+ * STARTTLS gets a socket-based TLS bufferevent on (a duplicate of) the same
+ * descriptor, like implicit TLS, and not a filter over the plain one: with a
+ * filter, "the output buffer is empty" only means the octets went to the
+ * plain bufferevent below, so a reply written just before the session closes
+ * (221 to QUIT, 421 after failed AUTHs, a TLS alert) was freed with it
+ * unsent.  Here an empty output buffer means the octets are in the kernel.
+ */
 struct bufferevent *
 tls_bev_starttls(struct tls_ctx *ctx, struct event_base *base, struct bufferevent *plain)
 {
-	SSL *ssl = SSL_new(ctx->ssl_ctx);
+	evutil_socket_t fd = bufferevent_getfd(plain);
+	struct evbuffer *out = bufferevent_get_output(plain);
+	struct bufferevent *bev;
+	SSL *ssl;
+	int nfd;
 
-	if (ssl == NULL)
+	if (fd < 0)
 		return NULL;
-	return bufferevent_openssl_filter_new(base, plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
-					      BEV_OPT_CLOSE_ON_FREE);
+	/*
+	 * The 220 (and anything before it) goes out in clear before the
+	 * handshake.  A socket bufferevent keeps the start of its output frozen
+	 * for all but its own write callback: thawed for this, frozen again after.
+	 */
+	evbuffer_unfreeze(out, 1);
+	while (evbuffer_get_length(out) > 0) {
+		if (evbuffer_write(out, fd) <= 0)
+			break; /* a client that does not read its replies gets no TLS */
+	}
+	evbuffer_freeze(out, 1);
+	if (evbuffer_get_length(out) > 0)
+		return NULL;
+	nfd = dup(fd);
+	if (nfd < 0)
+		return NULL;
+	evutil_make_socket_nonblocking(nfd);
+	ssl = SSL_new(ctx->ssl_ctx);
+	if (ssl == NULL) {
+		close(nfd);
+		return NULL;
+	}
+	bev = bufferevent_openssl_socket_new(base, nfd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+					     BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		close(nfd);
+		return NULL;
+	}
+	/* The plain bufferevent's write timeout carries over. */
+	if (evutil_timerisset(&plain->timeout_write))
+		bufferevent_set_timeouts(bev, NULL, &plain->timeout_write);
+	/* Its input was drained by the caller (CVE-2011-0411); the descriptor stays open. */
+	bufferevent_free(plain);
+	return bev;
 }
 
 void
@@ -72,4 +119,15 @@ tls_bev_describe(struct bufferevent *bev, char *dst, size_t cap)
 		return;
 	}
 	snprintf(dst, cap, "%s %s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+}
+
+void
+tls_bev_close_notify(struct bufferevent *bev)
+{
+	SSL *ssl = bev != NULL ? bufferevent_openssl_get_ssl(bev) : NULL;
+
+	/* Best effort on a non-blocking socket: the alert goes out now or not at all. */
+	if (ssl != NULL && SSL_is_init_finished(ssl))
+		(void)SSL_shutdown(ssl);
+	ERR_clear_error();
 }

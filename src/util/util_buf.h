@@ -14,10 +14,10 @@
 #include <stddef.h>
 
 struct buf {
-	char *data;   /* owned */
-	size_t len;   /* bytes in use */
-	size_t cap;   /* bytes allocated */
-	size_t max;   /* hard limit on len */
+	char *data; /* owned */
+	size_t len; /* bytes in use */
+	size_t cap; /* bytes allocated */
+	size_t max; /* hard limit on len */
 };
 
 void buf_init(struct buf *b, size_t max);

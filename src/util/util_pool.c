@@ -14,7 +14,7 @@
 struct util_pool {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct util_pool_job *head, *tail; /* waiting to run */
+	struct util_pool_job *head, *tail;	     /* waiting to run */
 	struct util_pool_job *done_head, *done_tail; /* waiting for util_pool_dispatch */
 	bool stopping;
 	unsigned nthreads;

@@ -24,7 +24,8 @@ struct util_pool_job {
 };
 
 struct util_pool *util_pool_new(unsigned workers);
-/* Waits for queued jobs to run, then stops the threads; completions stay for util_pool_dispatch(). */
+/* Waits for queued jobs to run, then stops the threads; completions stay for util_pool_dispatch().
+ */
 void util_pool_stop(struct util_pool *p);
 /* Frees a stopped pool; undispatched completions are dropped. */
 void util_pool_free(struct util_pool *p);
