@@ -205,29 +205,46 @@ cmd_ehlo(struct smtp_session *s, const char *arg, size_t len)
 	return do_helo(s, arg, len, true);
 }
 
+/* Replies to MAIL and RCPT arguments the parser refused (RFC 5321 4.1.1, RFC 3463 3). */
+static const char *const mail_arg_replies[] = {
+    [SMTP_ARG_OK] = NULL,
+    [SMTP_ARG_SYNTAX] = "501 5.5.2 Syntax: MAIL FROM:<address>",
+    [SMTP_ARG_PATH_SYNTAX] = "501 5.1.7 Bad sender address syntax",
+    [SMTP_ARG_PATH_TOO_LONG] = "501 5.1.7 Sender address too long",
+    [SMTP_ARG_PARAM_UNKNOWN] = "555 5.5.4 Unsupported MAIL parameter",
+    [SMTP_ARG_PARAM_INVALID] = "501 5.5.4 Bad MAIL parameter value",
+};
+
+static const char *const rcpt_arg_replies[] = {
+    [SMTP_ARG_OK] = NULL,
+    [SMTP_ARG_SYNTAX] = "501 5.5.2 Syntax: RCPT TO:<address>",
+    [SMTP_ARG_PATH_SYNTAX] = "501 5.1.3 Bad recipient address syntax",
+    [SMTP_ARG_PATH_TOO_LONG] = "501 5.1.3 Recipient address too long",
+    [SMTP_ARG_PARAM_UNKNOWN] = "555 5.5.4 Unsupported RCPT parameter",
+    [SMTP_ARG_PARAM_INVALID] = "501 5.5.4 Bad RCPT parameter value",
+};
+
+static const char *const rcpt_verdict_replies[] = {
+    [SMTP_RCPT_ACCEPT] = "250 2.1.5 Ok",
+    [SMTP_RCPT_UNKNOWN_USER] = "550 5.1.1 Recipient address rejected: User unknown",
+    [SMTP_RCPT_BAD_MAILBOX] = "553 5.1.3 Recipient address rejected: invalid mailbox name",
+    [SMTP_RCPT_RELAY_DENIED] = "550 5.7.1 Relay access denied",
+    [SMTP_RCPT_TEMPFAIL] = "451 4.3.0 Recipient address rejected: temporary local problem",
+};
+
 static enum smtp_event
 cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 {
 	struct smtp_path path;
 	struct smtp_mail_params params;
+	enum smtp_arg_status st;
 
 	if (s->cfg.auth_required && s->authenticated == NULL)
 		return error_reply(s, s->tls ? "530 5.7.0 Authentication required"
 					     : "530 5.7.0 Must issue a STARTTLS command first");
-	switch (smtp_parse_mail_from(arg, len, &path, &params)) {
-	case SMTP_ARG_OK:
-		break;
-	case SMTP_ARG_SYNTAX:
-		return error_reply(s, "501 5.5.2 Syntax: MAIL FROM:<address>");
-	case SMTP_ARG_PATH_SYNTAX:
-		return error_reply(s, "501 5.1.7 Bad sender address syntax");
-	case SMTP_ARG_PATH_TOO_LONG:
-		return error_reply(s, "501 5.1.7 Sender address too long");
-	case SMTP_ARG_PARAM_UNKNOWN:
-		return error_reply(s, "555 5.5.4 Unsupported MAIL parameter");
-	case SMTP_ARG_PARAM_INVALID:
-		return error_reply(s, "501 5.5.4 Bad MAIL parameter value");
-	}
+	st = smtp_parse_mail_from(arg, len, &path, &params);
+	if (st != SMTP_ARG_OK)
+		return error_reply(s, mail_arg_replies[st]);
 	if (path.is_utf8 && !params.smtputf8)
 		return error_reply(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
 	if (params.has_size && params.size > s->cfg.max_message_size)
@@ -246,63 +263,35 @@ static enum smtp_event
 cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
 {
 	struct smtp_path path;
-	enum smtp_event ev;
+	enum smtp_arg_status st;
+	enum smtp_rcpt_verdict verdict;
 
-	switch (smtp_parse_rcpt_to(arg, len, &path)) {
-	case SMTP_ARG_OK:
-		break;
-	case SMTP_ARG_SYNTAX:
-		ev = error_reply(s, "501 5.5.2 Syntax: RCPT TO:<address>");
-		goto rejected;
-	case SMTP_ARG_PATH_SYNTAX:
-		ev = error_reply(s, "501 5.1.3 Bad recipient address syntax");
-		goto rejected;
-	case SMTP_ARG_PATH_TOO_LONG:
-		ev = error_reply(s, "501 5.1.3 Recipient address too long");
-		goto rejected;
-	case SMTP_ARG_PARAM_UNKNOWN:
-		ev = error_reply(s, "555 5.5.4 Unsupported RCPT parameter");
-		goto rejected;
-	case SMTP_ARG_PARAM_INVALID:
-		ev = error_reply(s, "501 5.5.4 Bad RCPT parameter value");
-		goto rejected;
-	}
-	if (path.is_utf8 && !s->params.smtputf8) {
-		ev = error_reply(s, "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8");
-		goto rejected;
-	}
+	st = smtp_parse_rcpt_to(arg, len, &path);
+	if (st != SMTP_ARG_OK)
+		return error_reply(s, rcpt_arg_replies[st]);
+	if (path.is_utf8 && !s->params.smtputf8)
+		return error_reply(s, "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8");
 	if (s->rcpts_len >= s->cfg.max_recipients) {
 		/* RFC 5321 4.5.3.1.10: a temporary reply; the client sends the rest later. */
 		reply(s, "452 4.5.3 Error: too many recipients");
 		return SMTP_EVENT_NONE;
 	}
-	switch (s->policy.check_rcpt(s->policy.ctx, &path)) {
-	case SMTP_RCPT_ACCEPT:
-		break;
-	case SMTP_RCPT_UNKNOWN_USER:
-		ev = error_reply(s, "550 5.1.1 Recipient address rejected: User unknown");
-		goto rejected;
-	case SMTP_RCPT_BAD_MAILBOX:
-		ev = error_reply(s, "553 5.1.3 Recipient address rejected: invalid mailbox name");
-		goto rejected;
-	case SMTP_RCPT_RELAY_DENIED:
-		ev = error_reply(s, "550 5.7.1 Relay access denied");
-		goto rejected;
-	case SMTP_RCPT_TEMPFAIL:
-		reply(s, "451 4.3.0 Recipient address rejected: temporary local problem");
+	verdict = s->policy.check_rcpt(s->policy.ctx, &path);
+	if (verdict == SMTP_RCPT_TEMPFAIL) {
+		/* Not the client's fault: not counted as an error. */
+		reply(s, "%s", rcpt_verdict_replies[verdict]);
 		return SMTP_EVENT_NONE;
 	}
+	if (verdict != SMTP_RCPT_ACCEPT)
+		return error_reply(s, rcpt_verdict_replies[verdict]);
 	if (s->rcpts_len == s->rcpts_cap) {
 		s->rcpts_cap = s->rcpts_cap ? s->rcpts_cap * 2 : 4;
 		s->rcpts = xrealloc(s->rcpts, s->rcpts_cap * sizeof(*s->rcpts));
 	}
 	s->rcpts[s->rcpts_len++] = xstrdup(path.addr);
 	enter_state(s, SMTP_STATE_RCPT);
-	reply(s, "250 2.1.5 Ok");
+	reply(s, "%s", rcpt_verdict_replies[SMTP_RCPT_ACCEPT]);
 	return SMTP_EVENT_NONE;
-
-rejected:
-	return ev;
 }
 
 static void
