@@ -74,7 +74,9 @@ replay: $(REPLAY_BIN)
 test:
 	./scripts/test.sh
 
-bench: all
+# bench/run.sh installs what is missing, then builds: no `all` prerequisite (a fresh machine
+# has no libevent yet).
+bench:
 	./bench/run.sh
 
 install-deps:

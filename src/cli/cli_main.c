@@ -1,5 +1,7 @@
 /*
- * cli_main — the petrel command line: serve, check-config, version.
+ * cli_main — the petrel command line: one table of commands, and the names
+ * the binary answers to when installed under another name (sendmail, mailq).
+ * Each group of commands lives in its own file (cli.h).
  */
 #include <event2/event.h>
 #include <openssl/crypto.h>
@@ -7,42 +9,61 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "server/server.h"
 #include "util/util_log.h"
 
 #define PETREL_VERSION "0.1.0"
-#define SYSTEM_CONF    "/etc/petrel/petrel.conf"
+
+struct cli_command {
+	const char *name;
+	int (*run)(int argc, char **argv); /* argv[0] is the name; exit status or CLI_USAGE */
+	const char *usage;		   /* the arguments, for "usage: petrel NAME ..." */
+	int usage_status;		   /* exit status of a usage error */
+};
 
 static int
-usage(void)
+cmd_serve(int argc, char **argv)
 {
-	fprintf(stderr, "usage: petrel serve [-c FILE] [-v]\n"
-			"       petrel check-config [-c FILE]\n"
-			"       petrel version\n");
-	return 2;
-}
+	const char *file = NULL;
+	int opt;
 
-/* -c FILE, else /etc/petrel/petrel.conf when it exists, else NULL (the embedded default). */
-static const char *
-config_path(const char *given)
-{
-	if (given != NULL)
-		return given;
-	if (access(SYSTEM_CONF, F_OK) == 0)
-		return SYSTEM_CONF;
-	return NULL;
+	while ((opt = getopt(argc, argv, "c:v")) != -1) {
+		switch (opt) {
+		case 'c':
+			file = optarg;
+			break;
+		case 'v':
+			log_set_level(LOG_LEVEL_DEBUG);
+			break;
+		default:
+			return CLI_USAGE;
+		}
+	}
+	if (optind != argc)
+		return CLI_USAGE;
+	return server_run(cli_config_path(file));
 }
 
 static int
-check_config(const char *path)
+cmd_check_config(int argc, char **argv)
 {
+	const char *file = NULL;
 	struct conf *c;
 	struct deliver_db *db;
 	char err[512];
+	int opt;
 
-	c = path ? conf_load(path, err, sizeof(err)) : conf_default();
+	while ((opt = getopt(argc, argv, "c:")) != -1) {
+		if (opt != 'c')
+			return CLI_USAGE;
+		file = optarg;
+	}
+	if (optind != argc)
+		return CLI_USAGE;
+	c = cli_conf_load(file, err, sizeof(err));
 	if (c == NULL) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
@@ -60,44 +81,72 @@ check_config(const char *path)
 }
 
 static int
-version(void)
+cmd_version(int argc, char **argv)
 {
+	if (argc != 1)
+		return CLI_USAGE;
 	printf("petrel %s\n", PETREL_VERSION);
 	printf("libevent %s\n", event_get_version());
 	printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
 	return 0;
 }
 
+static const struct cli_command commands[] = {
+    {"serve", cmd_serve, "[-c FILE] [-v]", 2},
+    {"check-config", cmd_check_config, "[-c FILE]", 2},
+    {"sendmail", cli_sendmail, "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]", 64},
+    {"queue", cli_queue, "list [--json] | show ID | flush | delete ID...|ALL  [-c FILE]", 2},
+    {"passwd", cli_passwd, "(reads the password on stdin)", 2},
+    {"version", cmd_version, "", 2},
+};
+
+/* Names the binary may be installed under, as the tools it stands in for. */
+static const struct cli_command aliases[] = {
+    {"sendmail", cli_sendmail, "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]", 64},
+    {"mailq", cli_mailq, "[-c FILE] [--json]", 2},
+};
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+static int
+usage(FILE *f, int status)
+{
+	for (size_t i = 0; i < ARRAY_LEN(commands); i++)
+		fprintf(f, "%s petrel %s %s\n", i == 0 ? "usage:" : "      ", commands[i].name,
+			commands[i].usage);
+	return status;
+}
+
+static int
+run(const struct cli_command *cmd, const char *prog, int argc, char **argv)
+{
+	int status = cmd->run(argc, argv);
+
+	if (status != CLI_USAGE)
+		return status;
+	fprintf(stderr, "usage: %s%s%s %s\n", prog, prog[0] ? " " : "", cmd->name, cmd->usage);
+	return cmd->usage_status;
+}
+
 int
 main(int argc, char **argv)
 {
-	const char *cmd, *file = NULL;
-	int opt;
+	const char *self = argc > 0 ? strrchr(argv[0], '/') : NULL;
 
-	if (argc < 2)
-		return usage();
-	cmd = argv[1];
-	argc--;
-	argv++;
-	while ((opt = getopt(argc, argv, "c:v")) != -1) {
-		switch (opt) {
-		case 'c':
-			file = optarg;
-			break;
-		case 'v':
-			log_set_level(LOG_LEVEL_DEBUG);
-			break;
-		default:
-			return usage();
-		}
+	self = self ? self + 1 : argc > 0 ? argv[0] : "petrel";
+	for (size_t i = 0; i < ARRAY_LEN(aliases); i++) {
+		if (strcmp(self, aliases[i].name) == 0)
+			return run(&aliases[i], "", argc, argv);
 	}
-	if (optind != argc)
-		return usage();
-	if (strcmp(cmd, "serve") == 0)
-		return server_run(config_path(file));
-	if (strcmp(cmd, "check-config") == 0)
-		return check_config(config_path(file));
-	if (strcmp(cmd, "version") == 0)
-		return version();
-	return usage();
+	if (argc < 2)
+		return usage(stderr, 2);
+	if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0)
+		return usage(stdout, 0);
+	for (size_t i = 0; i < ARRAY_LEN(commands); i++) {
+		if (strcmp(argv[1], commands[i].name) == 0)
+			return run(&commands[i], "petrel", argc - 1, argv + 1);
+	}
+	fprintf(stderr, "petrel: unknown command '%s'\n", argv[1]);
+	return usage(stderr, 2);
 }

@@ -113,8 +113,12 @@ pickup_run(struct util_pool_job *job)
 	struct pickup *p = (struct pickup *)job;
 	struct queue *q = p->q;
 	DIR *dir = fdopendir(dup(q->incoming_fd));
+
 	struct dirent *de;
 
+	/* A dup shares the directory offset: start from the top every time. */
+	if (dir != NULL)
+		rewinddir(dir);
 	while (dir != NULL && (de = readdir(dir)) != NULL) {
 		/* ".ID" files are still being written. */
 		if (!util_id_valid(de->d_name))

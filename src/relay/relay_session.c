@@ -5,8 +5,9 @@
  * client's per-recipient results into queue results.
  *
  * Order of targets: the resolver's (MX preference, then addresses).  A
- * target that cannot be reached or fails temporarily before the recipients
- * are decided passes the recipients on to the next one (RFC 5321 5.1).
+ * target that cannot be reached, fails temporarily, or answers 4xx for some
+ * recipients passes those recipients on to the next one (RFC 5321 5.1); a
+ * cached connection that turns out dead is replaced by a new one.
  */
 #include "relay/relay_internal.h"
 
@@ -28,18 +29,18 @@
 #include "util/util_mem.h"
 #include "util/util_time.h"
 
-#define IO_CHUNK      (64 * 1024)
-#define HEADERS_PEEK  (64 * 1024) /* read to count Received: fields */
-#define HOPS_MAX      50          /* Received: fields before we call it a loop */
-#define CACHE_MAX     64
+#define IO_CHUNK     (64 * 1024)
+#define HEADERS_PEEK (64 * 1024) /* read to count Received: fields */
+#define HOPS_MAX     50		 /* Received: fields before we call it a loop */
+#define CACHE_MAX    64
 
 struct relay_conn {
 	int fd;
 	struct tls_conn *tls;
 	struct relay_client *client;
 	char key[INET6_ADDRSTRLEN + 8]; /* "addr:port", the cache key */
-	char name[300];                 /* "host[addr]:port" for logs and DSNs */
-	char host[256];                 /* the MX host name, for SNI */
+	char name[300];			/* "host[addr]:port" for logs and DSNs */
+	char host[256];			/* the MX host name, for SNI */
 	char in[IO_CHUNK];
 	size_t in_len;
 };
@@ -195,7 +196,8 @@ send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
 	if (write_all(c, received, strlen(received)) != 0)
 		goto out;
 	while (off < it->body_len) {
-		size_t want = it->body_len - off < IO_CHUNK ? (size_t)(it->body_len - off) : IO_CHUNK;
+		size_t want =
+		    it->body_len - off < IO_CHUNK ? (size_t)(it->body_len - off) : IO_CHUNK;
 		ssize_t n = pread(it->fd, in, want, it->body_off + (off_t)off);
 		size_t o = 0;
 
@@ -251,7 +253,8 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 			continue;
 		case RELAY_ACT_BODY:
 			if (flush_output(c) != 0 || send_body(c, j, received) != 0) {
-				relay_client_abort(c->client, "write failed while sending the message");
+				relay_client_abort(c->client,
+						   "write failed while sending the message");
 				return -1;
 			}
 			relay_client_body_sent(c->client);
@@ -281,9 +284,9 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 		}
 		ssize_t n = read_some(c);
 		if (n <= 0) {
-			relay_client_abort(c->client, n == 0 ? "connection closed by server"
-							    : (errno == EAGAIN ? "timed out"
-									       : strerror(errno)));
+			relay_client_abort(
+			    c->client, n == 0 ? "connection closed by server"
+					      : (errno == EAGAIN ? "timed out" : strerror(errno)));
 			return -1;
 		}
 	}
@@ -363,8 +366,8 @@ relay_session_cache_clear(struct relay *r)
 /* ---- one session ----------------------------------------------------------------- */
 
 static struct relay_conn *
-open_conn(struct relay *r, const struct relay_job *j, const struct relay_target *t,
-	  const char *key, char *err, size_t err_cap)
+open_conn(struct relay *r, const struct relay_job *j, const struct relay_target *t, const char *key,
+	  char *err, size_t err_cap)
 {
 	struct relay_client_conf cfg = {.helo_name = j->hostname, .tls_wanted = true};
 	struct relay_conn *c;
@@ -396,11 +399,12 @@ received_field(const struct relay_job *j, char *dst, size_t cap)
 			 it->helo[0] ? it->helo : "localhost", it->client_name, it->client_addr,
 			 j->hostname, it->protocol, it->id, it->rcpts[j->rcpts[0]], date);
 	else
-		snprintf(dst, cap,
-			 "Received: from %.200s (%.200s [%s])\r\n\tby %s (petrel) with %s id %s;\r\n"
-			 "\t%s\r\n",
-			 it->helo[0] ? it->helo : "localhost", it->client_name, it->client_addr,
-			 j->hostname, it->protocol, it->id, date);
+		snprintf(
+		    dst, cap,
+		    "Received: from %.200s (%.200s [%s])\r\n\tby %s (petrel) with %s id %s;\r\n"
+		    "\t%s\r\n",
+		    it->helo[0] ? it->helo : "localhost", it->client_name, it->client_addr,
+		    j->hostname, it->protocol, it->id, date);
 }
 
 static size_t
@@ -420,8 +424,9 @@ set_result(struct relay_job *j, size_t k, enum queue_rcpt_status st, const char 
 	   const char *relay_name)
 {
 	struct queue_rcpt_result *res = &j->results[j->rcpts[k]];
-	const char *word = st == QUEUE_RCPT_DONE ? "sent" : st == QUEUE_RCPT_FAIL ? "bounced"
-										 : "deferred";
+	const char *word = st == QUEUE_RCPT_DONE   ? "sent"
+			   : st == QUEUE_RCPT_FAIL ? "bounced"
+						   : "deferred";
 
 	res->status = st;
 	util_strlcpy(res->reason, reason, sizeof(res->reason));
@@ -443,6 +448,13 @@ reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
 	}
 }
 
+/*
+ * Order of work: the targets in turn while recipients are undecided.  A
+ * recipient is decided by a 2xx (sent) or 5xx (bounced); a 4xx, a dropped
+ * connection or an unreachable target leaves it to the next target
+ * (RFC 5321 5.1, as Postfix does), and the last reason it got is the one
+ * recorded when no target takes it.
+ */
 void
 relay_session_run(struct util_pool_job *job)
 {
@@ -450,100 +462,165 @@ relay_session_run(struct util_pool_job *job)
 	struct relay *r = j->relay;
 	const struct queue_item *it = j->item;
 	const char **rcpts = xcalloc(j->n, sizeof(*rcpts));
+	size_t *sub = xcalloc(j->n, sizeof(*sub)); /* msg.rcpts[m] is rcpt sub[m] of the job */
+	bool *undecided = xcalloc(j->n, sizeof(*undecided));
+	char(*why)[256] = xcalloc(j->n, sizeof(*why));
+	char(*why_relay)[300] = xcalloc(j->n, sizeof(*why_relay));
+	size_t undecided_len = j->n;
 	struct relay_client_msg msg;
-	char received[1200], last_error[256] = "4.4.1 no server could be reached";
-	char last_relay[300] = "none";
-	bool decided = false;
+	char received[1200];
+	bool fresh_only = false; /* a cached connection to this target just failed */
 
-	for (size_t k = 0; k < j->n; k++)
-		rcpts[k] = it->rcpts[j->rcpts[k]];
+	for (size_t k = 0; k < j->n; k++) {
+		undecided[k] = true;
+		util_strlcpy(why[k], "4.4.1 no server could be reached", sizeof(why[k]));
+		util_strlcpy(why_relay[k], "none", sizeof(why_relay[k]));
+	}
 	memset(&msg, 0, sizeof(msg));
 	msg.sender = it->sender;
 	msg.rcpts = rcpts;
-	msg.rcpts_len = j->n;
 	msg.body_8bit = it->body_8bit;
 	msg.smtputf8 = it->smtputf8;
 	received_field(j, received, sizeof(received));
 	msg.size = it->body_len + strlen(received);
 
 	if (count_hops(it) > HOPS_MAX) {
-		for (size_t k = 0; k < j->n; k++)
+		for (size_t k = 0; k < j->n; k++) {
 			set_result(j, k, QUEUE_RCPT_FAIL,
 				   "554 5.4.6 Too many hops: mail forwarding loop", "none");
-		goto out;
+			undecided[k] = false;
+		}
+		undecided_len = 0;
 	}
-	for (size_t t = 0; t < j->targets_len && !decided && !r->stopping; t++) {
+	for (size_t t = 0; t < j->targets_len && undecided_len > 0 && !r->stopping; t++) {
 		const struct relay_target *tg = &j->targets[t];
-		char addr[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8], err[200];
-		const void *a = tg->addr.ss_family == AF_INET6
-				    ? (const void *)&((const struct sockaddr_in6 *)&tg->addr)->sin6_addr
-				    : (const void *)&((const struct sockaddr_in *)&tg->addr)->sin_addr;
-		struct relay_conn *c;
+		char addr[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8], err[256], relay_name[300];
+		const void *a =
+		    tg->addr.ss_family == AF_INET6
+			? (const void *)&((const struct sockaddr_in6 *)&tg->addr)->sin6_addr
+			: (const void *)&((const struct sockaddr_in *)&tg->addr)->sin_addr;
+		struct relay_conn *c = NULL;
 		const struct relay_rcpt_result *res;
 		const struct smtp_reply *host_reply;
-		bool permanent = false;
+		bool permanent = false, reused = false, only_452, same_again;
+		size_t accepted;
 		int rc;
 
 		inet_ntop(tg->addr.ss_family, a, addr, sizeof(addr));
 		snprintf(key, sizeof(key), "%s:%u", addr, (unsigned)tg->port);
-		snprintf(last_relay, sizeof(last_relay), "%.200s[%s]:%u", tg->host, addr,
+		snprintf(relay_name, sizeof(relay_name), "%.200s[%s]:%u", tg->host, addr,
 			 (unsigned)tg->port);
-		c = cache_take(r, key);
-		if (c == NULL) {
+		msg.rcpts_len = 0;
+		for (size_t k = 0; k < j->n; k++) {
+			if (undecided[k]) {
+				sub[msg.rcpts_len] = k;
+				rcpts[msg.rcpts_len++] = it->rcpts[j->rcpts[k]];
+			}
+		}
+		if (!fresh_only)
+			c = cache_take(r, key);
+		fresh_only = false;
+		if (c != NULL) {
+			reused = true;
+			rc = 0;
+		} else {
 			c = open_conn(r, j, tg, key, err, sizeof(err));
 			if (c == NULL) {
-				snprintf(last_error, sizeof(last_error), "4.4.1 %s: %s", last_relay,
-					 err);
+				for (size_t m = 0; m < msg.rcpts_len; m++) {
+					snprintf(why[sub[m]], sizeof(why[0]), "4.4.1 %s: %s",
+						 relay_name, err);
+					util_strlcpy(why_relay[sub[m]], relay_name,
+						     sizeof(why_relay[0]));
+				}
 				continue;
 			}
-			util_strlcpy(c->name, last_relay, sizeof(c->name));
+			util_strlcpy(c->name, relay_name, sizeof(c->name));
 			rc = drive(r, c, j, received, RELAY_ACT_NONE);
-		} else {
-			rc = 0;
 		}
 		if (rc == 0)
 			rc = drive(r, c, j, received, relay_client_start(c->client, &msg));
 		if (relay_client_host_error(c->client, &permanent, &host_reply)) {
 			reply_text(host_reply, err, sizeof(err));
-			snprintf(last_error, sizeof(last_error), "%s", err);
-			if (permanent) {
-				for (size_t k = 0; k < j->n; k++)
-					set_result(j, k, QUEUE_RCPT_FAIL, err, last_relay);
-				decided = true;
-			}
 			conn_close(r, c);
+			if (reused && !permanent) {
+				/* The server dropped the idle connection: try a new one. */
+				fresh_only = true;
+				t--;
+				continue;
+			}
+			for (size_t m = 0; m < msg.rcpts_len; m++) {
+				size_t k = sub[m];
+				if (permanent) {
+					set_result(j, k, QUEUE_RCPT_FAIL, err, relay_name);
+					undecided[k] = false;
+					undecided_len--;
+				} else {
+					util_strlcpy(why[k], err, sizeof(why[k]));
+					util_strlcpy(why_relay[k], relay_name,
+						     sizeof(why_relay[k]));
+				}
+			}
 			continue;
 		}
 		res = relay_client_results(c->client);
-		decided = true;
-		for (size_t k = 0; k < j->n; k++) {
-			reply_text(&res[k].reply, err, sizeof(err));
-			switch (res[k].status) {
+		accepted = 0;
+		only_452 = true;
+		for (size_t m = 0; m < msg.rcpts_len; m++) {
+			size_t k = sub[m];
+			reply_text(&res[m].reply, err, sizeof(err));
+			switch (res[m].status) {
 			case RELAY_RCPT_OK:
-				set_result(j, k, QUEUE_RCPT_DONE, err, last_relay);
-				break;
-			case RELAY_RCPT_TEMP:
-				set_result(j, k, QUEUE_RCPT_DEFER, err, last_relay);
+				set_result(j, k, QUEUE_RCPT_DONE, err, relay_name);
+				undecided[k] = false;
+				undecided_len--;
+				accepted++;
 				break;
 			case RELAY_RCPT_PERM:
-				set_result(j, k, QUEUE_RCPT_FAIL, err, last_relay);
+				set_result(j, k, QUEUE_RCPT_FAIL, err, relay_name);
+				undecided[k] = false;
+				undecided_len--;
+				break;
+			case RELAY_RCPT_TEMP:
+				util_strlcpy(why[k], err, sizeof(why[k]));
+				util_strlcpy(why_relay[k], relay_name, sizeof(why_relay[k]));
+				only_452 &= res[m].reply.code == 452;
 				break;
 			case RELAY_RCPT_PENDING:
-				set_result(j, k, QUEUE_RCPT_DEFER, "4.4.2 no reply from server",
-					   last_relay);
+				util_strlcpy(why[k], "4.4.2 no reply from server", sizeof(why[k]));
+				util_strlcpy(why_relay[k], relay_name, sizeof(why_relay[k]));
+				only_452 = false;
 				break;
 			}
+		}
+		/*
+		 * The server took some recipients and said 452 (too many recipients,
+		 * RFC 5321 4.5.3.1.10) to the rest: the rest go in the next
+		 * transaction to the same server, on the same connection.
+		 */
+		same_again = rc == 0 && accepted > 0 && undecided_len > 0 && only_452;
+		for (size_t m = 0; m < msg.rcpts_len && !same_again; m++) {
+			if (undecided[sub[m]] && t + 1 < j->targets_len)
+				log_info("%s: to=<%s>, relay=%s: %s (trying the next server)",
+					 it->id, it->rcpts[j->rcpts[sub[m]]], relay_name,
+					 why[sub[m]]);
 		}
 		if (rc == 0)
 			cache_put(r, c);
 		else
 			conn_close(r, c);
+		if (same_again)
+			t--;
 	}
-	if (!decided) {
-		for (size_t k = 0; k < j->n; k++)
-			set_result(j, k, QUEUE_RCPT_DEFER, last_error, last_relay);
+	for (size_t k = 0; k < j->n; k++) {
+		/* When stopping, the connection broke because we shut it down. */
+		if (undecided[k])
+			set_result(j, k, QUEUE_RCPT_DEFER,
+				   r->stopping ? "4.3.2 petrel is stopping" : why[k], why_relay[k]);
 	}
-out:
+	free(why_relay);
+	free(why);
+	free(undecided);
+	free(sub);
 	free(rcpts);
 	util_pool_complete(r->pool, job);
 }

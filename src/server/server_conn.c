@@ -30,6 +30,7 @@
 #define READ_CHUNK	   (64 * 1024)	/* octets handed to the session at a time */
 #define OUTPUT_HIGH	   (128 * 1024) /* stop reading while this much output waits */
 #define PENDING_HIGH	   (256 * 1024) /* stop reading while this much body waits for the disk */
+#define SHUTDOWN_WRITE_S   5		/* at stop, how long a client may take to read its 421 */
 #define AUTH_FAIL_WINDOW_S 600		/* failed AUTHs of a client address are counted this long */
 #define AUTH_FAIL_MAX_IP   10 /* failed AUTHs from one address before all of its AUTHs fail */
 
@@ -86,7 +87,12 @@ ip_add(struct server *srv, const char *addr, int delta)
 		pp = &srv->ips[ip_hash(addr)];
 	}
 	ic->count = (size_t)((long)ic->count + delta);
-	if (ic->count == 0) {
+	/*
+	 * The record outlives the connections while it remembers recent AUTH
+	 * failures: reconnecting must not reset the per-address limit.
+	 */
+	if (ic->count == 0 &&
+	    (ic->auth_failures == 0 || time(NULL) - ic->auth_last_failure > AUTH_FAIL_WINDOW_S)) {
 		*pp = ic->next;
 		free(ic);
 		return 0;
@@ -175,6 +181,7 @@ conn_close(struct conn *c)
 		c->msg = NULL;
 	}
 	log_info("disconnect from unknown[%s]", c->addr);
+	tls_bev_close_notify(c->bev); /* RFC 8446 6.1; a no-op without TLS */
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	evtimer_del(c->timer);
@@ -739,6 +746,11 @@ server_conn_shutdown_all(struct server *srv)
 
 	while (c != NULL) {
 		struct conn *next = c->next;
+		struct timeval grace = {.tv_sec = SHUTDOWN_WRITE_S, .tv_usec = 0};
+
+		/* A client that does not read its 421 must not hold the stop up. */
+		if (!c->dead)
+			bufferevent_set_timeouts(c->bev, NULL, &grace);
 		if (!c->dead && !c->committing && !c->closing) {
 			/* A message half received is dropped: only the 250 makes it ours. */
 			if (c->msg != NULL) {

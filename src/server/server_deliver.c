@@ -61,8 +61,8 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 	if (deliver_expand(db, conf, addr, &targets, &ntargets, err, sizeof(err)) != 0) {
 		res->status = QUEUE_RCPT_FAIL;
 		snprintf(res->reason, sizeof(res->reason), "5.1.1 %s", err);
-		log_info("%s: to=<%s>, relay=local, delay=%.0f, status=bounced (%s)", item->id, rcpt,
-			 delay, err);
+		log_info("%s: to=<%s>, relay=local, delay=%.0f, status=bounced (%s)", item->id,
+			 rcpt, delay, err);
 		return;
 	}
 	buf_init(&h, 64 * 1024);
@@ -75,12 +75,14 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		if (!tg->is_local) {
 			/* A remote alias target waits for relaying, like any foreign recipient. */
 			deferred = 1;
-			snprintf(res->reason, sizeof(res->reason),
-				 "4.3.0 alias target <%s> became remote after the message was queued",
-				 tg->addr);
-			log_info("%s: to=<%s>, orig_to=<%s>, relay=none, delay=%.0f, status=deferred "
-				 "(%s)",
-				 item->id, tg->addr, rcpt, delay, res->reason);
+			snprintf(
+			    res->reason, sizeof(res->reason),
+			    "4.3.0 alias target <%s> became remote after the message was queued",
+			    tg->addr);
+			log_info(
+			    "%s: to=<%s>, orig_to=<%s>, relay=none, delay=%.0f, status=deferred "
+			    "(%s)",
+			    item->id, tg->addr, rcpt, delay, res->reason);
 			continue;
 		}
 		build_headers(&h, conf, item, tg->addr, item->orcpts[i]);
@@ -91,8 +93,8 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		/* A stable name: a redelivery after a crash finds the first copy and skips. */
 		snprintf(name, sizeof(name), "%lld.P%sR%zuT%zu.%s", (long long)item->arrival,
 			 item->id, i, t, conf->hostname);
-		if (deliver_maildir_write(conf->mail_root, tg->domain, tg->user, name, &m, &permanent,
-					  err, sizeof(err)) != 0) {
+		if (deliver_maildir_write(conf->mail_root, tg->domain, tg->user, name, &m,
+					  &permanent, err, sizeof(err)) != 0) {
 			if (permanent) {
 				res->status = QUEUE_RCPT_FAIL;
 				snprintf(res->reason, sizeof(res->reason), "5.2.0 %s", err);
@@ -135,7 +137,7 @@ struct attempt {
 	struct server *srv;
 	struct queue_delivery *d;
 	struct server_cfg *cfg; /* the configuration this attempt runs under */
-	size_t parts;           /* local part and relay sessions not yet finished */
+	size_t parts;		/* local part and relay sessions not yet finished */
 };
 
 static void

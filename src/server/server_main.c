@@ -363,7 +363,7 @@ server_run(const char *path)
 	conf = srv.cfg->conf;
 	if (util_mkdirs(conf->mail_root, 0755) != 0) {
 		log_err("mail_root %s: %s", conf->mail_root, strerror(errno));
-		return 1;
+		goto fail;
 	}
 	pthread_mutex_init(&srv.cfg_lock, NULL);
 	srv.base = event_base_new();
@@ -371,23 +371,23 @@ server_run(const char *path)
 		log_fatal("cannot create the event loop");
 	if (conf->listen_submissions_len > 0 && srv.cfg->tls == NULL) {
 		log_err("listen_submissions needs tls_cert and tls_key");
-		return 1;
+		goto fail;
 	}
 	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
 		if (listen_on(&srv, &conf->listen_smtp[i], LISTENER_SMTP) != 0)
-			return 1;
+			goto fail;
 	}
 	for (size_t i = 0; i < conf->listen_submission_len; i++) {
 		if (listen_on(&srv, &conf->listen_submission[i], LISTENER_SUBMISSION) != 0)
-			return 1;
+			goto fail;
 	}
 	for (size_t i = 0; i < conf->listen_submissions_len; i++) {
 		if (listen_on(&srv, &conf->listen_submissions[i], LISTENER_SUBMISSIONS) != 0)
-			return 1;
+			goto fail;
 	}
 	raise_fd_limit();
 	if (drop_privileges(conf) != 0)
-		return 1;
+		goto fail;
 	memset(&limits, 0, sizeof(limits));
 	limits.retry_min_s = conf->retry_min_s;
 	limits.retry_max_s = conf->retry_max_s;
@@ -395,12 +395,12 @@ server_run(const char *path)
 	srv.queue = queue_open(conf->spool_dir, &limits, err, sizeof(err));
 	if (srv.queue == NULL) {
 		log_err("queue: %s", err);
-		return 1;
+		goto fail;
 	}
 	srv.relay = relay_new(conf->dns_resolver, &(struct relay_limits){0}, err, sizeof(err));
 	if (srv.relay == NULL) {
 		log_err("relay: %s", err);
-		return 1;
+		goto fail;
 	}
 	srv.bounce_hostname = xstrdup(conf->hostname);
 	queue_set_deliverer(srv.queue, server_deliver, &srv);
@@ -431,6 +431,9 @@ server_run(const char *path)
 		 conf->spool_dir, conf->mail_root);
 
 	event_base_dispatch(srv.base);
+	/* Stopping: a second SIGTERM must not kill what is being finished. */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
 
 	if (srv.nconns > 0) {
 		log_warn("stopping with %zu session(s) still open", srv.nconns);
@@ -463,4 +466,15 @@ server_run(const char *path)
 	pthread_mutex_destroy(&srv.cfg_lock);
 	log_info("petrel stopped");
 	return status;
+
+fail:
+	/* Startup failed: undo what was set up (the sanitizers check for leaks). */
+	relay_free(srv.relay);
+	queue_close(srv.queue);
+	close_listeners(&srv);
+	if (srv.base != NULL)
+		event_base_free(srv.base);
+	free(srv.bounce_hostname);
+	server_cfg_unref(srv.cfg);
+	return 1;
 }

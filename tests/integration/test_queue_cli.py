@@ -1,0 +1,287 @@
+"""The queue commands (`petrel queue list|show|flush|delete`, `mailq`) and
+`petrel passwd`.
+
+A message is kept deferred by making the recipient's Maildir path a regular
+file (local delivery fails temporarily); retry_min = retry_max = 1h, so only
+a flush can make a retry happen within a test."""
+import json
+import os
+import re
+import subprocess
+import time
+import warnings
+
+import pytest
+
+from conftest import PETREL_BIN
+from mailtest import send, wait_for
+
+QUEUED_SIZE_RE = re.compile(r"-- (\d+) Kbytes in (\d+) Requests?\.")
+
+
+def cli(*args, input=None, timeout=30, argv0=None):
+    cmd = [str(argv0)] if argv0 else [str(PETREL_BIN)]
+    return subprocess.run(cmd + list(args), input=input, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def queue(p, *args):
+    return cli("queue", *args, "-c", str(p.conf_path))
+
+
+def queue_json(p):
+    r = queue(p, "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def entry(p, qid):
+    return next((e for e in queue_json(p) if e["id"] == qid), None)
+
+
+def block(p, addr):
+    """Makes addr's Maildir a regular file: its deliveries are deferred until unblocked."""
+    user, domain = addr.split("@")
+    (p.mail_root / domain).mkdir(parents=True, exist_ok=True)
+    blocker = p.mail_root / domain / user
+    blocker.write_text("not a directory\n")
+    return blocker
+
+
+def deferred(p, rcpts=("bob@example.test",), sender="sender@example.org", subject="stuck"):
+    """Sends a message whose delivery to bob@example.test is deferred; returns its id."""
+    qid = send(p, sender, list(rcpts), f"Subject: {subject}\r\n\r\nbody\r\n")
+    e = wait_for(lambda: (entry(p, qid) or {}).get("attempts", 0) >= 1 and entry(p, qid))
+    assert e, (queue_json(p), p.log())
+    return qid
+
+
+@pytest.fixture
+def slow(petrel_factory):
+    """A server that retries only after an hour."""
+    p = petrel_factory(retry_min="1h", retry_max="1h")
+    block(p, "bob@example.test")
+    return p
+
+
+def test_list_shows_a_deferred_message(slow):
+    sender = '"odd\\"one"@example.org'  # a quote inside: JSON must escape it
+    qid = deferred(slow, rcpts=["alice@example.test", "bob@example.test"], sender=sender)
+    # alice got hers; bob's is what remains
+    assert slow.wait_messages("alice@example.test", 1)
+
+    r = queue(slow, "list")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("-Queue ID-"), r.stdout
+    m = re.search(rf"(?m)^{qid} +(\d+) \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d +(.+)$", r.stdout)
+    assert m, r.stdout
+    assert m.group(2) == sender
+    assert re.search(r"(?m)^ +\(4\.2\.0 .+\)$", r.stdout), r.stdout
+    assert re.search(r"(?m)^ +bob@example\.test$", r.stdout), r.stdout
+    assert "alice@example.test" not in r.stdout  # done: not listed
+    assert re.search(r"(?m)^-- 1 Kbytes in 1 Request\.$", r.stdout), r.stdout
+
+    e = entry(slow, qid)
+    qfile = (slow.spool / "queue" / qid).read_bytes()
+    assert e["size"] == len(qfile) - (qfile.index(b"\n\n") + 2) == int(m.group(1))
+    assert e["size"] == len(b"Subject: stuck\r\n\r\nbody\r\n")
+    assert abs(e["arrival"] - time.time()) < 120
+    assert e["sender"] == sender
+    assert e["status"] == "deferred"
+    assert e["attempts"] >= 1
+    assert e["last_error"].startswith("4.2.0"), e
+    assert e["recipients"] == [
+        {"address": "alice@example.test", "original": "alice@example.test", "done": True,
+         "failed": False},
+        {"address": "bob@example.test", "original": "bob@example.test", "done": False,
+         "failed": False},
+    ]
+
+
+def test_show_prints_envelope_and_message(slow):
+    qid = deferred(slow)
+    r = queue(slow, "show", qid.lower())  # ids are case-insensitive on the command line
+    assert r.returncode == 0, r.stderr
+    assert f"*** ENVELOPE RECORDS {qid} ***" in r.stdout
+    assert "sender: <sender@example.org>\n" in r.stdout
+    assert "recipient: <bob@example.test> pending\n" in r.stdout
+    assert re.search(r"(?m)^last_error: 4\.2\.0 ", r.stdout), r.stdout
+    # the message as stored: wire form, CRLF line ends
+    raw = subprocess.run([str(PETREL_BIN), "queue", "show", qid, "-c", str(slow.conf_path)],
+                         capture_output=True, timeout=30).stdout
+    assert raw.endswith(f"*** MESSAGE CONTENTS {qid} ***\n".encode()
+                        + b"Subject: stuck\r\n\r\nbody\r\n"), raw
+
+
+@pytest.mark.parametrize("bad", ["0123456789ABCDEF", "../../etc/passwd", "XYZ", ""])
+def test_show_unknown_id(slow, bad):
+    r = queue(slow, "show", bad)
+    assert r.returncode == 1
+    assert "no such message" in r.stderr
+    assert r.stdout == ""
+
+
+def test_delete_removes_it(slow):
+    qid = deferred(slow)
+    assert (slow.spool / "queue" / f"{qid}.st").exists()
+    r = queue(slow, "delete", qid)
+    assert r.returncode == 0, r.stderr
+    assert "Deleted: 1 message" in r.stdout
+    assert not (slow.spool / "queue" / qid).exists()
+    assert not (slow.spool / "queue" / f"{qid}.st").exists()
+    r = queue(slow, "list")
+    assert r.returncode == 0 and r.stdout == "Mail queue is empty\n", r.stdout
+    assert queue_json(slow) == []
+    # gone for good: another delete fails, and a flush of the server does not resurrect it
+    r = queue(slow, "delete", qid)
+    assert r.returncode != 0 and "no such message" in r.stderr
+    (slow.mail_root / "example.test" / "bob").unlink()
+    assert queue(slow, "flush").returncode == 0
+    time.sleep(1)
+    assert slow.messages("bob@example.test") == []
+    assert slow.proc.poll() is None
+
+
+def test_delete_several_and_all(slow):
+    ids = [deferred(slow, subject=f"m{i}") for i in range(3)]
+    r = queue(slow, "delete", ids[0], "0123456789ABCDEF")
+    assert r.returncode != 0  # one of them was unknown
+    assert "Deleted: 1 message" in r.stdout
+    assert {e["id"] for e in queue_json(slow)} == set(ids[1:])
+    r = queue(slow, "delete", "ALL")
+    assert r.returncode == 0, r.stderr
+    assert "Deleted: 2 messages" in r.stdout
+    assert queue_json(slow) == []
+
+
+def test_flush_delivers_after_the_cause_is_fixed(slow):
+    qid = deferred(slow)
+    (slow.mail_root / "example.test" / "bob").unlink()
+    time.sleep(1.5)
+    assert slow.messages("bob@example.test") == [], "retried without a flush"
+    r = queue(slow, "flush")
+    assert r.returncode == 0, r.stderr
+    msgs = slow.wait_messages("bob@example.test", 1, timeout=10)
+    assert len(msgs) == 1, slow.log()
+    assert msgs[0].endswith(b"Subject: stuck\n\nbody\n")
+    assert wait_for(lambda: queue_json(slow) == []), queue_json(slow)
+    assert re.search(rf"{qid}: to=<bob@example.test>.*status=sent", slow.log())
+
+
+def test_flush_without_a_server(petrel_factory):
+    p = petrel_factory(start=False)
+    p.write_conf()
+    r = queue(p, "flush")
+    assert r.returncode == 1
+    assert "no petrel server" in r.stderr
+    # a stale pid file left by a killed server, naming a live process that is not petrel
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        p.spool.mkdir(parents=True, exist_ok=True)
+        (p.spool / "petrel.pid").write_text(f"{bystander.pid}\n")
+        r = queue(p, "flush")
+        assert r.returncode == 1, r.stderr
+        time.sleep(0.2)
+        assert bystander.poll() is None, "SIGUSR1 went to a process that is not petrel"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    # and one naming a process that is gone
+    (p.spool / "petrel.pid").write_text(f"{bystander.pid}\n")
+    assert queue(p, "flush").returncode == 1
+
+
+def test_incoming_messages_are_listed(petrel_factory):
+    p = petrel_factory(start=False)
+    p.write_conf()
+    assert queue(p, "list").stdout == "Mail queue is empty\n"
+    r = cli("sendmail", "-c", str(p.conf_path), "-f", "me@example.org", "a@example.test",
+            input="Subject: waiting\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    [e] = queue_json(p)
+    assert e["status"] == "incoming" and e["sender"] == "me@example.org"
+    assert e["recipients"][0]["address"] == "a@example.test"
+    r = queue(p, "list")
+    assert re.search(rf"(?m)^{e['id']} ", r.stdout) and "incoming" in r.stdout, r.stdout
+    r = queue(p, "show", e["id"])
+    assert r.returncode == 0 and "status: incoming" in r.stdout, r.stdout
+    p.start()
+    assert p.wait_messages("a@example.test", 1)
+    assert wait_for(lambda: queue_json(p) == [])
+
+
+def test_mailq_and_sendmail_bp(slow, tmp_path):
+    qid = deferred(slow)
+    link = tmp_path / "mailq"
+    link.symlink_to(PETREL_BIN)
+    r = cli("-c", str(slow.conf_path), argv0=link)
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"(?m)^{qid} ", r.stdout), r.stdout
+    r = cli("sendmail", "-bp", "-c", str(slow.conf_path))
+    assert r.returncode == 0 and re.search(rf"(?m)^{qid} ", r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["frobnicate"], ["show"], ["delete"], ["list", "x"],
+                                  ["flush", "--json"]])
+def test_queue_usage(petrel_factory, args):
+    p = petrel_factory(start=False)
+    p.write_conf()
+    r = queue(p, *args)
+    assert r.returncode == 2
+    assert "usage:" in r.stderr
+
+
+# ---- petrel passwd ---------------------------------------------------------------------------
+
+HASH_RE = re.compile(r"\{SHA512-CRYPT\}(\$6\$[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86})")
+
+
+def check_crypt(password, hashed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return crypt.crypt(password, hashed) == hashed
+
+
+@pytest.mark.parametrize("line,password", [
+    ("secret\n", "secret"),
+    ("with spaces and \u00fcml\u00e4uts\r\n", "with spaces and \u00fcml\u00e4uts"),
+    ("no-newline", "no-newline"),
+    ("first line\nsecond line\n", "first line"),
+])
+def test_passwd_hash_verifies(line, password):
+    r = cli("passwd", input=line)
+    assert r.returncode == 0, r.stderr
+    m = HASH_RE.fullmatch(r.stdout.rstrip("\n"))
+    assert m and r.stdout.endswith("\n"), r.stdout
+    assert check_crypt(password, m.group(1))
+    assert not check_crypt(password + "x", m.group(1))
+
+
+def test_passwd_salts_differ():
+    a = cli("passwd", input="same\n").stdout
+    b = cli("passwd", input="same\n").stdout
+    assert a != b and a.startswith("{SHA512-CRYPT}$6$")
+
+
+@pytest.mark.parametrize("line", ["", "\n", "\r\n"])
+def test_passwd_empty_is_refused(line):
+    r = cli("passwd", input=line)
+    assert r.returncode == 1
+    assert r.stdout == "" and "empty" in r.stderr
+
+
+def test_passwd_with_openssl(tmp_path):
+    """The salt from the hash reproduces it with `openssl passwd -6` (another implementation)."""
+    r = cli("passwd", input="s3cret\n")
+    m = HASH_RE.fullmatch(r.stdout.strip())
+    assert m, r.stdout
+    salt = m.group(1).split("$")[2]
+    try:
+        o = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
+                           input="s3cret\n", capture_output=True, text=True, timeout=20)
+    except FileNotFoundError:
+        pytest.skip("no openssl CLI")
+    assert o.returncode == 0, o.stderr
+    assert o.stdout.strip() == m.group(1)

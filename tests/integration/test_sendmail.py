@@ -1,0 +1,266 @@
+"""`petrel sendmail` and the binary called as `sendmail`: what cron, PHP's
+mail() and mutt do with it.  Messages go through spool/incoming/ to a
+running server (woken by SIGUSR1) or wait there for the next start; exit
+codes are sendmail's (sysexits.h)."""
+import os
+import pwd
+import re
+import subprocess
+
+import pytest
+
+from conftest import PETREL_BIN
+from mailtest import split_prepended, wait_for
+
+EX_USAGE, EX_DATAERR, EX_CANTCREAT, EX_TEMPFAIL, EX_CONFIG = 64, 65, 73, 75, 78
+HOST = "mx.petrel.test"  # the fixture's hostname
+
+
+def sendmail(p, *args, input=b"", argv0=None, conf=True, timeout=30):
+    """Runs `petrel sendmail -c CONF ARGS` (or argv0 ARGS when given) with input on stdin."""
+    cmd = [str(argv0)] if argv0 else [str(PETREL_BIN), "sendmail"]
+    if conf:
+        cmd += ["-c", str(p.conf_path)]
+    if isinstance(input, str):
+        input = input.encode()
+    return subprocess.run(cmd + list(args), input=input, capture_output=True, timeout=timeout)
+
+
+def message(p, addr, count=1, timeout=15):
+    """The message part (after Return-Path/Delivered-To/Received) of addr's newest mail."""
+    msgs = p.wait_messages(addr, count, timeout=timeout)
+    assert len(msgs) >= count, p.log()
+    return split_prepended(msgs[-1])
+
+
+def header_section(msg):
+    return msg.split(b"\n\n", 1)[0]
+
+
+def incoming(p):
+    d = p.spool / "incoming"
+    return sorted(x.name for x in d.iterdir()) if d.is_dir() else []
+
+
+def login():
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_t_to_cc_bcc_delivers_each_and_drops_bcc(petrel):
+    r = sendmail(petrel, "-t", input=(
+        "To: Alice <alice@example.test>, \"Doe, Bob\" <bob@example.test>\n"
+        "Cc: team: carol@example.test;\n"
+        "Bcc: dave@example.test,\n"
+        "  erin@example.test\n"
+        "Subject: hello\n"
+        "\n"
+        "the body\n"))
+    assert r.returncode == 0, r.stderr
+    for rcpt in ["alice", "bob", "carol", "dave", "erin"]:
+        head, msg = message(petrel, f"{rcpt}@example.test")
+        assert f"Delivered-To: {rcpt}@example.test".encode() in head
+        hdr = header_section(msg)
+        assert not re.search(rb"(?im)^bcc:", hdr), msg
+        assert b"erin" not in msg and b"dave" not in msg, msg
+        assert b"Subject: hello\n" in hdr
+        assert msg.endswith(b"\n\nthe body\n"), msg
+    # the envelope came from the local protocol
+    assert re.search(rb"with local id [0-9A-F]{16}", head), head
+
+
+def test_missing_from_date_message_id_are_added(petrel):
+    r = sendmail(petrel, "-F", "Jo Ann", "rcpt@example.test", input="Subject: x\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    head, msg = message(petrel, "rcpt@example.test")
+    hdr = header_section(msg).decode()
+    assert f'From: "Jo Ann" <{login()}@{HOST}>' in hdr, hdr
+    assert re.search(r"(?m)^Date: \w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}$", hdr), hdr
+    assert re.search(rf"(?m)^Message-ID: <[0-9A-F]{{16}}@{re.escape(HOST)}>$", hdr), hdr
+    assert f"Return-Path: <{login()}@{HOST}>".encode() in head
+
+
+def test_present_from_date_message_id_are_kept(petrel):
+    given = ("From: Someone <someone@example.org>\n"
+             "Date: Mon, 1 Jan 2024 00:00:00 +0000\n"
+             "Message-ID: <given@example.org>\n"
+             "Subject: kept\n\nbody\n")
+    r = sendmail(petrel, "rcpt@example.test", input=given)
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "rcpt@example.test")
+    assert msg == given.encode(), msg
+
+
+def test_lone_dot_ends_input_without_i(petrel):
+    r = sendmail(petrel, "a@example.test", input="Subject: dot\n\nbefore\n.\nafter\n")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert msg.endswith(b"\n\nbefore\n"), msg
+    assert b"after" not in msg
+
+
+@pytest.mark.parametrize("flag", ["-i", "-oi"])
+def test_lone_dot_kept_with_i(petrel, flag):
+    r = sendmail(petrel, flag, "a@example.test", input="Subject: dot\n\nbefore\n.\nafter\n")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert msg.endswith(b"\n\nbefore\n.\nafter\n"), msg
+
+
+def test_dot_lines_delivered_exactly(petrel):
+    body = "Subject: dots\n\n..two\n.one\n. space\n...\nend.\n"
+    r = sendmail(petrel, "a@example.test", input=body)
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert msg.endswith(b"\n\n..two\n.one\n. space\n...\nend.\n"), msg
+
+
+def test_crlf_input_and_missing_final_newline(petrel):
+    r = sendmail(petrel, "a@example.test", input=b"Subject: crlf\r\n\r\nline 1\r\nline 2")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert b"\r" not in msg
+    assert msg.endswith(b"\n\nline 1\nline 2\n"), msg
+
+
+def test_no_header_section(petrel):
+    """A body without fields gets the added fields and a separating blank line."""
+    r = sendmail(petrel, "a@example.test", input="just text: here\nsecond line\n")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    hdr, body = msg.split(b"\n\n", 1)
+    assert re.search(rb"(?m)^From: ", hdr) and re.search(rb"(?m)^Message-ID: ", hdr), msg
+    assert body == b"just text: here\nsecond line\n"
+
+
+def test_f_sets_return_path(petrel):
+    r = sendmail(petrel, "-f", "owner@example.org", "a@example.test", input="Subject: f\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    head, msg = message(petrel, "a@example.test")
+    assert head.startswith(b"Return-Path: <owner@example.org>\n"), head
+    assert b"From: owner@example.org\n" in msg
+    r = sendmail(petrel, "-f<>", "a@example.test", input="Subject: null\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    head, _ = message(petrel, "a@example.test", count=2)
+    assert head.startswith(b"Return-Path: <>\n"), head
+
+
+def test_default_sender_is_login_at_hostname(petrel):
+    r = sendmail(petrel, "a@example.test", input="Subject: me\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    head, _ = message(petrel, "a@example.test")
+    assert head.startswith(f"Return-Path: <{login()}@{HOST}>\n".encode()), head
+
+
+def test_bare_recipient_gets_first_local_domain(petrel):
+    r = sendmail(petrel, "root", input="Subject: cron\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    head, _ = message(petrel, "root@localhost")
+    assert b"Delivered-To: root@localhost\n" in head
+
+
+def test_invoked_through_a_symlink_named_sendmail(petrel, tmp_path):
+    link = tmp_path / "bin" / "sendmail"
+    link.parent.mkdir()
+    link.symlink_to(PETREL_BIN)
+    r = sendmail(petrel, "-oi", "-f", "cron@example.org", "a@example.test",
+                 input="Subject: link\n\n.\nbody\n", argv0=link)
+    assert r.returncode == 0, r.stderr
+    head, msg = message(petrel, "a@example.test")
+    assert head.startswith(b"Return-Path: <cron@example.org>\n")
+    assert msg.endswith(b"\n\n.\nbody\n"), msg
+
+
+def test_common_flags_are_accepted(petrel):
+    r = sendmail(petrel, "-oem", "-odi", "-v", "-B8BITMIME", "-N", "never", "-oQ/tmp",
+                 "-U", "-R", "hdrs", "-V", "envid", "-bm", "-ti", "a@example.test",
+                 input="Subject: flags\n\n.\nok\n")
+    assert r.returncode == 0, r.stderr
+    assert b"queued as" in r.stderr  # -v
+    assert b"-N" in r.stderr and b"ignored" in r.stderr  # a warning where it matters
+    _, msg = message(petrel, "a@example.test")
+    assert msg.endswith(b"\n\n.\nok\n"), msg
+
+
+@pytest.mark.parametrize("args,stdin", [
+    (["bad address@@example.test"], "Subject: x\n\n"),
+    (["a@example.test\r\nRCPT TO:<x@y>"], "Subject: x\n\n"),
+    (["a@b@example.test"], "Subject: x\n\n"),
+    (["-f", "bad sender@@x", "a@example.test"], "Subject: x\n\n"),
+    (["-t"], "To: ok@example.test, bad@@example.test\n\nbody\n"),
+    (["-t"], "To: <unterminated@example.test\n\nbody\n"),
+    (["a@example.test"], "Subject: nul\n\nbad \0 octet\n"),
+], ids=["two-ats-and-space", "crlf-injection", "a@b@c", "bad-sender", "bad-header-addr",
+        "unterminated-angle", "nul-octet"])
+def test_bad_input_is_dataerr(petrel, args, stdin):
+    r = sendmail(petrel, *args, input=stdin)
+    assert r.returncode == EX_DATAERR, (r.returncode, r.stderr)
+    assert r.stderr
+    assert incoming(petrel) == [] and petrel.queue_files() == []
+
+
+@pytest.mark.parametrize("args,stdin", [
+    ([], "Subject: x\n\nbody\n"),
+    (["-t"], "Subject: no recipients\n\nbody\n"),
+    (["-t"], "To: undisclosed-recipients:;\n\nbody\n"),
+    (["-Z", "a@example.test"], "Subject: x\n\n"),
+    (["-bs"], ""),
+    (["-f"], ""),
+], ids=["none", "t-without-fields", "t-empty-group", "unknown-option", "bs", "f-without-value"])
+def test_usage_errors(petrel, args, stdin):
+    r = sendmail(petrel, *args, input=stdin)
+    assert r.returncode == EX_USAGE, (r.returncode, r.stderr)
+    assert incoming(petrel) == []
+
+
+def test_bad_config_is_ex_config(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("no_such_key = 1\n")
+    r = subprocess.run([str(PETREL_BIN), "sendmail", "-c", str(conf), "a@example.test"],
+                       input=b"x\n", capture_output=True, timeout=20)
+    assert r.returncode == EX_CONFIG, r.stderr
+    assert str(conf).encode() in r.stderr
+
+
+def test_max_message_size(petrel_factory):
+    p = petrel_factory(max_message_size="4K")
+    r = sendmail(p, "a@example.test", input="Subject: big\n\n" + ("x" * 70 + "\n") * 100)
+    assert r.returncode == EX_DATAERR, r.stderr
+    assert b"max_message_size" in r.stderr
+    assert incoming(p) == [], "the unfinished drop-off must be removed"
+    r = sendmail(p, "a@example.test", input="Subject: small\n\nfits\n")
+    assert r.returncode == 0, r.stderr
+    message(p, "a@example.test")
+
+
+def test_large_body_streams(petrel):
+    line = "0123456789" * 9 + "\n"
+    body = "Subject: large\n\n" + line * 60000  # ~5.5 MB in ~ 64 KiB reads
+    r = sendmail(petrel, "a@example.test", input=body)
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test", timeout=30)
+    assert msg.endswith(b"\n\n" + line.encode() * 60000)
+
+
+def test_unusable_spool_is_cantcreat(petrel_factory, tmp_path):
+    """A spool that cannot be created (here: below a regular file, which stops root too)."""
+    (tmp_path / "plain-file").write_text("not a directory\n")
+    p = petrel_factory(start=False, spool_dir=str(tmp_path / "plain-file" / "spool"))
+    p.write_conf()
+    r = sendmail(p, "a@example.test", input="Subject: x\n\n")
+    assert r.returncode == EX_CANTCREAT, r.stderr
+    assert b"spool" in r.stderr
+
+
+def test_while_the_server_is_stopped(petrel_factory):
+    p = petrel_factory(start=False)
+    p.write_conf()
+    r = sendmail(p, "-v", "a@example.test", input="Subject: later\n\nqueued while down\n")
+    assert r.returncode == 0, r.stderr
+    assert b"no petrel server is running" in r.stderr  # said with -v only, not an error
+    assert len(incoming(p)) == 1 and re.fullmatch(r"[0-9A-F]{16}", incoming(p)[0])
+    assert p.messages("a@example.test") == []
+    p.start()
+    _, msg = message(p, "a@example.test")
+    assert msg.endswith(b"\n\nqueued while down\n")
+    assert wait_for(lambda: incoming(p) == []), incoming(p)
+
