@@ -68,6 +68,7 @@ dest_put(struct relay *r, struct relay_dest *d)
 static void
 job_free(struct relay_job *j)
 {
+	free(j->self);
 	free(j->rcpts);
 	free(j->targets);
 	free(j);
@@ -143,8 +144,7 @@ enqueue(struct relay *r, struct relay_job *j, const char *dest_name)
 }
 
 static void
-add_target(struct relay_job *j, const char *host, const struct sockaddr_storage *ss,
-	   uint16_t port)
+add_target(struct relay_job *j, const char *host, const struct sockaddr_storage *ss, uint16_t port)
 {
 	struct relay_target *t;
 
@@ -172,6 +172,56 @@ lookup_unlink(struct relay *r, struct lookup *lk)
 		r->lookups = lk->next;
 	if (lk->next != NULL)
 		lk->next->prev = lk->prev;
+}
+
+/* True when addr:port is one of our own listen_smtp sockets (a wildcard matches any address). */
+static bool
+is_self(const struct relay_job *j, const struct sockaddr_storage *addr, uint16_t port)
+{
+	for (size_t i = 0; i < j->self_len; i++) {
+		const struct sockaddr_storage *me = &j->self[i];
+
+		if (me->ss_family != addr->ss_family)
+			continue;
+		if (me->ss_family == AF_INET) {
+			const struct sockaddr_in *m = (const struct sockaddr_in *)me;
+			const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+			if (ntohs(m->sin_port) == port &&
+			    (m->sin_addr.s_addr == htonl(INADDR_ANY) ||
+			     m->sin_addr.s_addr == a->sin_addr.s_addr))
+				return true;
+		} else if (me->ss_family == AF_INET6) {
+			const struct sockaddr_in6 *m = (const struct sockaddr_in6 *)me;
+			const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+			if (ntohs(m->sin6_port) == port &&
+			    (IN6_IS_ADDR_UNSPECIFIED(&m->sin6_addr) ||
+			     memcmp(&m->sin6_addr, &a->sin6_addr, sizeof(a->sin6_addr)) == 0))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* Our MX listeners as socket addresses (numeric hosts only; names cannot be compared). */
+static void
+collect_self(struct relay_job *j, const struct conf *conf)
+{
+	j->self = xcalloc(conf->listen_smtp_len + 1, sizeof(*j->self));
+	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
+		struct sockaddr_storage *ss = &j->self[j->self_len];
+		struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+
+		if (inet_pton(AF_INET, conf->listen_smtp[i].host, &s4->sin_addr) == 1) {
+			s4->sin_family = AF_INET;
+			s4->sin_port = htons(conf->listen_smtp[i].port);
+			j->self_len++;
+		} else if (inet_pton(AF_INET6, conf->listen_smtp[i].host, &s6->sin6_addr) == 1) {
+			s6->sin6_family = AF_INET6;
+			s6->sin6_port = htons(conf->listen_smtp[i].port);
+			j->self_len++;
+		}
+	}
 }
 
 static void
@@ -211,16 +261,34 @@ dns_done(const struct relay_dns_result *res, void *arg)
 		return;
 	}
 	for (size_t t = 0; t < res->targets_len; t++) {
-		for (size_t a = 0; a < res->targets[t].addrs_len; a++)
+		for (size_t a = 0; a < res->targets[t].addrs_len; a++) {
+			if (is_self(j, &res->targets[t].addrs[a], port))
+				continue;
 			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
+		}
+	}
+	if (j->targets_len == 0) {
+		/*
+		 * Every server for the domain is this one: a configuration error
+		 * (the domain belongs in local_domains, or smtp_port is wrong), not a
+		 * loop.  Deferred, so the mail survives until the configuration is
+		 * fixed.
+		 */
+		snprintf(reason, sizeof(reason),
+			 "4.4.6 mail for %.200s loops back to myself (its MX is this server; "
+			 "is it missing from local_domains?)",
+			 res->domain);
+		log_warn("%s: %s", j->item->id, reason);
+		job_fail_all(j, QUEUE_RCPT_DEFER, reason);
+		job_finish(j);
+		return;
 	}
 	enqueue(r, j, res->domain);
 }
 
 /* "host", "host:port", "[host]", "[host]:port" → lookup name and port. */
 static void
-split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap,
-		uint16_t *port)
+split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap, uint16_t *port)
 {
 	const char *colon;
 
@@ -244,8 +312,7 @@ split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap
 	} else {
 		colon = strrchr(relayhost, ':');
 		snprintf(host, cap, "%.*s",
-			 (int)(colon ? (size_t)(colon - relayhost) : strlen(relayhost)),
-			 relayhost);
+			 (int)(colon ? (size_t)(colon - relayhost) : strlen(relayhost)), relayhost);
 	}
 	if (colon != NULL)
 		*port = (uint16_t)atoi(colon + 1);
@@ -270,6 +337,7 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	j->timeout_s = r->limits.timeout_s;
 	j->done = done;
 	j->arg = arg;
+	collect_self(j, conf);
 	lk->job = j;
 	if (conf->relayhost != NULL) {
 		split_relayhost(conf->relayhost, 25, name, sizeof(name), &lk->port);

@@ -37,6 +37,8 @@ struct relay_job {
 	struct relay_job *next_waiting;
 	/* input, fixed before the job runs */
 	char hostname[256]; /* ours, for EHLO and Received */
+	struct sockaddr_storage *self; /* owned: our own listen_smtp addresses (port set) */
+	size_t self_len;
 	const struct queue_item *item;
 	size_t *rcpts; /* owned: indexes into item->rcpts */
 	size_t n;

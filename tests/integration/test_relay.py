@@ -691,3 +691,17 @@ def test_postfix_rejects_one_of_two_rcpts(net):
     text, rcpts = dsn_check(dsn, ["carol@b.test"], r"5\.1\.1")
     assert "bob@b.test" not in text
     assert wait_queue_empty(a)
+
+
+def test_mx_pointing_at_ourselves_is_deferred_not_looped(net):
+    """RFC 5321 5.1: an MX that is this server is a configuration error, not a loop."""
+    net.start_dns("--mx-host=self.test,mx.self.test,10", "--host-record=mx.self.test,127.0.0.5")
+    a = net.sender(start=False, listen_smtp=f"127.0.0.5:{net.port}")
+    a.host, a.port = "127.0.0.5", net.port
+    a.start()
+    qid = send(a, ALICE, "bob@self.test", BODY)
+    assert wait_log(a, rf"{qid}: .*loops back to myself"), a.log()[-3000:]
+    assert wait_log(a, log_re(qid, "bob@self.test", "deferred"))
+    # Nothing was sent to ourselves: one message in the queue, no second one.
+    assert a.queue_files() == [qid] or a.queue_files() == sorted([qid, qid + ".st"])
+    assert "connect from unknown[127.0.0.5]" not in a.log().split(qid, 1)[1]
