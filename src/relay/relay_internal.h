@@ -36,7 +36,7 @@ struct relay_job {
 	struct relay_dest *dest;
 	struct relay_job *next_waiting;
 	/* input, fixed before the job runs */
-	char hostname[256]; /* ours, for EHLO and Received */
+	char hostname[256];	       /* ours, for EHLO and Received */
 	struct sockaddr_storage *self; /* owned: our own listen_smtp addresses (port set) */
 	size_t self_len;
 	const struct queue_item *item;
