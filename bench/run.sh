@@ -396,16 +396,16 @@ idle_load() {
 	say "  D $srv run $run: $(cat "$r/hold.ready") probe $(cat "$r/probe.json")${sn:+ ($sn)}"
 }
 
-# Load E — relay.  NOT RUN: petrel has no relay yet, so there is nothing to measure, and
-# no number is printed for it.  When petrel relays, this function becomes: start smtp-sink on
+# Load E — relay.  NOT RUN YET: the load is not written, so there is nothing to measure, and
+# no number is printed for it.  To add it, this function becomes: start smtp-sink on
 # 127.0.0.3:$SINK_PORT (a distinct loopback host); give Postfix `relayhost =
 # [127.0.0.3]:$SINK_PORT` and petrel `relayhost = [127.0.0.3]:$SINK_PORT` (or MX records for
 # remote.test served by a dnsmasq on 127.0.53.1:53 for both); drive each with
 # `smtp-source -s 20 -m $N_A -l 1024 -t user@remote.test`; relayed/s = N / time until
 # smtp-sink has seen N messages (smtp-sink -c counters, or a per-message dump file).
 load_E() {
-	say "E: not available: petrel has no relay yet (not run)"
-	LIB record "$RES" load=E server=petrel skipped=1 "note=not available: petrel has no relay yet (load not run)"
+	say "E: not measured: the relay load is not in the harness yet (not run)"
+	LIB record "$RES" load=E server=petrel skipped=1 "note=not measured: the relay load is not in the harness yet"
 }
 
 # ----------------------------------------------------------------------------- main
