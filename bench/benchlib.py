@@ -6,6 +6,8 @@ Sub-commands (all print or write JSON so run.sh never parses free text):
   sample PGID OUT                until SIGTERM: peak of the group's summed RSS/PSS -> OUT
   run OUT -- CMD...              run CMD, record start/end epoch, exit code, client CPU -> OUT
   wait-count DIR N RUN TIMEOUT   poll DIR/*/new until N files; elapsed since RUN's start
+  wait-sink FILE N RUN TIMEOUT   the same for the messages an `smtp-sink -c` has counted
+  sink-count FILE                the message count an `smtp-sink -c` has printed so far
   hold HOST PORT N ...           open N SMTP sessions (greeting + EHLO) and keep them idle
   probe HOST PORT [K]            time from connect() to a complete 220 greeting, K times
   record RESULTS k=v ...         append one result line (numbers parsed) to RESULTS
@@ -16,6 +18,7 @@ Only the standard library is used.
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -172,14 +175,33 @@ def count_new(domain_dir):
     return n
 
 
-def cmd_wait_count(args):
+def sink_count(path):
+    """Messages received by an `smtp-sink -c`: its stdout is a series of counter lines
+    `sess=N quit=N mesg=N`, each ended by a CR, updated at every "." (and session end).
+    Only the tail of the file is read; a line not yet ended by its CR is ignored."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read()
+    except OSError:
+        return 0
+    m = re.findall(rb"mesg=(\d+)\r", tail)
+    return int(m[-1]) if m else 0
+
+
+def cmd_sink_count(args):
+    print(sink_count(args[0]))
+
+
+def cmd_wait_count(args, counter=count_new):
     """wait-count DIR N RUN.json TIMEOUT: elapsed is measured from the client's start."""
     d, n, timeout = args[0], int(args[1]), float(args[3])
     t0 = _load(args[2]).get("t0", time.time())
     deadline = time.time() + timeout
     last, last_change = -1, time.time()
     while True:
-        c = count_new(d)
+        c = counter(d)
         now = time.time()
         if c >= n:
             print(json.dumps({"count": c, "elapsed": now - t0, "complete": True}))
@@ -191,6 +213,11 @@ def cmd_wait_count(args):
             print(json.dumps({"count": c, "elapsed": now - t0, "complete": False}))
             return
         time.sleep(0.1)
+
+
+def cmd_wait_sink(args):
+    """wait-sink FILE N RUN.json TIMEOUT: wait-count for the messages an smtp-sink received."""
+    cmd_wait_count(args, sink_count)
 
 
 # --------------------------------------------------------------------------- SMTP helpers
@@ -368,18 +395,25 @@ def cmd_wait_ready(args):
     return 1
 
 
+def _port_free(host, port):
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def cmd_free_ports(args):
-    """free-ports K BASE: K TCP ports >= BASE (below the ephemeral range) free on loopback."""
+    """free-ports K BASE [HOST...]: K TCP ports >= BASE (below the ephemeral range) free on
+    every HOST (default 127.0.0.1)."""
     k, port, found = int(args[0]), int(args[1]), []
+    hosts = args[2:] or ["127.0.0.1"]
     while len(found) < k and port < 32000:
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
+        if all(_port_free(h, port) for h in hosts):
             found.append(port)
-        except OSError:
-            pass
-        finally:
-            s.close()
         port += 1
     print(" ".join(map(str, found)))
 
@@ -449,7 +483,8 @@ def cmd_result(args):
         if cj.get("complete"):
             dlv = n / cj["elapsed"] if cj["elapsed"] > 0 else None
         else:
-            notes.append(f"run {run}: only {cj.get('count')} of {n} delivered "
+            verb = "relayed to smtp-sink" if load == "E" else "delivered"
+            notes.append(f"run {run}: only {cj.get('count')} of {n} {verb} "
                          f"after {cj.get('elapsed', 0):.0f}s")
     cpu = (aj["cpu"] - bj["cpu"]) if aj and bj else None
     rss, pss = _peaks(aj, sj)
@@ -494,7 +529,7 @@ LOAD_TITLES = {
     "B": "B  100 sess, 64 KiB",
     "C": "C  load A + idle sessions held",
     "D": "D  idle sessions held",
-    "E": "E  relay to smtp-sink",
+    "E": "E  relay 20 sess, 1 KiB -> smtp-sink",
 }
 SERVER_ORDER = {"postfix": 0, "petrel": 1, "smtp-sink": 2}
 
@@ -625,7 +660,8 @@ def main():
         return 2
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"stat": cmd_stat, "sample": cmd_sample, "run": cmd_run,
-          "wait-count": cmd_wait_count, "hold": cmd_hold, "probe": cmd_probe,
+          "wait-count": cmd_wait_count, "wait-sink": cmd_wait_sink,
+          "sink-count": cmd_sink_count, "hold": cmd_hold, "probe": cmd_probe,
           "wait-ready": cmd_wait_ready, "free-ports": cmd_free_ports, "get": cmd_get, "record": cmd_record,
           "result": cmd_result, "d-result": cmd_d_result,
           "table": cmd_table}.get(cmd)

@@ -200,6 +200,8 @@ pf_setup() {
 		maillog_file_prefixes = /tmp, $W
 		maillog_file = $d/maillog
 	EOF
+	# Load E: foreign mail goes to the relay sink, by Postfix's smtp(8) with its defaults.
+	[ -z "$RELAYHOST" ] || echo "relayhost = $RELAYHOST" >>"$d/etc/main.cf"
 	# A trailing slash in the map value means Maildir.
 	echo "user@bench.test bench.test/user/" >"$d/etc/vmailbox"
 	postfix -c "$d/etc" check >>"$d/setup.log" 2>&1 || { cat "$d/setup.log" "$d/maillog" >&2 2>/dev/null; die "postfix check failed"; }
@@ -227,6 +229,10 @@ pt_setup() {
 		max_connections = $((N_D + 1000))
 		max_connections_per_ip = 100000
 	EOF
+	# Load E: foreign mail from 127.0.0.1 is relayed, to the relay sink.
+	if [ -n "$RELAYHOST" ]; then
+		printf 'relay_networks = 127.0.0.0/8\nrelayhost = %s\n' "$RELAYHOST" >>"$d/petrel.conf"
+	fi
 	"$PETREL" check-config -c "$d/petrel.conf" >&2 || die "petrel check-config failed"
 }
 
@@ -242,6 +248,68 @@ sk_start() {
 	start_group "$W/sk/sink.log" smtp-sink -u nobody -h sink.bench.local 127.0.0.1:"$SINK_PORT" 1024
 	SRV_PG=$LAST_PID
 	LIB wait-ready 127.0.0.1 "$SINK_PORT" 30 || { cat "$W/sk/sink.log" >&2; die "smtp-sink did not start"; }
+}
+
+# ----------------------------------------------------------------------------- relay sink (load E)
+# The "remote" mail server of load E: smtp-sink on a second loopback host.  It throws every
+# message away; -c makes it print its counters (`sess=N quit=N mesg=N`, CR-terminated) on
+# stdout at every "." and session end — one short write() to a file of the work directory,
+# nothing else touches the disk.  The servers reach it through `relayhost`.
+RELAY_ADDR=127.0.0.3
+RELAY_RCPT=user@remote.test
+RELAY_SENT_RE='to=<user@remote\.test>, relay=127\.0\.0\.3\[127\.0\.0\.3\]:[0-9]+, .*status=sent'
+RELAYHOST=   # "[127.0.0.3]:PORT" while load E runs (pf_setup/pt_setup add it); empty otherwise
+RSINK_PG=
+
+rsink_start() {
+	start_group "$1" smtp-sink -c -u nobody -h sink.remote.test "$RELAY_ADDR:$SINK_PORT" 1024
+	RSINK_PG=$LAST_PID
+	LIB wait-ready "$RELAY_ADDR" "$SINK_PORT" 30 || { cat "$1" >&2; die "the relay smtp-sink did not start"; }
+}
+
+# relay_queued SERVER: messages the server still holds in its queue (0 = drained).  Postfix:
+# a file each; petrel: the message file ID (its retry state ID.st is not counted).
+relay_queued() {
+	case $1 in
+	postfix) find "$W/pf/q/incoming" "$W/pf/q/active" "$W/pf/q/deferred" "$W/pf/q/hold" \
+		"$W/pf/q/maildrop" -type f 2>/dev/null | wc -l ;;
+	petrel) find "$W/pt/spool/queue" "$W/pt/spool/incoming" -type f ! -name '*.st' \
+		! -name '*.st.new' 2>/dev/null | wc -l ;;
+	esac
+}
+
+# relay_sent: recipients the server has logged as sent to the relay sink.
+relay_sent() {
+	local c
+	c=$(grep -cE "$RELAY_SENT_RE" "$SRV_LOG" 2>/dev/null || true)
+	echo "${c:-0}"
+}
+
+# relay_settle SERVER N: wait (at most 30 s) until the log says N sent and the queue is empty:
+# the sink counts a message at its ".", the server logs and removes it after the 250.
+relay_settle() {
+	local _
+	for _ in $(seq 150); do
+		[ "$(relay_sent)" -ge "$2" ] && [ "$(relay_queued "$1")" = 0 ] && return 0
+		sleep 0.2
+	done
+}
+
+# relay_note SERVER N SINK-OUT: what went wrong with the relaying, once the server stopped.
+relay_note() {
+	local srv=$1 n=$2 sent bad first left got out=
+	sent=$(relay_sent)
+	[ "$sent" = "$n" ] || out="$srv logged $sent of $n messages as sent to the relay"
+	bad=$(grep -cE 'status=(deferred|bounced)' "$SRV_LOG" 2>/dev/null || true)
+	if [ "${bad:-0}" -gt 0 ]; then
+		first=$(grep -m1 -E 'status=(deferred|bounced)' "$SRV_LOG" | sed -E 's/^.*status=//' | cut -c1-90)
+		out="${out:+$out; }$bad deferred/bounced lines in the $srv log, first: $first"
+	fi
+	left=$(relay_queued "$srv")
+	[ "$left" = 0 ] || out="${out:+$out; }queue NOT drained: $left messages left in the $srv queue"
+	got=$(LIB sink-count "$3")
+	[ "$got" = "$n" ] || out="${out:+$out; }smtp-sink received $got messages in all (expected $n)"
+	echo "$out"
 }
 
 # server_env SERVER: port, Maildir of bench.test, log file.
@@ -312,12 +380,19 @@ hold_stop() {
 }
 
 # msg_load LOAD SERVER RUN N IDLE SMTP-SOURCE-ARGS...
+# With RELAYHOST set (load E) the messages go to $RELAY_RCPT, the server relays them to the
+# relay sink, and "delivered" means received by that sink.
 msg_load() {
-	local load=$1 srv=$2 run=$3 n=$4 idle=$5 r=$W/r
+	local load=$1 srv=$2 run=$3 n=$4 idle=$5 r=$W/r rcpt=user@bench.test
 	shift 5
 	server_env "$srv"
 	rm -rf "$r"
 	mkdir -p "$r"
+	if [ -n "$RELAYHOST" ]; then
+		rcpt=$RELAY_RCPT
+		MAILDOM=
+		rsink_start "$r/rsink.out"
+	fi
 	server_up "$srv"
 	start_group "$r/sample.log" python3 "$HERE/benchlib.py" sample "$SRV_PG" "$r/sample.json"
 	local samp=$LAST_PID note=
@@ -332,8 +407,12 @@ msg_load() {
 	# --foreground: smtp-source stays in the group that run_group stops.
 	run_group "$r/source.out" python3 "$HERE/benchlib.py" run "$r/run.json" -- \
 		timeout --foreground -k 5 "$tmo" smtp-source "$@" -m "$n" -M client.bench.test \
-		-f sender@client.bench.test -t user@bench.test 127.0.0.1:"$PORT" || true
-	if [ -n "$MAILDOM" ]; then
+		-f sender@client.bench.test -t "$rcpt" 127.0.0.1:"$PORT" || true
+	if [ -n "$RELAYHOST" ]; then
+		run_group "$r/count.json" python3 "$HERE/benchlib.py" wait-sink "$r/rsink.out" "$n" \
+			"$r/run.json" "$DLV_TIMEOUT" || true
+		relay_settle "$srv" "$n"
+	elif [ -n "$MAILDOM" ]; then
 		run_group "$r/count.json" python3 "$HERE/benchlib.py" wait-count "$MAILDOM" "$n" \
 			"$r/run.json" "$DLV_TIMEOUT" || true
 	fi
@@ -351,6 +430,13 @@ msg_load() {
 	[ -z "$src_err" ] || note="${note:+$note; }smtp-source said: $src_err"
 	[ -z "$sn" ] || note="${note:+$note; }$sn"
 	stop_group "$SRV_PG" 100
+	if [ -n "$RELAYHOST" ]; then
+		# After the server stopped, so that a late duplicate shows up in the sink's count.
+		local rn
+		rn=$(relay_note "$srv" "$n" "$r/rsink.out")
+		[ -z "$rn" ] || note="${note:+$note; }$rn"
+		stop_group "$RSINK_PG" 30
+	fi
 	if [ -n "$MAILDOM" ]; then
 		local final
 		final=$(find "$MAILDOM" -path '*/new/*' -type f | wc -l)
@@ -363,6 +449,8 @@ msg_load() {
 	if [ "${BENCH_KEEP:-0}" = 1 ]; then
 		cp -a "$r" "$W/keep-$load-$srv-$run"
 		cp "$SRV_LOG" "$W/keep-$load-$srv-$run/" 2>/dev/null || true
+		[ "$srv" != postfix ] || cp "$W/pf/etc/main.cf" "$W/keep-$load-$srv-$run/" 2>/dev/null || true
+		[ "$srv" != petrel ] || cp "$W/pt/petrel.conf" "$W/keep-$load-$srv-$run/" 2>/dev/null || true
 	fi
 }
 
@@ -396,16 +484,16 @@ idle_load() {
 	say "  D $srv run $run: $(cat "$r/hold.ready") probe $(cat "$r/probe.json")${sn:+ ($sn)}"
 }
 
-# Load E — relay.  NOT RUN YET: the load is not written, so there is nothing to measure, and
-# no number is printed for it.  To add it, this function becomes: start smtp-sink on
-# 127.0.0.3:$SINK_PORT (a distinct loopback host); give Postfix `relayhost =
-# [127.0.0.3]:$SINK_PORT` and petrel `relayhost = [127.0.0.3]:$SINK_PORT` (or MX records for
-# remote.test served by a dnsmasq on 127.0.53.1:53 for both); drive each with
-# `smtp-source -s 20 -m $N_A -l 1024 -t user@remote.test`; relayed/s = N / time until
-# smtp-sink has seen N messages (smtp-sink -c counters, or a per-message dump file).
+# load_E RUN: relay.  Each server gets `relayhost = [127.0.0.3]:$SINK_PORT`; smtp-source sends
+# N_A messages for user@remote.test as in load A; the relay sink (rsink_start) counts what
+# arrives.  dlv = N / time from the client's start until the sink has received all N.
 load_E() {
-	say "E: not measured: the relay load is not in the harness yet (not run)"
-	LIB record "$RES" load=E server=petrel skipped=1 "note=not measured: the relay load is not in the harness yet"
+	local run=$1 srv
+	RELAYHOST="[$RELAY_ADDR]:$SINK_PORT"
+	for srv in postfix petrel; do
+		msg_load E "$srv" "$run" "$N_A" 0 -s 20 -l 1024
+	done
+	RELAYHOST=
 }
 
 # ----------------------------------------------------------------------------- main
@@ -430,8 +518,9 @@ fi
 
 VUID=$(id -u nobody)
 VGID=$(id -g nobody)
-read -r PF_PORT PT_PORT SINK_PORT < <(LIB free-ports 3 10025)
-[ -n "${SINK_PORT:-}" ] || die "no free ports on 127.0.0.1"
+# The sink port is also load E's relay sink on $RELAY_ADDR: free on both addresses.
+read -r PF_PORT PT_PORT SINK_PORT < <(LIB free-ports 3 10025 127.0.0.1 "$RELAY_ADDR")
+[ -n "${SINK_PORT:-}" ] || die "no free ports on 127.0.0.1 and $RELAY_ADDR"
 
 W=$(mktemp -d /tmp/pbXXXXXX)   # short: Postfix's unix sockets live below it (108-byte limit)
 chmod 755 "$W"
@@ -444,7 +533,8 @@ PETREL=$W/petrel
 PF_VERSION=$(postconf -d -h mail_version 2>/dev/null || echo '?')
 PT_VERSION=$("$PETREL" version 2>/dev/null | head -1 || echo '?')
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
-DIRTY=$(git -C "$ROOT" status --porcelain -- src 2>/dev/null | grep -q . && echo '+changes' || true)
+DIRTY=
+[ -z "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null || true)" ] || DIRTY=+changes
 say "work dir $W; ports: Postfix $PF_PORT, petrel $PT_PORT, smtp-sink $SINK_PORT; runs: $RUNS; open files: $NOFILE"
 
 T_START=$(date +%s)
@@ -470,7 +560,7 @@ for load in $LOADS; do
 			idle_load petrel "$run" "$N_D"
 		done
 		;;
-	E) load_E ;;
+	E) for run in $(seq "$RUNS"); do load_E "$run"; done ;;
 	*) die "unknown load $load (A Ad B C D E)" ;;
 	esac
 done
@@ -479,11 +569,12 @@ T_END=$(date +%s)
 
 {
 	echo "petrel ($PT_VERSION, $REV$DIRTY) vs Postfix $PF_VERSION — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(($(grep MemTotal /proc/meminfo | awk '{print $2}') / 1048576)) GiB"
-	echo "median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ', QUICK mode (fewer messages)'); A/A-d/C: $N_A msgs, B: $N_B msgs, C: +$N_IDLE_C idle sessions, D: petrel $N_D / Postfix $N_D_PF idle sessions; wall time $((T_END - T_START)) s"
+	echo "median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ', QUICK mode (fewer messages)'); A/A-d/C/E: $N_A msgs, B: $N_B msgs, C: +$N_IDLE_C idle sessions, D: petrel $N_D / Postfix $N_D_PF idle sessions; wall time $((T_END - T_START)) s"
 	echo
 	LIB table "$RES"
 	echo
-	echo "acc = messages / smtp-source wall time; dlv = messages / time until all are in Maildir new/ (from the client's start);"
+	echo "acc = messages / smtp-source wall time; dlv = messages / time until all are in Maildir new/ (E: until the relay smtp-sink"
+	echo "has received all), from the client's start;"
 	echo "x = petrel / Postfix (smtp-sink: sink / Postfix); CPU = utime+stime of the server's process tree; peak RSS: one process = VmHWM,"
 	echo "Postfix = sampled peak of the sum over its processes (shared pages counted per process); PSS = sampled peak of the summed Pss."
 } >"$W/table.txt"

@@ -76,16 +76,19 @@ void deliver_targets_free(struct deliver_target *t, size_t n);
 
 /* A message to write into one Maildir. */
 struct deliver_msg {
-	const char *headers; /* borrowed: header lines to prepend (LF line ends, ends with LF) */
-	int body_fd;	     /* the spool file holding the message in wire form (CRLF lines) */
-	off_t body_off;	     /* where the message starts in body_fd */
-	uint64_t body_len;   /* its length */
+	const char *headers;  /* borrowed: header lines to prepend (LF line ends, ends with LF) */
+	const char *body_mem; /* the message in wire form (CRLF lines) in memory, or NULL: */
+	int body_fd;	      /* the spool file holding it */
+	off_t body_off;	      /* where the message starts in body_fd */
+	uint64_t body_len;    /* its length */
+	bool first_copy;      /* never delivered before (not a retry): skip the look for a copy */
 };
 
 /*
  * Writes m into <mail_root>/<domain>/<user>/ (creating the Maildir with mode
  * 0700 when missing): the headers, then the message with CRLF turned into LF,
- * into tmp/<name>, fdatasync, rename to new/<name>, fsync of new/.  When
+ * into tmp/<name>, fdatasync, rename to new/<name>, fsync of new/ (shared with
+ * concurrent deliveries to the same Maildir).  Unless m->first_copy, when
  * new/<name> or cur/<name>:* already exists (a redelivery after a crash),
  * nothing is written and 0 is returned.  On failure returns -1, removes the
  * tmp file, and writes the reason to err; *permanent is set when retrying

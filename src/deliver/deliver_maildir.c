@@ -10,11 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/util_dirsync.h"
 #include "util/util_mem.h"
 
 /*
  * Maildir delivery (https://cr.yp.to/proto/maildir.html): write tmp/<name>,
- * flush it, rename it into new/, flush new/.  Every path component below
+ * flush it, rename it into new/, flush new/ (one flush shared by the deliveries
+ * that reach the same new/ together: util_dirsync).  Every path component below
  * mail_root is opened relative to its parent with O_NOFOLLOW, so a symlink
  * planted in a mailbox cannot redirect a delivery elsewhere.
  */
@@ -218,8 +220,15 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 
 	while (left > 0) {
 		size_t want = left < BLOCK_LEN ? (size_t)left : BLOCK_LEN;
-		ssize_t n = pread(m->body_fd, in, want, off);
+		ssize_t n;
 		size_t o = 0;
+
+		if (m->body_mem != NULL) {
+			in = (char *)m->body_mem + (m->body_len - left);
+			n = (ssize_t)want;
+		} else {
+			n = pread(m->body_fd, in, want, off);
+		}
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -308,14 +317,15 @@ deliver_maildir_write(const char *mail_root, const char *domain, const char *use
 	}
 	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0)
 		goto out;
-	if (already_delivered(&md, name, &found, err, err_cap) < 0)
+	found = false;
+	if (!m->first_copy && already_delivered(&md, name, &found, err, err_cap) < 0)
 		goto out;
 	if (found) {
 		rc = 0;
 		goto out;
 	}
 	/* A tmp/<name> left by a crash during an earlier attempt is ours to replace. */
-	if (unlinkat(md.tmp, name, 0) < 0 && errno != ENOENT) {
+	if (!m->first_copy && unlinkat(md.tmp, name, 0) < 0 && errno != ENOENT) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
 		goto out;
 	}
@@ -341,7 +351,7 @@ deliver_maildir_write(const char *mail_root, const char *domain, const char *use
 	}
 	tmp_exists = false;
 	/* The rename is durable only once new/ itself is flushed. */
-	if (fsync(md.new_dir) < 0) {
+	if (util_dirsync(md.new_dir) < 0) {
 		fail(err, err_cap, "fsync new/: %s", strerror(errno));
 		goto out;
 	}

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +13,21 @@
 #include "queue/queue_internal.h"
 #include "util/util_pool.h"
 #include "util/util_buf.h"
+#include "util/util_dirsync.h"
 #include "util/util_fs.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 #include "util/util_time.h"
 
 #define HEADER_BUF_MAX (64u * 1024 * 1024)
+/*
+ * A message this small is kept in memory until its end, so that a message
+ * whose recipients are all delivered at the commit (queue_set_direct) never
+ * needs a spool file.  Larger ones, or any once the memory held for all
+ * messages being received reaches MEM_TOTAL_MAX, go to tmp/ID as they come.
+ */
+#define MEM_MSG_MAX   (256u * 1024)
+#define MEM_TOTAL_MAX (64u * 1024 * 1024)
 
 enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
 
@@ -39,65 +47,21 @@ struct queue_msg {
 	struct queue *q;
 	char id[UTIL_ID_LEN + 1];
 	struct buf header; /* written before the first octet of the message */
-	int fd;		   /* tmp/ID once created, worker threads only */
+	char *mem;	   /* the message so far, while it is held in memory */
+	size_t mem_len, mem_cap;
+	bool spilled; /* the message goes to tmp/ID (mem is no longer used) */
+	int fd;	      /* tmp/ID once created, worker threads only */
 	bool created;
-	int err;	/* first write error; sticks */
-	size_t pending; /* octets appended, not yet written */
-	bool busy;	/* an op is on the pool */
-	bool detached;	/* callbacks dropped */
+	void *direct_ctx; /* queue_msg_direct(): offered to q->direct at the commit */
+	bool delivered;	  /* the commit delivered it (queue_set_direct): never spooled */
+	int err;	  /* first write error; sticks */
+	size_t pending;	  /* octets appended, not yet written */
+	bool busy;	  /* an op is on the pool */
+	bool detached;	  /* callbacks dropped */
 	struct msg_op *ops_head, *ops_tail;
 };
 
 static void msg_kick(struct queue_msg *m);
-
-/* ---- the commit thread ------------------------------------------------ */
-
-static void *
-syncer_main(void *arg)
-{
-	struct queue *q = arg;
-	struct syncer *sy = &q->syncer;
-
-	pthread_mutex_lock(&sy->lock);
-	for (;;) {
-		struct util_pool_job *batch;
-		int err = 0;
-
-		while (sy->waiting == NULL && !sy->stopping)
-			pthread_cond_wait(&sy->cond, &sy->lock);
-		if (sy->waiting == NULL)
-			break;
-		batch = sy->waiting;
-		sy->waiting = NULL;
-		pthread_mutex_unlock(&sy->lock);
-		/* One flush makes every rename of the batch durable (group commit). */
-		if (fsync(q->queue_fd) != 0)
-			err = errno;
-		while (batch != NULL) {
-			struct util_pool_job *next = batch->next;
-			struct msg_op *op = (struct msg_op *)batch;
-			if (op->err == 0)
-				op->err = err;
-			util_pool_complete(q->pool, batch);
-			batch = next;
-		}
-		pthread_mutex_lock(&sy->lock);
-	}
-	pthread_mutex_unlock(&sy->lock);
-	return NULL;
-}
-
-static void
-syncer_add(struct queue *q, struct util_pool_job *job)
-{
-	struct syncer *sy = &q->syncer;
-
-	pthread_mutex_lock(&sy->lock);
-	job->next = sy->waiting;
-	sy->waiting = job;
-	pthread_cond_signal(&sy->cond);
-	pthread_mutex_unlock(&sy->lock);
-}
 
 /* ---- receiving a message: worker side ----------------------------------- */
 
@@ -110,6 +74,75 @@ msg_create(struct queue_msg *m)
 		return errno;
 	m->created = true;
 	if (queue_file_write_all(m->fd, m->header.data, m->header.len) != 0)
+		return errno;
+	return 0;
+}
+
+/*
+ * Offers a message held in memory to the direct deliverer.  True when every
+ * recipient got it: then nothing of it goes to the spool.
+ */
+static bool
+msg_deliver_direct(struct queue_msg *m)
+{
+	struct queue *q = m->q;
+	struct queue_file_env env;
+	struct queue_item it;
+	char err[200];
+	bool ok;
+
+	if (queue_file_parse(m->header.data, m->header.len, &env, err, sizeof(err)) != 0) {
+		log_err("%s: %s", m->id, err);
+		return false;
+	}
+	memset(&it, 0, sizeof(it));
+	memcpy(it.id, m->id, sizeof(it.id));
+	it.arrival = env.arrival;
+	it.sender = env.sender;
+	it.rcpts_len = env.rcpts_len;
+	it.rcpts = env.rcpts;
+	it.orcpts = env.orcpts;
+	it.done = NULL;
+	it.helo = env.helo;
+	it.client_addr = env.client_addr;
+	it.client_name = env.client_name;
+	it.protocol = env.protocol;
+	it.body_8bit = env.body_8bit;
+	it.smtputf8 = env.smtputf8;
+	it.fd = -1;
+	it.body_mem = m->mem != NULL ? m->mem : "";
+	it.body_len = m->mem_len;
+	ok = q->direct(m->direct_ctx, &it);
+	queue_file_env_free(&env);
+	return ok;
+}
+
+/* Data first, then the name, then the directory: a file in queue/ is always whole. */
+static int
+msg_spool(struct queue_msg *m)
+{
+	struct queue *q = m->q;
+	int err = m->err;
+
+	if (err == 0 && !m->created)
+		err = msg_create(m);
+	if (err == 0 && !m->spilled && m->mem_len > 0 &&
+	    queue_file_write_all(m->fd, m->mem, m->mem_len) != 0)
+		err = errno;
+	if (err == 0 && fdatasync(m->fd) != 0)
+		err = errno;
+	if (m->fd >= 0)
+		close(m->fd);
+	m->fd = -1;
+	if (err == 0 && renameat(q->tmp_fd, m->id, q->queue_fd, m->id) != 0)
+		err = errno;
+	if (err != 0) {
+		if (m->created)
+			unlinkat(q->tmp_fd, m->id, 0);
+		return err;
+	}
+	/* One flush of queue/ for every message renamed meanwhile (group commit). */
+	if (util_dirsync(q->queue_fd) != 0)
 		return errno;
 	return 0;
 }
@@ -130,22 +163,14 @@ op_run(struct util_pool_job *job)
 		op->err = m->err;
 		break;
 	case OP_COMMIT:
-		if (m->err == 0 && !m->created)
-			m->err = msg_create(m);
-		/* Data first, then the name: a file in queue/ is always whole. */
-		if (m->err == 0 && fdatasync(m->fd) != 0)
-			m->err = errno;
-		if (m->fd >= 0)
-			close(m->fd);
-		m->fd = -1;
-		if (m->err == 0 && renameat(q->tmp_fd, m->id, q->queue_fd, m->id) != 0)
-			m->err = errno;
-		op->err = m->err;
-		if (op->err == 0) {
-			syncer_add(q, job); /* completed by the commit thread */
-			return;
+		if (m->err == 0 && !m->spilled && q->direct != NULL && m->direct_ctx != NULL &&
+		    msg_deliver_direct(m)) {
+			m->delivered = true;
+			op->err = 0;
+			break;
 		}
-		unlinkat(q->tmp_fd, m->id, 0);
+		m->err = msg_spool(m);
+		op->err = m->err;
 		break;
 	case OP_ABORT:
 		if (m->fd >= 0)
@@ -163,6 +188,8 @@ op_run(struct util_pool_job *job)
 static void
 msg_free(struct queue_msg *m)
 {
+	m->q->mem_used -= m->mem_cap;
+	free(m->mem);
 	buf_free(&m->header);
 	free(m);
 }
@@ -183,7 +210,7 @@ op_done(struct util_pool_job *job)
 		m->pending -= op->len;
 	if (!m->detached && op->done != NULL)
 		op->done(op->arg, op->err);
-	if (op->kind == OP_COMMIT && op->err == 0) {
+	if (op->kind == OP_COMMIT && op->err == 0 && !m->delivered) {
 		struct entry *e = xcalloc(1, sizeof(*e));
 		memcpy(e->id, m->id, sizeof(e->id));
 		q->total++;
@@ -208,9 +235,10 @@ msg_kick(struct queue_msg *m)
 	util_pool_submit(m->q->pool, &m->ops_head->job);
 }
 
+/* Queues an op; data (len octets) becomes the op's own. */
 static void
-msg_push(struct queue_msg *m, enum op_kind kind, const char *data, size_t len, queue_done_fn done,
-	 void *arg)
+msg_push_owned(struct queue_msg *m, enum op_kind kind, char *data, size_t len, queue_done_fn done,
+	       void *arg)
 {
 	struct msg_op *op = xcalloc(1, sizeof(*op));
 
@@ -218,10 +246,7 @@ msg_push(struct queue_msg *m, enum op_kind kind, const char *data, size_t len, q
 	op->job.done = op_done;
 	op->kind = kind;
 	op->msg = m;
-	if (len > 0) {
-		op->data = xmalloc(len);
-		memcpy(op->data, data, len);
-	}
+	op->data = data;
 	op->len = len;
 	op->done = done;
 	op->arg = arg;
@@ -253,11 +278,57 @@ queue_msg_id(const struct queue_msg *m)
 	return m->id;
 }
 
+/* Keeps len more octets in memory if the limits allow it. */
+static bool
+msg_keep(struct queue_msg *m, const char *data, size_t len)
+{
+	struct queue *q = m->q;
+	size_t need = m->mem_len + len, cap = m->mem_cap;
+
+	if (m->spilled || need > MEM_MSG_MAX)
+		return false;
+	if (need > cap) {
+		cap = cap ? cap : 4096;
+		while (cap < need)
+			cap *= 2;
+		if (cap > MEM_MSG_MAX)
+			cap = MEM_MSG_MAX;
+		if (q->mem_used - m->mem_cap + cap > MEM_TOTAL_MAX)
+			return false;
+		m->mem = xrealloc(m->mem, cap);
+		q->mem_used += cap - m->mem_cap;
+		m->mem_cap = cap;
+	}
+	memcpy(m->mem + m->mem_len, data, len);
+	m->mem_len = need;
+	return true;
+}
+
 void
 queue_msg_append(struct queue_msg *m, const char *data, size_t len, queue_done_fn done, void *arg)
 {
+	char *copy;
+
+	if (len == 0 || msg_keep(m, data, len))
+		return; /* nothing waits for the disk: no callback is due */
+	if (!m->spilled) {
+		/* From now on the message goes to tmp/ID: first what memory held. */
+		m->spilled = true;
+		if (m->mem_len > 0) {
+			m->pending += m->mem_len;
+			m->q->mem_used -= m->mem_cap;
+			msg_push_owned(m, OP_APPEND, m->mem, m->mem_len, NULL, NULL);
+		} else {
+			m->q->mem_used -= m->mem_cap;
+			free(m->mem);
+		}
+		m->mem = NULL;
+		m->mem_len = m->mem_cap = 0;
+	}
+	copy = xmalloc(len);
+	memcpy(copy, data, len);
 	m->pending += len;
-	msg_push(m, OP_APPEND, data, len, done, arg);
+	msg_push_owned(m, OP_APPEND, copy, len, done, arg);
 }
 
 size_t
@@ -269,20 +340,42 @@ queue_msg_pending(const struct queue_msg *m)
 void
 queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg)
 {
-	msg_push(m, OP_COMMIT, NULL, 0, done, arg);
+	msg_push_owned(m, OP_COMMIT, NULL, 0, done, arg);
+}
+
+bool
+queue_msg_delivered(const struct queue_msg *m)
+{
+	return m->delivered;
 }
 
 void
 queue_msg_abort(struct queue_msg *m)
 {
 	m->detached = true;
-	msg_push(m, OP_ABORT, NULL, 0, NULL, NULL);
+	if (!m->spilled && m->ops_head == NULL) {
+		msg_free(m); /* only memory: nothing to undo on disk */
+		return;
+	}
+	msg_push_owned(m, OP_ABORT, NULL, 0, NULL, NULL);
 }
 
 void
 queue_msg_detach(struct queue_msg *m)
 {
 	m->detached = true;
+}
+
+void
+queue_set_direct(struct queue *q, queue_direct_fn fn)
+{
+	q->direct = fn;
+}
+
+void
+queue_msg_direct(struct queue_msg *m, void *msg_ctx)
+{
+	m->direct_ctx = msg_ctx;
 }
 
 /* ---- open, recover, close ------------------------------------------------- */
@@ -374,11 +467,6 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 		goto fail;
 	recover(q);
 	q->pool = util_pool_new(q->limits.workers);
-	pthread_mutex_init(&q->syncer.lock, NULL);
-	pthread_cond_init(&q->syncer.cond, NULL);
-	if (pthread_create(&q->syncer.thread, NULL, syncer_main, q) != 0)
-		log_fatal("cannot start the queue commit thread");
-	q->syncer.started = true;
 	queue_pickup(q); /* what petrel sendmail left while the server was down */
 	return q;
 fail:
@@ -393,16 +481,7 @@ queue_close(struct queue *q)
 		return;
 	q->closing = true;
 	if (q->pool != NULL)
-		util_pool_stop(q->pool); /* workers finish their jobs; commits reach the syncer */
-	if (q->syncer.started) {
-		pthread_mutex_lock(&q->syncer.lock);
-		q->syncer.stopping = true;
-		pthread_cond_signal(&q->syncer.cond);
-		pthread_mutex_unlock(&q->syncer.lock);
-		pthread_join(q->syncer.thread, NULL);
-		pthread_mutex_destroy(&q->syncer.lock);
-		pthread_cond_destroy(&q->syncer.cond);
-	}
+		util_pool_stop(q->pool); /* workers finish their jobs */
 	if (q->pool != NULL) {
 		/* Completed work is recorded (entries back in the heap) and freed below. */
 		util_pool_dispatch(q->pool);

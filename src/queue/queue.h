@@ -10,11 +10,13 @@
  *
  * Durability (what a 250 means): the message file is written and
  * fdatasync'd, renamed from tmp/ into queue/, and queue/ itself is fsync'd
- * before the commit callback runs.  Directory flushes are shared: one commit
- * thread fsyncs queue/ once for every message renamed since its last flush
- * (group commit), while the files' own flushes run in parallel on the worker
- * threads.  The event loop never waits on the disk: every file operation runs
- * on the queue's threads, and completions come back through
+ * before the commit callback runs.  Directory flushes are shared: one fsync
+ * of queue/ covers every message renamed before it began (group commit,
+ * util_dirsync), while the files' own flushes run in parallel on the worker
+ * threads.  A small message whose recipients are all delivered at the commit
+ * (queue_set_direct: local Maildirs, each durable) needs no spool file at
+ * all; the commit callback then reports it delivered.  The event loop never waits on the disk:
+ * every file operation runs on the queue's threads, and completions come back through
  * queue_notify_fd() / queue_dispatch() on the loop's thread.
  *
  * Threading: every function here is called from the event loop thread only,
@@ -74,9 +76,10 @@ struct queue_item {
 	bool smtputf8;
 	unsigned attempts; /* earlier attempts */
 	bool recovered;	   /* found on disk at start: a crash may have delivered some of it */
-	int fd;		   /* the queue file, read-only */
+	int fd;		   /* the queue file, read-only (-1 when body_mem is set) */
 	off_t body_off;	   /* where the message starts in fd */
 	uint64_t body_len;
+	const char *body_mem; /* the message in memory (queue_set_direct), or NULL */
 };
 
 enum queue_rcpt_status {
@@ -117,6 +120,18 @@ typedef char *(*queue_bounce_fn)(void *ctx, const struct queue_item *item,
 				 size_t *len);
 void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
 
+/*
+ * Delivery at the commit, on a worker thread, before any spool file exists:
+ * a message received whole in memory (a small one) is offered to fn first
+ * (item->body_mem set, item->done NULL).  fn returns true only when every
+ * recipient has the message on stable storage; the message is then finished
+ * and never spooled.  Otherwise it is spooled as usual and its delivery runs
+ * from the queue, so fn must leave nothing a later attempt would duplicate
+ * (Maildir file names are stable per message and recipient).
+ */
+typedef bool (*queue_direct_fn)(void *msg_ctx, const struct queue_item *item);
+void queue_set_direct(struct queue *q, queue_direct_fn fn);
+
 /* Runs run(arg) on a worker thread (blocking file work), then done(arg) on the loop thread. */
 void queue_work(struct queue *q, void (*run)(void *arg), void (*done)(void *arg), void *arg);
 
@@ -149,9 +164,10 @@ size_t queue_length(const struct queue *q);
 struct queue_msg *queue_msg_new(struct queue *q, const struct queue_envelope *env);
 const char *queue_msg_id(const struct queue_msg *m);
 /*
- * Appends message octets (copied).  Writes happen in order on a worker
- * thread; done runs when this write finished (err set on failure, after
- * which the message can only be aborted).
+ * Appends message octets (copied).  A small message is held in memory
+ * (done is not called: nothing waits for the disk); beyond that, writes
+ * happen in order on a worker thread and done runs when this write finished
+ * (err set on failure, after which the message can only be aborted).
  */
 void queue_msg_append(struct queue_msg *m, const char *data, size_t len, queue_done_fn done,
 		      void *arg);
@@ -163,6 +179,13 @@ size_t queue_msg_pending(const struct queue_msg *m);
  * Then the message belongs to the queue (delivery starts) and m is gone.
  */
 void queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg);
+/*
+ * Lets the commit offer m to the direct deliverer (queue_set_direct) with
+ * msg_ctx, which must stay valid until the commit callback has run.
+ */
+void queue_msg_direct(struct queue_msg *m, void *msg_ctx);
+/* In the commit callback: true when the commit delivered the message (queue_set_direct). */
+bool queue_msg_delivered(const struct queue_msg *m);
 /* Drops the message and its file; m is gone.  No callback runs for it any more. */
 void queue_msg_abort(struct queue_msg *m);
 /* Forgets the callbacks of m (its owner went away); the work itself goes on. */

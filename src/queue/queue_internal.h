@@ -5,7 +5,6 @@
 #ifndef PETREL_QUEUE_INTERNAL_H
 #define PETREL_QUEUE_INTERNAL_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -20,16 +19,6 @@ struct entry {
 	bool recovered;
 };
 
-/* The commit thread: one fsync of queue/ for every message renamed since the last one. */
-struct syncer {
-	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct util_pool_job *waiting; /* renamed, waiting for the directory flush */
-	bool stopping;
-	bool started;
-};
-
 struct queue {
 	char *dir;
 	int tmp_fd;	 /* spool/tmp */
@@ -38,7 +27,8 @@ struct queue {
 	bool pickup_running;
 	struct queue_limits limits;
 	struct util_pool *pool;
-	struct syncer syncer;
+	size_t mem_used; /* octets of messages held in memory while received */
+	queue_direct_fn direct;
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
 	queue_bounce_fn bounce;

@@ -47,6 +47,9 @@ int server_run(const char *conf_path);
 /* Queue deliverer for local recipients (server_deliver.c); ctx is the struct server. */
 struct queue_delivery;
 void server_deliver(void *ctx, struct queue_delivery *d);
+/* Delivery at the commit (queue_set_direct); msg_ctx is the session's struct server_cfg. */
+struct queue_item;
+bool server_deliver_direct(void *msg_ctx, const struct queue_item *item);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */
 struct server_cfg *server_current_cfg(struct server *srv);
 

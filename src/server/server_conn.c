@@ -239,10 +239,12 @@ commit_done(void *arg, int err)
 
 	snprintf(id, sizeof(id), "%s", queue_msg_id(c->msg));
 	if (err == 0) {
-		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", id,
-			 smtp_session_sender(c->sess),
-			 (unsigned long long)smtp_session_message_size(c->sess),
-			 smtp_session_rcpt_count(c->sess));
+		/* A message delivered at the commit was logged by server_deliver_direct(). */
+		if (!queue_msg_delivered(c->msg))
+			log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", id,
+				 smtp_session_sender(c->sess),
+				 (unsigned long long)smtp_session_message_size(c->sess),
+				 smtp_session_rcpt_count(c->sess));
 	} else {
 		r = (err == ENOSPC || err == EDQUOT) ? SMTP_COMMIT_NO_SPACE : SMTP_COMMIT_ERROR;
 		log_warn("%s: not queued: %s", id, strerror(err));
@@ -340,6 +342,7 @@ begin_message(struct conn *c)
 	env.body_8bit = p->body == SMTP_BODY_8BITMIME;
 	env.smtputf8 = p->smtputf8;
 	c->msg = queue_msg_new(c->srv->queue, &env);
+	queue_msg_direct(c->msg, c->cfg); /* c->cfg lives until commit_done */
 	log_info("%s: client=unknown[%s]", queue_msg_id(c->msg), c->addr);
 	rcpt_list_free(&l);
 }

@@ -39,6 +39,14 @@ build_headers(struct buf *h, const struct conf *conf, const struct queue_item *i
 	return buf_printf(h, "\tfor <%s>; %s\n", rcpt, date);
 }
 
+static bool
+is_local(const struct conf *conf, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+
+	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
+}
+
 static void
 deliver_one(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
 	    size_t i, struct queue_rcpt_result *res)
@@ -87,6 +95,8 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		}
 		build_headers(&h, conf, item, tg->addr, item->orcpts[i]);
 		m.headers = buf_cstr(&h);
+		m.body_mem = item->body_mem;
+		m.first_copy = item->body_mem != NULL; /* at the commit: no earlier attempt */
 		m.body_fd = item->fd;
 		m.body_off = item->body_off;
 		m.body_len = item->body_len;
@@ -124,12 +134,45 @@ out:
 	deliver_targets_free(targets, ntargets);
 }
 
-static bool
-is_local(const struct conf *conf, const char *rcpt)
+/*
+ * At the commit, on a worker thread (queue_set_direct): a message whose
+ * recipients all expand to local mailboxes is written into them before the
+ * client gets its 250.  Anything else (a foreign or unknown recipient, an
+ * alias error) is left to the queue untouched; a failed write leaves the
+ * rest to the queue too, which finds the copies already made by their names.
+ */
+bool
+server_deliver_direct(void *msg_ctx, const struct queue_item *item)
 {
-	const char *at = strrchr(rcpt, '@');
+	const struct server_cfg *cfg = msg_ctx;
+	struct queue_rcpt_result res;
 
-	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
+	for (size_t i = 0; i < item->rcpts_len; i++) {
+		struct deliver_target *targets = NULL;
+		size_t n = 0;
+		bool local = true;
+		char err[200];
+
+		if (strchr(item->rcpts[i], '@') == NULL || !is_local(cfg->conf, item->rcpts[i]))
+			return false;
+		if (deliver_expand(cfg->db, cfg->conf, item->rcpts[i], &targets, &n, err,
+				   sizeof(err)) != 0)
+			return false;
+		for (size_t t = 0; t < n; t++)
+			local = local && targets[t].is_local;
+		deliver_targets_free(targets, n);
+		if (!local)
+			return false;
+	}
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (delivering at once)", item->id, item->sender,
+		 (unsigned long long)item->body_len, item->rcpts_len);
+	for (size_t i = 0; i < item->rcpts_len; i++) {
+		memset(&res, 0, sizeof(res));
+		deliver_one(cfg->conf, cfg->db, item, i, &res);
+		if (res.status != QUEUE_RCPT_DONE)
+			return false;
+	}
+	return true;
 }
 
 /* One attempt: local recipients on a worker thread, then one relay session per domain. */

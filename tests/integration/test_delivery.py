@@ -300,9 +300,10 @@ def test_full_spool_gives_452_then_recovers(petrel_factory):
     try:
         p.start()
         fillers = _fill(p.spool)
+        # Over 256 KiB: not held in memory for delivery at the commit, so it needs the spool.
         big = (b"Subject: no room\r\n\r\n"
                + b"".join(b"line %06d of a message that does not fit\r\n" % i
-                          for i in range(4000)))
+                          for i in range(8000)))
         with smtp(p) as s:
             s.ehlo("client.example")
             assert s.docmd("MAIL FROM:<sender@example.org>")[0] == 250
