@@ -2,7 +2,7 @@
  * util_pool — worker threads and the road back to the event loop.
  *
  * A job runs on a worker thread; when its work is done (there or on another
- * thread, such as the commit thread) util_pool_complete() puts it on the
+ * thread) util_pool_complete() puts it on the
  * completion list, and util_pool_dispatch() runs its done function on the event
  * loop's thread.  Used by the queue (disk work) and the relay (SMTP sessions).
  */
