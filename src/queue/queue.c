@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,165 @@ msg_deliver_direct(struct queue_msg *m)
 	return ok;
 }
 
+/* ---- spare queue files ------------------------------------------------ */
+
+#define SPARES_MAX     1024
+#define SPARE_SIZE_MAX (64 * 1024) /* a larger file's blocks are given back (unlinked) */
+#define SPARE_PREFIX   ".spare."
+#define SPARE_NAME_LEN 32
+
+struct spares {
+	pthread_mutex_t lock;
+	unsigned *names; /* numbers N of queue/.spare.N, a stack */
+	size_t len;
+	unsigned next; /* the number of the next spare */
+};
+
+struct spares *
+queue_spares_new(void)
+{
+	struct spares *sp = xcalloc(1, sizeof(*sp));
+
+	pthread_mutex_init(&sp->lock, NULL);
+	sp->names = xcalloc(SPARES_MAX, sizeof(*sp->names));
+	return sp;
+}
+
+void
+queue_spares_free(struct spares *sp)
+{
+	if (sp == NULL)
+		return;
+	pthread_mutex_destroy(&sp->lock);
+	free(sp->names);
+	free(sp);
+}
+
+static void
+spare_name(char name[SPARE_NAME_LEN], unsigned n)
+{
+	snprintf(name, SPARE_NAME_LEN, SPARE_PREFIX "%u", n);
+}
+
+/* Takes a spare's name; false when there is none. */
+static bool
+spare_take(struct queue *q, char name[SPARE_NAME_LEN])
+{
+	struct spares *sp = q->spares;
+	bool found = false;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&sp->lock);
+	if (sp->len > 0) {
+		n = sp->names[--sp->len];
+		found = true;
+	}
+	pthread_mutex_unlock(&sp->lock);
+	if (found)
+		spare_name(name, n);
+	return found;
+}
+
+/* Gives a name back (a spare that could not be used this time). */
+static void
+spare_return(struct queue *q, const char *name)
+{
+	struct spares *sp = q->spares;
+	unsigned n = (unsigned)strtoul(name + strlen(SPARE_PREFIX), NULL, 10);
+	bool kept = false;
+
+	pthread_mutex_lock(&sp->lock);
+	if (sp->len < SPARES_MAX) {
+		sp->names[sp->len++] = n;
+		kept = true;
+	}
+	pthread_mutex_unlock(&sp->lock);
+	if (!kept)
+		unlinkat(q->queue_fd, name, 0);
+}
+
+void
+queue_spare_put(struct queue *q, const char *id, off_t size)
+{
+	struct spares *sp = q->spares;
+	char name[SPARE_NAME_LEN];
+	unsigned n = 0;
+	bool keep = false;
+
+	if (size <= SPARE_SIZE_MAX) {
+		pthread_mutex_lock(&sp->lock);
+		if (sp->len < SPARES_MAX) {
+			keep = true;
+			n = sp->next++;
+		}
+		pthread_mutex_unlock(&sp->lock);
+	}
+	spare_name(name, n);
+	/* Not flushed, like an unlink: after a crash the message may be delivered again. */
+	if (keep && renameat(q->queue_fd, id, q->queue_fd, name) == 0) {
+		pthread_mutex_lock(&sp->lock);
+		if (sp->len < SPARES_MAX) {
+			sp->names[sp->len++] = n;
+			keep = false;
+		}
+		pthread_mutex_unlock(&sp->lock);
+		if (keep) /* the stack filled up meanwhile */
+			unlinkat(q->queue_fd, name, 0);
+		return;
+	}
+	unlinkat(q->queue_fd, id, 0);
+}
+
+/* A spare found at start: kept, or removed when there are enough. */
+static void
+spare_found(struct queue *q, const char *name)
+{
+	struct spares *sp = q->spares;
+	const char *num = name + strlen(SPARE_PREFIX);
+	char *end;
+	unsigned long n = strtoul(num, &end, 10);
+
+	if (*num < '0' || *num > '9' || *end != '\0' || n >= 0x7fffffffUL ||
+	    sp->len >= SPARES_MAX) {
+		unlinkat(q->queue_fd, name, 0);
+		return;
+	}
+	sp->names[sp->len++] = (unsigned)n;
+	if ((unsigned)n >= sp->next)
+		sp->next = (unsigned)n + 1;
+}
+
+/*
+ * Writes a message held in memory over a spare: truncate, write, fdatasync,
+ * rename to queue/ID.  0, ENOENT when there is no usable spare, or errno.
+ */
+static int
+msg_spool_spare(struct queue_msg *m)
+{
+	struct queue *q = m->q;
+	char name[SPARE_NAME_LEN];
+	int fd, err = 0;
+
+	if (!spare_take(q, name))
+		return ENOENT;
+	fd = openat(q->queue_fd, name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno != ENOENT)
+			spare_return(q, name);
+		return ENOENT; /* removed behind our back: not an error of this message */
+	}
+	if (queue_file_write_all(fd, m->header.data, m->header.len) != 0 ||
+	    (m->mem_len > 0 && queue_file_write_all(fd, m->mem, m->mem_len) != 0) ||
+	    fdatasync(fd) != 0)
+		err = errno;
+	close(fd);
+	if (err == 0 && renameat(q->queue_fd, name, q->queue_fd, m->id) != 0)
+		err = errno;
+	if (err != 0)
+		spare_return(q, name); /* truncated again when next used */
+	return err;
+}
+
 /* Data first, then the name, then the directory: a file in queue/ is always whole. */
 static int
 msg_spool(struct queue_msg *m)
@@ -124,6 +284,14 @@ msg_spool(struct queue_msg *m)
 	struct queue *q = m->q;
 	int err = m->err;
 
+	if (err == 0 && !m->created && !m->spilled) {
+		err = msg_spool_spare(m);
+		if (err == 0)
+			goto flush;
+		if (err != ENOENT)
+			return err;
+		err = 0;
+	}
 	if (err == 0 && !m->created)
 		err = msg_create(m);
 	if (err == 0 && !m->spilled && m->mem_len > 0 &&
@@ -141,6 +309,7 @@ msg_spool(struct queue_msg *m)
 			unlinkat(q->tmp_fd, m->id, 0);
 		return err;
 	}
+flush:
 	/* One flush of queue/ for every message renamed meanwhile (group commit). */
 	if (util_dirsync(q->queue_fd) != 0)
 		return errno;
@@ -419,6 +588,8 @@ recover(struct queue *q)
 			size_t n = strlen(de->d_name);
 			if (n > 4 && strcmp(de->d_name + n - 4, ".new") == 0)
 				unlinkat(q->queue_fd, de->d_name, 0);
+			else if (strncmp(de->d_name, SPARE_PREFIX, strlen(SPARE_PREFIX)) == 0)
+				spare_found(q, de->d_name);
 			continue;
 		}
 		e = xcalloc(1, sizeof(*e));
@@ -457,6 +628,7 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 		snprintf(err, err_cap, "%s: %s", spool_dir, strerror(errno));
 		goto fail;
 	}
+	q->spares = queue_spares_new();
 	q->tmp_fd = open_dir(spool_fd, "tmp", err, err_cap);
 	q->queue_fd = open_dir(spool_fd, "queue", err, err_cap);
 	q->incoming_fd = open_dir(spool_fd, "incoming", err, err_cap);
@@ -496,6 +668,7 @@ queue_close(struct queue *q)
 		close(q->queue_fd);
 	if (q->incoming_fd >= 0)
 		close(q->incoming_fd);
+	queue_spares_free(q->spares);
 	free(q->dir);
 	free(q);
 }

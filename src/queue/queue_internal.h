@@ -28,6 +28,7 @@ struct queue {
 	struct queue_limits limits;
 	struct util_pool *pool;
 	size_t mem_used; /* octets of messages held in memory while received */
+	struct spares *spares;
 	queue_direct_fn direct;
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
@@ -40,6 +41,18 @@ struct queue {
 	size_t total;	/* entries known (waiting + running) */
 	bool closing;	/* no new deliveries */
 };
+
+/*
+ * Finished queue files are kept as spares ("queue/.spare.N") and rewritten
+ * for later messages instead of being unlinked: on a file system without a
+ * journal, ext4 does not reuse an inode freed in the last minutes, and each
+ * new file pays a search past every recently freed one.  Worker threads.
+ */
+struct spares;
+struct spares *queue_spares_new(void);
+void queue_spares_free(struct spares *sp);
+/* Ends queue/ID (size octets): kept as a spare, or unlinked when there are enough. */
+void queue_spare_put(struct queue *q, const char *id, off_t size);
 
 /* Adds e to the schedule (due_ms 0: now). */
 void queue_schedule(struct queue *q, struct entry *e);

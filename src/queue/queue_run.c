@@ -235,6 +235,18 @@ load_run(struct util_pool_job *job)
 		util_pool_complete(q->pool, job);
 		return;
 	}
+	if (d->env.id[0] != '\0' && strcmp(d->env.id, e->id) != 0) {
+		/*
+		 * A spare rewritten for a message whose rename was lost in a crash: that
+		 * message was never acknowledged, and this one was finished before.
+		 */
+		log_warn("%s: queue file holds message %s (never acknowledged); removed", e->id,
+			 d->env.id);
+		unlinkat(q->queue_fd, e->id, 0);
+		d->finished = true;
+		util_pool_complete(q->pool, job);
+		return;
+	}
 	if (queue_file_status_read(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
 		log_warn("%s: cannot read delivery status: %s", e->id, strerror(errno));
 	if (d->st.attempts > e->attempts)
@@ -385,9 +397,14 @@ record_run(struct util_pool_job *job)
 	}
 	if (!any_left) {
 		char st[UTIL_ID_LEN + 8];
-		snprintf(st, sizeof(st), "%s.st", d->entry->id);
-		unlinkat(q->queue_fd, st, 0);
-		unlinkat(q->queue_fd, d->entry->id, 0);
+		struct stat sb;
+
+		/* A status file exists only after an attempt that left work. */
+		if (d->st.attempts > 0 || d->entry->recovered) {
+			snprintf(st, sizeof(st), "%s.st", d->entry->id);
+			unlinkat(q->queue_fd, st, 0);
+		}
+		queue_spare_put(q, d->entry->id, fstat(d->fd, &sb) == 0 ? sb.st_size : -1);
 		log_info("%s: removed", d->entry->id);
 		d->finished = true;
 	} else {

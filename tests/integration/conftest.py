@@ -130,8 +130,9 @@ class Petrel:
         return self.messages(addr)
 
     def queue_files(self):
+        """Queue entries (ID, ID.st); the spare files kept for reuse (.spare.N) are not."""
         q = self.spool / "queue"
-        return sorted(p.name for p in q.iterdir()) if q.is_dir() else []
+        return sorted(p.name for p in q.iterdir() if not p.name.startswith(".")) if q.is_dir() else []
 
     def connect(self, timeout=10.0):
         """A raw socket to the server, past the greeting; returns (sock, greeting)."""
