@@ -563,6 +563,25 @@ DIRTY=
 [ -z "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null || true)" ] || DIRTY=+changes
 say "work dir $W; ports: Postfix $PF_PORT, petrel $PT_PORT, smtp-sink $SINK_PORT; runs: $RUNS; open files: $NOFILE"
 
+# The disk's own ceiling, no SMTP at all: durable Maildir-style files per second (diskprobe.c),
+# median of 3, with 1, 8 and 20 threads.
+disk_probe() {
+	local t r rates out=
+	cc -O2 -pthread -o "$W/diskprobe" "$HERE/diskprobe.c" || die "cannot build diskprobe"
+	for t in 1 8 20; do
+		rates=()
+		for r in 1 2 3; do
+			rates+=("$("$W/diskprobe" "$W/probe-$t-$r" "$t" 4000)")
+			discard "$W/probe-$t-$r"
+		done
+		out="$out${out:+, }$t thread$([ "$t" = 1 ] || echo s) $(printf '%s\n' "${rates[@]}" | sort -n | sed -n 2p)/s"
+	done
+	echo "$out"
+}
+say "measuring the disk (diskprobe)"
+DISK=$(disk_probe)
+say "disk: $DISK"
+
 T_START=$(date +%s)
 for load in $LOADS; do
 	case $load in
@@ -596,6 +615,8 @@ T_END=$(date +%s)
 {
 	echo "petrel ($PT_VERSION, $REV$DIRTY) vs Postfix $PF_VERSION — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(($(grep MemTotal /proc/meminfo | awk '{print $2}') / 1048576)) GiB"
 	echo "median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ', QUICK mode (fewer messages)'); A/A-d/C/E: $N_A msgs, B: $N_B msgs, C: +$N_IDLE_C idle sessions, D: petrel $N_D / Postfix $N_D_PF idle sessions; wall time $((T_END - T_START)) s"
+	echo
+	echo "disk ceiling (diskprobe: create, write 1,400 octets, fdatasync, rename, fsync of the directory; no SMTP): $DISK"
 	echo
 	LIB table "$RES"
 	echo

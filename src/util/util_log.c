@@ -1,8 +1,10 @@
 #include "util/util_log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@ vlog(enum log_level level, const char *fmt, va_list ap)
 	char stamp[32];
 	struct tm tm;
 	time_t now = time(NULL);
+	size_t len;
 	int n;
 
 	gmtime_r(&now, &tm);
@@ -37,8 +40,14 @@ vlog(enum log_level level, const char *fmt, va_list ap)
 	if (n < 0 || (size_t)n >= sizeof(line))
 		return;
 	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-	/* One write per line keeps lines whole when threads log concurrently. */
-	fprintf(stderr, "%s\n", line);
+	len = strlen(line);
+	line[len++] = '\n'; /* room was left for it */
+	/*
+	 * One write(2) per line keeps lines whole when threads log concurrently
+	 * (a line is shorter than PIPE_BUF), without stdio's lock on stderr.
+	 */
+	while (write(STDERR_FILENO, line, len) < 0 && errno == EINTR)
+		;
 }
 
 void
