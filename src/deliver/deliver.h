@@ -99,4 +99,13 @@ int deliver_maildir_write(const char *mail_root, const char *domain, const char 
 			  const char *name, const struct deliver_msg *m, bool *permanent, char *err,
 			  size_t err_cap);
 
+/*
+ * Removes new/<name> from <mail_root>/<domain>/<user>/ (a copy that must be
+ * taken back).  Missing already (read and moved to cur/ by a mail reader) is
+ * not an error: that copy stays, and a later delivery under the same name
+ * finds it.  0, or -1 with err filled.
+ */
+int deliver_maildir_remove(const char *mail_root, const char *domain, const char *user,
+			   const char *name, char *err, size_t err_cap);
+
 #endif

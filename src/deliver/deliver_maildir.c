@@ -364,3 +364,28 @@ out:
 	maildir_close(&md);
 	return rc;
 }
+
+int
+deliver_maildir_remove(const char *mail_root, const char *domain, const char *user,
+		       const char *name, char *err, size_t err_cap)
+{
+	struct maildir md = {-1, -1, -1, -1, -1, -1};
+	int rc = -1;
+
+	if (!deliver_local_part_is_safe(user, strlen(user)) ||
+	    !component_is_safe(domain, DOMAIN_MAX, true) ||
+	    !component_is_safe(name, NAME_MAX_LEN, false)) {
+		fail(err, err_cap, "unsafe mailbox, domain or file name");
+		return -1;
+	}
+	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0)
+		goto out;
+	if (unlinkat(md.new_dir, name, 0) < 0 && errno != ENOENT) {
+		fail(err, err_cap, "new/%s: %s", name, strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	maildir_close(&md);
+	return rc;
+}

@@ -47,9 +47,44 @@ is_local(const struct conf *conf, const char *rcpt)
 	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
 }
 
+/* The copies one delivery at the commit made, so that they can be taken back. */
+struct copy {
+	char *domain, *user;
+	char name[256];
+};
+
+struct copies {
+	struct copy *v;
+	size_t len, cap;
+};
+
+static void
+copies_add(struct copies *c, const char *domain, const char *user, const char *name)
+{
+	if (c->len == c->cap) {
+		c->cap = c->cap ? 2 * c->cap : 4;
+		c->v = xrealloc(c->v, c->cap * sizeof(*c->v));
+	}
+	c->v[c->len].domain = xstrdup(domain);
+	c->v[c->len].user = xstrdup(user);
+	util_strlcpy(c->v[c->len].name, name, sizeof(c->v[c->len].name));
+	c->len++;
+}
+
+static void
+copies_free(struct copies *c)
+{
+	for (size_t i = 0; i < c->len; i++) {
+		free(c->v[i].domain);
+		free(c->v[i].user);
+	}
+	free(c->v);
+}
+
+/* copies: NULL, or where each copy written is recorded. */
 static void
 deliver_one(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
-	    size_t i, struct queue_rcpt_result *res)
+	    size_t i, struct queue_rcpt_result *res, struct copies *copies)
 {
 	const char *rcpt = item->rcpts[i];
 	char addr[600];
@@ -119,6 +154,8 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 				 item->id, tg->addr, delay, err);
 			continue;
 		}
+		if (copies != NULL)
+			copies_add(copies, tg->domain, tg->user, name);
 		if (strcmp(tg->addr, addr) == 0)
 			log_info("%s: to=<%s>, relay=local, delay=%.0f, status=sent (delivered to "
 				 "maildir)",
@@ -138,14 +175,16 @@ out:
  * At the commit, on a worker thread (queue_set_direct): a message whose
  * recipients all expand to local mailboxes is written into them before the
  * client gets its 250.  Anything else (a foreign or unknown recipient, an
- * alias error) is left to the queue untouched; a failed write leaves the
- * rest to the queue too, which finds the copies already made by their names.
+ * alias error) is left to the queue untouched; after a failed write the
+ * copies already made are removed again and the whole message is queued.
  */
 bool
 server_deliver_direct(void *msg_ctx, const struct queue_item *item)
 {
 	const struct server_cfg *cfg = msg_ctx;
 	struct queue_rcpt_result res;
+	struct copies copies = {0};
+	bool ok = true;
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		struct deliver_target *targets = NULL;
@@ -166,13 +205,32 @@ server_deliver_direct(void *msg_ctx, const struct queue_item *item)
 	}
 	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (delivering at once)", item->id, item->sender,
 		 (unsigned long long)item->body_len, item->rcpts_len);
-	for (size_t i = 0; i < item->rcpts_len; i++) {
+	for (size_t i = 0; i < item->rcpts_len && ok; i++) {
 		memset(&res, 0, sizeof(res));
-		deliver_one(cfg->conf, cfg->db, item, i, &res);
-		if (res.status != QUEUE_RCPT_DONE)
-			return false;
+		deliver_one(cfg->conf, cfg->db, item, i, &res, &copies);
+		ok = res.status == QUEUE_RCPT_DONE;
 	}
-	return true;
+	if (!ok) {
+		/*
+		 * All or nothing: the message goes to the queue whole, and if the spool
+		 * refuses it too the client gets a 4xx and sends it again; neither may
+		 * find a copy already made.
+		 */
+		for (size_t k = 0; k < copies.len; k++) {
+			struct copy *cp = &copies.v[k];
+			char err[200];
+
+			if (deliver_maildir_remove(cfg->conf->mail_root, cp->domain, cp->user,
+						   cp->name, err, sizeof(err)) != 0)
+				log_warn("%s: cannot take back the copy for %s@%s: %s", item->id,
+					 cp->user, cp->domain, err);
+		}
+		log_info("%s: delivery at once failed for a recipient; %zu copy(ies) taken back, "
+			 "the message goes to the queue",
+			 item->id, copies.len);
+	}
+	copies_free(&copies);
+	return ok;
 }
 
 /* One attempt: local recipients on a worker thread, then one relay session per domain. */
@@ -204,7 +262,7 @@ local_run(void *arg)
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		if (!item->done[i] && is_local(a->cfg->conf, item->rcpts[i]))
-			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i]);
+			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i], NULL);
 	}
 }
 

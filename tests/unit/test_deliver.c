@@ -752,60 +752,249 @@ test_maildir_write(void **state)
 }
 
 /* Bodies that put CR, LF or CRLF across the 64 KiB read boundaries. */
-static void
-test_maildir_block_edges(void **state)
-{
-	const struct {
-		const char *name;
-		size_t len;
-		const char *prefix; /* spool bytes before body_off; blocks start at body_off */
-		size_t cr_at[4];    /* positions of CR (0 ends the list) */
-		size_t lf_at[4];
-	} cases[] = {
-	    {"CRLF across each edge",
-	     3 * BLOCK + 10,
-	     "",
-	     {BLOCK - 1, 2 * BLOCK - 1, 3 * BLOCK - 1},
-	     {BLOCK, 2 * BLOCK, 3 * BLOCK}},
-	    {"CRLF across edge, offset", BLOCK + 5, "0123456", {BLOCK - 1}, {BLOCK}},
-	    {"CR at edge, no LF", BLOCK + 5, "", {BLOCK - 1}, {0}},
-	    {"CRLF just before edge", BLOCK + 5, "", {BLOCK - 2}, {BLOCK - 1}},
-	    {"CRLF just after edge", BLOCK + 5, "", {BLOCK}, {BLOCK + 1}},
-	    {"CR CR LF across edge", BLOCK + 5, "", {BLOCK - 1, BLOCK}, {BLOCK + 1}},
-	    {"CR last byte of body", BLOCK + 1, "", {BLOCK}, {0}},
-	    {"CR last byte of one block", BLOCK, "", {BLOCK - 1}, {0}},
-	    {"CRLF ends exactly at edge", BLOCK, "", {BLOCK - 2}, {BLOCK - 1}},
-	};
+static const struct {
+	const char *name;
+	size_t len;
+	const char *prefix; /* spool bytes before body_off; blocks start at body_off */
+	size_t cr_at[4];    /* positions of CR (0 ends the list) */
+	size_t lf_at[4];
+} edge_cases[] = {
+    {"CRLF across each edge",
+     3 * BLOCK + 10,
+     "",
+     {BLOCK - 1, 2 * BLOCK - 1, 3 * BLOCK - 1},
+     {BLOCK, 2 * BLOCK, 3 * BLOCK}},
+    {"CRLF across edge, offset", BLOCK + 5, "0123456", {BLOCK - 1}, {BLOCK}},
+    {"CR at edge, no LF", BLOCK + 5, "", {BLOCK - 1}, {0}},
+    {"CRLF just before edge", BLOCK + 5, "", {BLOCK - 2}, {BLOCK - 1}},
+    {"CRLF just after edge", BLOCK + 5, "", {BLOCK}, {BLOCK + 1}},
+    {"CR CR LF across edge", BLOCK + 5, "", {BLOCK - 1, BLOCK}, {BLOCK + 1}},
+    {"CR last byte of body", BLOCK + 1, "", {BLOCK}, {0}},
+    {"CR last byte of one block", BLOCK, "", {BLOCK - 1}, {0}},
+    {"CRLF ends exactly at edge", BLOCK, "", {BLOCK - 2}, {BLOCK - 1}},
+};
 
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+/* The body of edge_cases[i] into body (len octets). */
+static void
+edge_body(size_t i, char *body)
+{
+	size_t len = edge_cases[i].len;
+
+	/* Ordinary CRLF lines of 78 characters, then the CRs and LFs under test. */
+	for (size_t j = 0; j < len; j++)
+		body[j] = (j % 80 == 78) ? '\r' : (j % 80 == 79) ? '\n' : 'a' + (char)(j % 26);
+	for (size_t j = 0; j < len; j++)
+		if (j % BLOCK >= BLOCK - 3 || j % BLOCK <= 3)
+			body[j] = 'x'; /* near an edge only the case's CRs and LFs */
+	for (size_t k = 0; k < 4 && edge_cases[i].cr_at[k]; k++)
+		body[edge_cases[i].cr_at[k]] = '\r';
+	for (size_t k = 0; k < 4 && edge_cases[i].lf_at[k]; k++)
+		body[edge_cases[i].lf_at[k]] = '\n';
+}
+
+/*
+ * A message held in memory (body_mem), as the commit hands it over: it sits
+ * prefix_len octets into a heap block that ends exactly where the message
+ * does, so that reading one octet too far is caught by ASan.  body_fd is
+ * invalid: nothing may be read from a file.  *block is freed by the caller.
+ */
+static struct deliver_msg
+mem_msg(const char *body, size_t len, size_t prefix_len, bool first_copy, char **block)
+{
+	struct deliver_msg m = {.headers = "Return-Path: <a@remote.test>\nDelivered-To: u@d\n"};
+	char *b = xmalloc(prefix_len + len > 0 ? prefix_len + len : 1);
+
+	memset(b, '#', prefix_len);
+	memcpy(b + prefix_len, body, len);
+	m.body_mem = b + prefix_len;
+	m.body_fd = -1;
+	m.body_off = 0;
+	m.body_len = len;
+	m.first_copy = first_copy;
+	*block = b;
+	return m;
+}
+
+static void
+run_block_edges(bool in_memory)
+{
+	for (size_t i = 0; i < sizeof(edge_cases) / sizeof(edge_cases[0]); i++) {
 		char *dir = fresh_dir();
-		size_t len = cases[i].len;
+		size_t len = edge_cases[i].len;
 		char *body = xmalloc(len);
+		char *block = NULL;
 		struct deliver_msg m;
 		bool permanent = true;
 		char err[256] = "";
 
-		/* Ordinary CRLF lines of 78 characters, then the CRs and LFs under test. */
-		for (size_t j = 0; j < len; j++)
-			body[j] = (j % 80 == 78)   ? '\r'
-				  : (j % 80 == 79) ? '\n'
-						   : 'a' + (char)(j % 26);
-		for (size_t j = 0; j < len; j++)
-			if (j % BLOCK >= BLOCK - 3 || j % BLOCK <= 3)
-				body[j] = 'x'; /* near an edge only the case's CRs and LFs */
-		for (size_t k = 0; k < 4 && cases[i].cr_at[k]; k++)
-			body[cases[i].cr_at[k]] = '\r';
-		for (size_t k = 0; k < 4 && cases[i].lf_at[k]; k++)
-			body[cases[i].lf_at[k]] = '\n';
-		m = spool_msg(dir, cases[i].prefix, body, len);
+		edge_body(i, body);
+		if (in_memory)
+			m = mem_msg(body, len, strlen(edge_cases[i].prefix), true, &block);
+		else
+			m = spool_msg(dir, edge_cases[i].prefix, body, len);
 		if (deliver_maildir_write(dir, "example.org", "bob", "MSG", &m, &permanent, err,
 					  sizeof(err)) != 0)
-			fail_msg("case '%s': %s", cases[i].name, err);
+			fail_msg("case '%s' (%s): %s", edge_cases[i].name,
+				 in_memory ? "memory" : "spool file", err);
 		check_delivered(dir, "example.org/bob/new/MSG", &m, body, len);
-		close(m.body_fd);
+		if (m.body_fd >= 0)
+			close(m.body_fd);
+		free(block);
 		free(body);
 		free(dir);
 	}
+}
+
+static void
+test_maildir_block_edges(void **state)
+{
+	run_block_edges(false);
+}
+
+/* The same boundaries with the message in memory (delivery at the commit). */
+static void
+test_maildir_block_edges_memory(void **state)
+{
+	run_block_edges(true);
+}
+
+/* A message in memory: small, empty, and one CR-only last octet; body_fd is never read. */
+static void
+test_maildir_memory_body(void **state)
+{
+	static const char body[] = "Subject: mem\r\n\r\nline 1\r\nbare\rcr\r\n.dot\r\nlast\r";
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg m = mem_msg(body, sizeof(body) - 1, 0, true, &block);
+	bool permanent = true;
+	char err[256] = "";
+	char p[512];
+
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "hal", "MEM1", &m, &permanent,
+					       err, sizeof(err)),
+			 0);
+	assert_false(permanent);
+	check_delivered(dir, "example.org/hal/new/MEM1", &m, body, sizeof(body) - 1);
+	snprintf(p, sizeof(p), "%s/example.org/hal/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+	free(block);
+
+	/* An empty message in memory: only the headers. */
+	m = mem_msg("", 0, 0, true, &block);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "hal", "MEM2", &m, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/hal/new/MEM2", &m, "", 0);
+	free(block);
+
+	/* Without first_copy (a memory body and the usual look for an earlier copy). */
+	m = mem_msg(body, sizeof(body) - 1, 3, false, &block);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "hal", "MEM3", &m, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/hal/new/MEM3", &m, body, sizeof(body) - 1);
+	free(block);
+	snprintf(p, sizeof(p), "%s/example.org/hal/new", dir);
+	assert_int_equal(count_entries(p), 3);
+	free(dir);
+}
+
+/*
+ * first_copy (delivery at the commit: no earlier attempt can exist) writes
+ * without looking for an earlier copy in new/ or cur/ and without clearing
+ * tmp/; a redelivery (first_copy false) of what it wrote still skips.
+ */
+static void
+test_maildir_first_copy(void **state)
+{
+	char *dir = fresh_dir();
+	char *block_a, *block_b;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block_a);
+	struct deliver_msg b = mem_msg("B\r\n", 3, 0, true, &block_b);
+	struct deliver_msg redo = spool_msg(dir, "", "R\r\n", 3); /* first_copy false */
+	bool permanent = true;
+	char err[256] = "";
+	char p[512], q[512];
+
+	/* A file of that name in cur/ is not looked for: the message is written. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M0", &a, &permanent, err,
+					       sizeof(err)),
+			 0);
+	snprintf(p, sizeof(p), "%s/example.org/ida/cur/M1:2,S", dir);
+	write_bytes(p, "read before\n", 12);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M1", &b, &permanent, err,
+					       sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/ida/new/M1", &b, "B\r\n", 3);
+	assert_true(exists(p));
+
+	/* Nor in new/: the earlier file is not consulted (the rename replaces it, one file). */
+	snprintf(p, sizeof(p), "%s/example.org/ida/new/M2", dir);
+	write_bytes(p, "old\n", 4);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M2", &a, &permanent, err,
+					       sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/ida/new/M2", &a, "A\r\n", 3);
+	snprintf(p, sizeof(p), "%s/example.org/ida/new", dir);
+	assert_int_equal(count_entries(p), 3); /* M0, M1, M2 */
+
+	/* tmp/ is not cleared: a file of that name there makes it fail, transiently, untouched. */
+	snprintf(p, sizeof(p), "%s/example.org/ida/tmp/M3", dir);
+	write_bytes(p, "someone else's\n", 15);
+	permanent = true;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M3", &a, &permanent, err,
+					       sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "tmp/M3"));
+	assert_true(exists(p));
+	snprintf(q, sizeof(q), "%s/example.org/ida/new/M3", dir);
+	assert_false(exists(q));
+	/* The queue's later attempt (first_copy false) replaces the leftover and delivers. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M3", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/ida/new/M3", &redo, "R\r\n", 3);
+	assert_false(exists(p));
+
+	/* A redelivery of what the commit delivered: skipped, in new/ ... */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M4", &a, &permanent, err,
+					       sizeof(err)),
+			 0);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M4", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/ida/new/M4", &a, "A\r\n", 3);
+	/* ... and once the user has moved it to cur/. */
+	snprintf(p, sizeof(p), "%s/example.org/ida/new/M4", dir);
+	snprintf(q, sizeof(q), "%s/example.org/ida/cur/M4:2,S", dir);
+	assert_int_equal(rename(p, q), 0);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M4", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	assert_false(exists(p));
+	check_delivered(dir, "example.org/ida/cur/M4:2,S", &a, "A\r\n", 3);
+	snprintf(p, sizeof(p), "%s/example.org/ida/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+
+	/* A Maildir that cannot be written (new is a file): transient, nothing left in tmp/. */
+	snprintf(p, sizeof(p), "%s/example.org/jon", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/jon/new", dir);
+	write_bytes(p, "", 0);
+	permanent = true;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "jon", "M5", &a, &permanent, err,
+					       sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "Not a directory"));
+	snprintf(p, sizeof(p), "%s/example.org/jon/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+
+	close(redo.body_fd);
+	free(block_a);
+	free(block_b);
+	free(dir);
 }
 
 static void
@@ -1002,6 +1191,9 @@ main(void)
 	    cmocka_unit_test(test_many_users),
 	    cmocka_unit_test(test_maildir_write),
 	    cmocka_unit_test(test_maildir_block_edges),
+	    cmocka_unit_test(test_maildir_block_edges_memory),
+	    cmocka_unit_test(test_maildir_memory_body),
+	    cmocka_unit_test(test_maildir_first_copy),
 	    cmocka_unit_test(test_maildir_redelivery),
 	    cmocka_unit_test(test_maildir_unsafe_names),
 	    cmocka_unit_test(test_maildir_transient_failures),
