@@ -41,6 +41,7 @@ struct msg_op {
 	queue_done_fn done;
 	void *arg;
 	int err;
+	struct queue_delivery *preloaded; /* OP_COMMIT: the delivery, ready to start */
 	struct msg_op *next;
 };
 
@@ -340,6 +341,9 @@ op_run(struct util_pool_job *job)
 		}
 		m->err = msg_spool(m);
 		op->err = m->err;
+		if (op->err == 0)
+			op->preloaded =
+			    queue_delivery_preload(q, m->id, m->header.data, m->header.len);
 		break;
 	case OP_ABORT:
 		if (m->fd >= 0)
@@ -379,12 +383,8 @@ op_done(struct util_pool_job *job)
 		m->pending -= op->len;
 	if (!m->detached && op->done != NULL)
 		op->done(op->arg, op->err);
-	if (op->kind == OP_COMMIT && op->err == 0 && !m->delivered) {
-		struct entry *e = xcalloc(1, sizeof(*e));
-		memcpy(e->id, m->id, sizeof(e->id));
-		q->total++;
-		queue_schedule(q, e); /* due now: deliver right away */
-	}
+	if (op->preloaded != NULL)
+		queue_delivery_start_preloaded(q, op->preloaded); /* deliver right away */
 	kind = op->kind;
 	free(op->data);
 	free(op);

@@ -54,6 +54,16 @@ void queue_spares_free(struct spares *sp);
 /* Ends queue/ID (size octets): kept as a spare, or unlinked when there are enough. */
 void queue_spare_put(struct queue *q, const char *id, off_t size);
 
+/*
+ * Worker, right after a commit: the delivery of the message just renamed to
+ * queue/ID, loaded from the header the commit has in memory (no second trip
+ * to a worker to read it).  Then, on the loop, start it (or schedule the
+ * entry when deliveries are at their limit or the load failed).
+ */
+struct queue_delivery *queue_delivery_preload(struct queue *q, const char *id, const char *header,
+					      size_t header_len);
+void queue_delivery_start_preloaded(struct queue *q, struct queue_delivery *d);
+
 /* Adds e to the schedule (due_ms 0: now). */
 void queue_schedule(struct queue *q, struct entry *e);
 /* Starts the deliveries that are due, up to max_deliveries at once. */

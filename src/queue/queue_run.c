@@ -209,6 +209,46 @@ delivery_free(struct queue_delivery *d)
 	free(d);
 }
 
+/* Worker: the progress and the item of a delivery whose envelope is parsed (size: the file's). */
+static void
+delivery_fill(struct queue_delivery *d, off_t size)
+{
+	struct queue *q = d->q;
+	struct entry *e = d->entry;
+	struct queue_item *it = &d->item;
+
+	if (e->attempts == 0 && !e->recovered) {
+		/* Queued by this process and never attempted: it has no status file. */
+		memset(&d->st, 0, sizeof(d->st));
+		d->st.done = xcalloc(d->env.rcpts_len, sizeof(bool));
+		d->st.failed = xcalloc(d->env.rcpts_len, sizeof(bool));
+	} else if (queue_file_status_read(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
+		log_warn("%s: cannot read delivery status: %s", e->id, strerror(errno));
+	if (d->st.attempts > e->attempts)
+		e->attempts = d->st.attempts;
+	memcpy(it->id, e->id, sizeof(it->id));
+	it->arrival = d->env.arrival;
+	it->sender = d->env.sender;
+	it->rcpts_len = d->env.rcpts_len;
+	it->rcpts = d->env.rcpts;
+	it->orcpts = d->env.orcpts;
+	it->done = d->st.done;
+	it->helo = d->env.helo;
+	it->client_addr = d->env.client_addr;
+	it->client_name = d->env.client_name;
+	it->protocol = d->env.protocol;
+	it->body_8bit = d->env.body_8bit;
+	it->smtputf8 = d->env.smtputf8;
+	it->attempts = e->attempts;
+	it->recovered = e->recovered;
+	it->fd = d->fd;
+	it->body_off = d->env.body_off;
+	it->body_len = (uint64_t)size - (uint64_t)d->env.body_off;
+	d->res = xcalloc(d->env.rcpts_len, sizeof(*d->res));
+	d->failed_now = xcalloc(d->env.rcpts_len, sizeof(bool));
+	d->loaded = true;
+}
+
 /* Worker: read the envelope and the progress of one entry. */
 static void
 load_run(struct util_pool_job *job)
@@ -216,7 +256,6 @@ load_run(struct util_pool_job *job)
 	struct queue_delivery *d = (struct queue_delivery *)job;
 	struct queue *q = d->q;
 	struct entry *e = d->entry;
-	struct queue_item *it = &d->item;
 	char err[200];
 	struct stat sb;
 
@@ -247,31 +286,7 @@ load_run(struct util_pool_job *job)
 		util_pool_complete(q->pool, job);
 		return;
 	}
-	if (queue_file_status_read(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
-		log_warn("%s: cannot read delivery status: %s", e->id, strerror(errno));
-	if (d->st.attempts > e->attempts)
-		e->attempts = d->st.attempts;
-	memcpy(it->id, e->id, sizeof(it->id));
-	it->arrival = d->env.arrival;
-	it->sender = d->env.sender;
-	it->rcpts_len = d->env.rcpts_len;
-	it->rcpts = d->env.rcpts;
-	it->orcpts = d->env.orcpts;
-	it->done = d->st.done;
-	it->helo = d->env.helo;
-	it->client_addr = d->env.client_addr;
-	it->client_name = d->env.client_name;
-	it->protocol = d->env.protocol;
-	it->body_8bit = d->env.body_8bit;
-	it->smtputf8 = d->env.smtputf8;
-	it->attempts = e->attempts;
-	it->recovered = e->recovered;
-	it->fd = d->fd;
-	it->body_off = d->env.body_off;
-	it->body_len = (uint64_t)sb.st_size - (uint64_t)d->env.body_off;
-	d->res = xcalloc(d->env.rcpts_len, sizeof(*d->res));
-	d->failed_now = xcalloc(d->env.rcpts_len, sizeof(bool));
-	d->loaded = true;
+	delivery_fill(d, sb.st_size);
 	util_pool_complete(q->pool, job);
 }
 
@@ -483,6 +498,42 @@ queue_delivery_finish(struct queue_delivery *d)
 		d->job.done = delivery_recorded;
 	}
 	util_pool_submit(q->pool, &d->job);
+}
+
+struct queue_delivery *
+queue_delivery_preload(struct queue *q, const char *id, const char *header, size_t header_len)
+{
+	struct queue_delivery *d = xcalloc(1, sizeof(*d));
+	struct entry *e = xcalloc(1, sizeof(*e));
+	char err[200];
+	struct stat sb;
+
+	memcpy(e->id, id, sizeof(e->id));
+	d->job.run = load_run;
+	d->job.done = delivery_loaded;
+	d->q = q;
+	d->entry = e;
+	d->fd = openat(q->queue_fd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (d->fd >= 0 && queue_file_parse(header, header_len, &d->env, err, sizeof(err)) == 0 &&
+	    fstat(d->fd, &sb) == 0)
+		delivery_fill(d, sb.st_size);
+	return d;
+}
+
+void
+queue_delivery_start_preloaded(struct queue *q, struct queue_delivery *d)
+{
+	struct entry *e = d->entry;
+
+	q->total++;
+	if (!d->loaded || q->closing || q->running >= q->limits.max_deliveries) {
+		/* Loaded again when its turn comes. */
+		delivery_free(d);
+		queue_schedule(q, e); /* due now */
+		return;
+	}
+	q->running++;
+	delivery_loaded(&d->job);
 }
 
 void
