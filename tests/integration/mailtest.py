@@ -3,7 +3,9 @@
 Kept apart from conftest.py (which owns the fixtures): small functions that
 send mail with smtplib, wait for log lines, and pick Maildir files apart.
 """
+import collections
 import re
+import subprocess
 import smtplib
 import time
 from pathlib import Path
@@ -92,3 +94,43 @@ def all_maildir_files(mail_root):
 def spool_tmp_files(p):
     d = p.spool / "tmp"
     return sorted(x.name for x in d.iterdir()) if d.is_dir() else []
+
+
+def marker_counts(mail_root, rx):
+    """How many copies of each message, named by rx's group 1 (an X-Marker header), are in
+    the Maildirs below mail_root.  A file that vanishes while read (moved to cur/) is skipped."""
+    c = collections.Counter()
+    for f in all_maildir_files(mail_root):
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            continue
+        for m in rx.finditer(data):
+            c[m.group(1).decode()] += 1
+    return c
+
+
+def mount_tmpfs(path, size="2m"):
+    """A small tmpfs at path (skips the test when mounting is not allowed)."""
+    import pytest
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+
+
+def fill_fs(path):
+    """Fills the file system holding path; returns the filler files (unlink them for room)."""
+    files = []
+    for name, chunk in (("filler", 65536), ("filler2", 512)):  # then the last partial blocks
+        f = path / name
+        files.append(f)
+        # unbuffered: a buffered close would raise ENOSPC again on its final flush
+        with open(f, "wb", buffering=0) as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return files

@@ -1,6 +1,5 @@
 """Local delivery: what lands in the Maildir, who gets it, what is logged,
 and what happens when the Maildir or the spool cannot be written."""
-import collections
 import os
 import re
 import smtplib
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from conftest import recv_reply, recv_replies
-from mailtest import (DATE_RE, all_maildir_files, in_queue, queue_id, send, smtp,
+from mailtest import (fill_fs, marker_counts, mount_tmpfs, DATE_RE, all_maildir_files, in_queue, queue_id, send, smtp,
                       spool_tmp_files, split_prepended, wait_for, wait_log,
                       wait_queue_empty)
 
@@ -265,41 +264,12 @@ def test_failed_maildir_write_is_retried(petrel):
     assert "status=bounced" not in petrel.log()
 
 
-def _mount_tmpfs(path, size="2m"):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True, timeout=20)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-
-
-def _fill(path):
-    """Fills the filesystem holding path; returns the filler file."""
-    filler = path / "filler"
-    # unbuffered: a buffered close would raise ENOSPC again on its final flush
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
-    # also use up the last partial blocks
-    with open(path / "filler2", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 512)
-        except OSError:
-            pass
-    return [filler, path / "filler2"]
-
-
 def test_full_spool_gives_452_then_recovers(petrel_factory):
     p = petrel_factory(start=False)
-    _mount_tmpfs(p.spool)
+    mount_tmpfs(p.spool)
     try:
         p.start()
-        fillers = _fill(p.spool)
+        fillers = fill_fs(p.spool)
         # Over 256 KiB: not held in memory for delivery at the commit, so it needs the spool.
         big = (b"Subject: no room\r\n\r\n"
                + b"".join(b"line %06d of a message that does not fit\r\n" % i
@@ -339,12 +309,7 @@ def test_full_spool_gives_452_then_recovers(petrel_factory):
 
 # ---- volume ------------------------------------------------------------------
 
-def _marker_counts(mail_root, rx=re.compile(rb"X-Marker: (T\d+-M\d+)\n")):
-    c = collections.Counter()
-    for f in all_maildir_files(mail_root):
-        for m in rx.finditer(f.read_bytes()):
-            c[m.group(1).decode()] += 1
-    return c
+MARK_RE = re.compile(rb"X-Marker: (T\d+-M\d+)\n")
 
 
 def test_50_sessions_x_20_messages_exactly_once(petrel_factory):
@@ -379,7 +344,7 @@ def test_50_sessions_x_20_messages_exactly_once(petrel_factory):
     wait_for(lambda: len(all_maildir_files(p.mail_root)) >= len(expected), timeout=60,
              interval=0.2)
     assert wait_queue_empty(p, timeout=30), p.queue_files()[:10]
-    counts = _marker_counts(p.mail_root)
+    counts = marker_counts(p.mail_root, MARK_RE)
     missing = expected - set(counts)
     dups = {k: v for k, v in counts.items() if v != 1}
     assert not missing, sorted(missing)[:20]

@@ -24,7 +24,7 @@ import time
 import pytest
 
 from conftest import PETREL_BIN, recv_reply, recv_replies
-from mailtest import (DATE_RE, all_maildir_files, in_queue, queue_id, send, smtp,
+from mailtest import (fill_fs, marker_counts, mount_tmpfs, DATE_RE, all_maildir_files, in_queue, queue_id, send, smtp,
                       spool_tmp_files, split_prepended, wait_for, wait_log,
                       wait_queue_empty)
 
@@ -476,37 +476,14 @@ def test_partly_unwritable_no_recipient_gets_two_copies(petrel_factory, watch):
 
 # ---- a full spool ----------------------------------------------------------------------
 
-def _mount_tmpfs(path, size="2m"):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       capture_output=True, text=True, timeout=20)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-
-
-def _fill(path):
-    """Fills the filesystem holding path; returns the filler files."""
-    files = []
-    for name, chunk in (("filler", 65536), ("filler2", 512)):
-        f = path / name
-        files.append(f)
-        with open(f, "wb", buffering=0) as fh:
-            try:
-                while True:
-                    fh.write(b"\0" * chunk)
-            except OSError:
-                pass
-    return files
-
-
 @pytest.fixture
 def full_spool(petrel_factory):
     """A server whose spool is a full tmpfs (the Maildirs are elsewhere, with room)."""
     p = petrel_factory(start=False, retry_min="1h", retry_max="1h")
-    _mount_tmpfs(p.spool)
+    mount_tmpfs(p.spool)
     try:
         p.start()
-        p.fillers = _fill(p.spool)
+        p.fillers = fill_fs(p.spool)
         yield p
     finally:
         if p.proc is not None:
@@ -612,15 +589,7 @@ def test_kill9_under_load_every_acknowledged_message_exactly_once(petrel_factory
     all_acked = {}
 
     def counts():
-        c = collections.Counter()
-        for f in all_maildir_files(p.mail_root):
-            try:
-                data = f.read_bytes()
-            except FileNotFoundError:
-                continue
-            for m in mark_re.finditer(data):
-                c[m.group(1).decode()] += 1
-        return c
+        return marker_counts(p.mail_root, mark_re)
 
     for rnd, delay in enumerate([0.3, 0.9]):
         acked, stop = {}, threading.Event()

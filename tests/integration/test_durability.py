@@ -1,6 +1,5 @@
 """Durability and signals: kill -9 after 250s loses nothing, SIGTERM mid-message
 keeps nothing of it, a restart picks up the queue, SIGHUP reloads safely."""
-import collections
 import re
 import signal
 import smtplib
@@ -8,22 +7,10 @@ import threading
 import time
 
 from conftest import recv_reply, recv_replies
-from mailtest import (all_maildir_files, in_queue, send, smtp, spool_tmp_files,
+from mailtest import (marker_counts, all_maildir_files, in_queue, send, smtp, spool_tmp_files,
                       split_prepended, wait_for, wait_log, wait_queue_empty)
 
 MARK_RE = re.compile(rb"X-Marker: (R\d+-T\d+-M\d+)\n")
-
-
-def _marker_counts(p):
-    c = collections.Counter()
-    for f in all_maildir_files(p.mail_root):
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:
-            continue
-        for m in MARK_RE.finditer(data):
-            c[m.group(1).decode()] += 1
-    return c
 
 
 class Load:
@@ -91,9 +78,10 @@ def test_kill9_under_load_loses_no_acknowledged_message(petrel_factory):
 
         p.start()
         assert spool_tmp_files(p) == [], spool_tmp_files(p)
-        ok = wait_for(lambda: set(all_acked) <= set(_marker_counts(p)), timeout=60,
+        ok = wait_for(lambda: set(all_acked) <= set(marker_counts(p.mail_root, MARK_RE)),
+                      timeout=60,
                       interval=0.2)
-        missing = sorted(set(all_acked) - set(_marker_counts(p)))
+        missing = sorted(set(all_acked) - set(marker_counts(p.mail_root, MARK_RE)))
         assert ok, (f"round {rnd}: {len(missing)} of {len(all_acked)} acknowledged messages "
                     f"lost, e.g. {[(k, all_acked[k]) for k in missing[:5]]}")
         assert wait_queue_empty(p, timeout=30), p.queue_files()[:10]

@@ -5,7 +5,6 @@ A message is kept deferred by making the recipient's Maildir path a regular
 file (local delivery fails temporarily); retry_min = retry_max = 1h, so only
 a flush can make a retry happen within a test."""
 import json
-import os
 import re
 import subprocess
 import time
