@@ -124,13 +124,23 @@ msg_deliver_direct(struct queue_msg *m)
 #define SPARES_MAX     1024
 #define SPARE_SIZE_MAX (64 * 1024) /* a larger file's blocks are given back (unlinked) */
 #define SPARE_PREFIX   ".spare."
-#define SPARE_NAME_LEN 32
+#define SPARE_NAME_LEN 40
 
+/*
+ * A spare is taken for a new message only once the rename that made it
+ * (queue/ID -> queue/.spare.N, not flushed by itself) is durable: a later
+ * flush of queue/ covered it.  Otherwise a crash while the spare is being
+ * rewritten could leave the name ID on disk pointing at a truncated file.
+ * Spare numbers only grow (64 bits: they never wrap), so a rename never
+ * lands on an existing spare.
+ */
 struct spares {
 	pthread_mutex_t lock;
-	unsigned *names; /* numbers N of queue/.spare.N, a stack */
-	size_t len;
-	unsigned next; /* the number of the next spare */
+	unsigned long long ready[SPARES_MAX]; /* settled: may be rewritten */
+	unsigned long long fresh[SPARES_MAX]; /* renamed, not yet known to be durable */
+	size_t ready_len, fresh_len;
+	size_t out_len;		 /* taken for a message, or being settled: counted, not listed */
+	unsigned long long next; /* the number of the next spare */
 };
 
 struct spares *
@@ -139,7 +149,6 @@ queue_spares_new(void)
 	struct spares *sp = xcalloc(1, sizeof(*sp));
 
 	pthread_mutex_init(&sp->lock, NULL);
-	sp->names = xcalloc(SPARES_MAX, sizeof(*sp->names));
 	return sp;
 }
 
@@ -149,27 +158,27 @@ queue_spares_free(struct spares *sp)
 	if (sp == NULL)
 		return;
 	pthread_mutex_destroy(&sp->lock);
-	free(sp->names);
 	free(sp);
 }
 
 static void
-spare_name(char name[SPARE_NAME_LEN], unsigned n)
+spare_name(char name[SPARE_NAME_LEN], unsigned long long n)
 {
-	snprintf(name, SPARE_NAME_LEN, SPARE_PREFIX "%u", n);
+	snprintf(name, SPARE_NAME_LEN, SPARE_PREFIX "%llu", n);
 }
 
-/* Takes a spare's name; false when there is none. */
+/* Takes a settled spare's name; false when there is none. */
 static bool
 spare_take(struct queue *q, char name[SPARE_NAME_LEN])
 {
 	struct spares *sp = q->spares;
 	bool found = false;
-	unsigned n = 0;
+	unsigned long long n = 0;
 
 	pthread_mutex_lock(&sp->lock);
-	if (sp->len > 0) {
-		n = sp->names[--sp->len];
+	if (sp->ready_len > 0) {
+		n = sp->ready[--sp->ready_len];
+		sp->out_len++;
 		found = true;
 	}
 	pthread_mutex_unlock(&sp->lock);
@@ -178,22 +187,50 @@ spare_take(struct queue *q, char name[SPARE_NAME_LEN])
 	return found;
 }
 
-/* Gives a name back (a spare that could not be used this time). */
+/* A taken spare is done with: given back (could not be used this time), or not. */
 static void
-spare_return(struct queue *q, const char *name)
+spare_release(struct queue *q, unsigned long long n, bool give_back)
 {
 	struct spares *sp = q->spares;
-	unsigned n = (unsigned)strtoul(name + strlen(SPARE_PREFIX), NULL, 10);
-	bool kept = false;
 
 	pthread_mutex_lock(&sp->lock);
-	if (sp->len < SPARES_MAX) {
-		sp->names[sp->len++] = n;
-		kept = true;
+	sp->out_len--;
+	if (give_back)
+		sp->ready[sp->ready_len++] = n; /* its slot was counted in out_len */
+	pthread_mutex_unlock(&sp->lock);
+}
+
+/* Before a flush of queue/: the spares it will make durable.  Returns how many (in out). */
+static size_t
+spares_before_flush(struct queue *q, unsigned long long out[SPARES_MAX])
+{
+	struct spares *sp = q->spares;
+	size_t n;
+
+	pthread_mutex_lock(&sp->lock);
+	n = sp->fresh_len;
+	memcpy(out, sp->fresh, n * sizeof(*out));
+	sp->fresh_len = 0;
+	sp->out_len += n;
+	pthread_mutex_unlock(&sp->lock);
+	return n;
+}
+
+/* After that flush: settled, or back to fresh when it failed. */
+static void
+spares_after_flush(struct queue *q, const unsigned long long *v, size_t n, bool flushed)
+{
+	struct spares *sp = q->spares;
+
+	pthread_mutex_lock(&sp->lock);
+	sp->out_len -= n;
+	for (size_t i = 0; i < n; i++) {
+		if (flushed)
+			sp->ready[sp->ready_len++] = v[i];
+		else
+			sp->fresh[sp->fresh_len++] = v[i];
 	}
 	pthread_mutex_unlock(&sp->lock);
-	if (!kept)
-		unlinkat(q->queue_fd, name, 0);
 }
 
 void
@@ -201,50 +238,59 @@ queue_spare_put(struct queue *q, const char *id, off_t size)
 {
 	struct spares *sp = q->spares;
 	char name[SPARE_NAME_LEN];
-	unsigned n = 0;
-	bool keep = false;
+	unsigned long long n = 0;
+	bool keep = false, renamed;
 
-	if (size <= SPARE_SIZE_MAX) {
-		pthread_mutex_lock(&sp->lock);
-		if (sp->len < SPARES_MAX) {
-			keep = true;
-			n = sp->next++;
-		}
-		pthread_mutex_unlock(&sp->lock);
+	/* A slot is reserved first, so that the counts never pass SPARES_MAX. */
+	pthread_mutex_lock(&sp->lock);
+	if (size >= 0 && size <= SPARE_SIZE_MAX &&
+	    sp->ready_len + sp->fresh_len + sp->out_len + 1 <= SPARES_MAX) {
+		keep = true;
+		n = sp->next++;
+		sp->out_len++;
 	}
-	spare_name(name, n);
-	/* Not flushed, like an unlink: after a crash the message may be delivered again. */
-	if (keep && renameat(q->queue_fd, id, q->queue_fd, name) == 0) {
-		pthread_mutex_lock(&sp->lock);
-		if (sp->len < SPARES_MAX) {
-			sp->names[sp->len++] = n;
-			keep = false;
-		}
-		pthread_mutex_unlock(&sp->lock);
-		if (keep) /* the stack filled up meanwhile */
-			unlinkat(q->queue_fd, name, 0);
+	pthread_mutex_unlock(&sp->lock);
+	if (!keep) {
+		unlinkat(q->queue_fd, id, 0);
 		return;
 	}
-	unlinkat(q->queue_fd, id, 0);
+	spare_name(name, n);
+	/*
+	 * Not flushed, like an unlink: after a crash the message may be delivered
+	 * again.  Listed as fresh only once renamed, so that the next flush of
+	 * queue/ to start is sure to cover the rename.
+	 */
+	renamed = renameat(q->queue_fd, id, q->queue_fd, name) == 0;
+	if (!renamed)
+		unlinkat(q->queue_fd, id, 0);
+	pthread_mutex_lock(&sp->lock);
+	sp->out_len--;
+	if (renamed)
+		sp->fresh[sp->fresh_len++] = n;
+	pthread_mutex_unlock(&sp->lock);
 }
 
-/* A spare found at start: kept, or removed when there are enough. */
+/* A spare found at start (on disk: settled): kept, or removed when there are enough. */
 static void
 spare_found(struct queue *q, const char *name)
 {
 	struct spares *sp = q->spares;
 	const char *num = name + strlen(SPARE_PREFIX);
-	char *end;
-	unsigned long n = strtoul(num, &end, 10);
+	char *end, canon[SPARE_NAME_LEN];
+	unsigned long long n;
 
-	if (*num < '0' || *num > '9' || *end != '\0' || n >= 0x7fffffffUL ||
-	    sp->len >= SPARES_MAX) {
+	errno = 0;
+	n = strtoull(num, &end, 10);
+	spare_name(canon, n);
+	/* Only the names spare_name() makes: no sign, no leading zero, no overflow. */
+	if (*num < '0' || *num > '9' || *end != '\0' || errno != 0 || strcmp(canon, name) != 0 ||
+	    n == ~0ull || sp->ready_len >= SPARES_MAX) {
 		unlinkat(q->queue_fd, name, 0);
 		return;
 	}
-	sp->names[sp->len++] = (unsigned)n;
-	if ((unsigned)n >= sp->next)
-		sp->next = (unsigned)n + 1;
+	sp->ready[sp->ready_len++] = n;
+	if (n >= sp->next)
+		sp->next = n + 1;
 }
 
 /*
@@ -262,9 +308,11 @@ msg_spool_spare(struct queue_msg *m)
 		return ENOENT;
 	fd = openat(q->queue_fd, name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
+		/* Removed behind our back, or not a usable file: not this message's error. */
 		if (errno != ENOENT)
-			spare_return(q, name);
-		return ENOENT; /* removed behind our back: not an error of this message */
+			unlinkat(q->queue_fd, name, 0);
+		spare_release(q, 0, false);
+		return ENOENT;
 	}
 	if (queue_file_write_all(fd, m->header.data, m->header.len) != 0 ||
 	    (m->mem_len > 0 && queue_file_write_all(fd, m->mem, m->mem_len) != 0) ||
@@ -273,8 +321,8 @@ msg_spool_spare(struct queue_msg *m)
 	close(fd);
 	if (err == 0 && renameat(q->queue_fd, name, q->queue_fd, m->id) != 0)
 		err = errno;
-	if (err != 0)
-		spare_return(q, name); /* truncated again when next used */
+	/* On failure it is truncated again when next used. */
+	spare_release(q, strtoull(name + strlen(SPARE_PREFIX), NULL, 10), err != 0);
 	return err;
 }
 
@@ -312,9 +360,14 @@ msg_spool(struct queue_msg *m)
 	}
 flush:
 	/* One flush of queue/ for every message renamed meanwhile (group commit). */
-	if (util_dirsync(q->queue_fd) != 0)
-		return errno;
-	return 0;
+	{
+		unsigned long long settling[SPARES_MAX];
+		size_t n = spares_before_flush(q, settling);
+
+		err = util_dirsync(q->queue_fd) == 0 ? 0 : errno;
+		spares_after_flush(q, settling, n, err == 0);
+	}
+	return err;
 }
 
 static void

@@ -127,7 +127,9 @@ void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
  * recipient has the message on stable storage; the message is then finished
  * and never spooled.  Otherwise it is spooled as usual and its delivery runs
  * from the queue, so fn must leave nothing a later attempt would duplicate
- * (Maildir file names are stable per message and recipient).
+ * (Maildir file names are stable per message and recipient).  A crash after
+ * fn made a copy and before the client saw its 250 leaves that copy; the
+ * client then sends the message again (at least once, never lost).
  */
 typedef bool (*queue_direct_fn)(void *msg_ctx, const struct queue_item *item);
 void queue_set_direct(struct queue *q, queue_direct_fn fn);

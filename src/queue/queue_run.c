@@ -279,9 +279,13 @@ load_run(struct util_pool_job *job)
 		 * A spare rewritten for a message whose rename was lost in a crash: that
 		 * message was never acknowledged, and this one was finished before.
 		 */
+		char st[UTIL_ID_LEN + 8];
+
 		log_warn("%s: queue file holds message %s (never acknowledged); removed", e->id,
 			 d->env.id);
 		unlinkat(q->queue_fd, e->id, 0);
+		snprintf(st, sizeof(st), "%s.st", e->id);
+		unlinkat(q->queue_fd, st, 0);
 		d->finished = true;
 		util_pool_complete(q->pool, job);
 		return;
@@ -415,7 +419,7 @@ record_run(struct util_pool_job *job)
 		struct stat sb;
 
 		/* A status file exists only after an attempt that left work. */
-		if (d->st.attempts > 0 || d->entry->recovered) {
+		if (d->st.attempts > 0 || d->entry->attempts > 0 || d->entry->recovered) {
 			snprintf(st, sizeof(st), "%s.st", d->entry->id);
 			unlinkat(q->queue_fd, st, 0);
 		}

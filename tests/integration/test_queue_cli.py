@@ -284,3 +284,40 @@ def test_passwd_with_openssl(tmp_path):
         pytest.skip("no openssl CLI")
     assert o.returncode == 0, o.stderr
     assert o.stdout.strip() == m.group(1)
+
+
+# ---- spare queue files (finished files kept to be rewritten) ---------------------------
+
+def test_spares_at_start_only_canonical_names_kept(slow):
+    """Finished queue files are kept as queue/.spare.N; at start, a name the server would not
+    have made (leading zero, not a number) is removed, and `petrel queue` never lists one."""
+    p = slow
+    qid = deferred(p)
+    p.stop()
+    q = p.spool / "queue"
+    for name in (".spare.7", ".spare.07", ".spare.x1", ".spare."):
+        (q / name).write_bytes(b"old contents\n")
+    p.start()
+    assert wait_for(lambda: not (q / ".spare.07").exists())
+    assert sorted(n.name for n in q.iterdir() if n.name.startswith(".spare.")) == [".spare.7"]
+    assert [e["id"] for e in queue_json(p)] == [qid]
+
+
+def test_queue_file_naming_another_message_is_removed_at_start(slow):
+    """A spare rewritten for message B whose rename lost in a crash left B's contents under
+    the finished message A's name: B was never acknowledged, A was finished; the file and its
+    status file are removed, not delivered."""
+    p = slow
+    a = deferred(p, subject="A")
+    b = deferred(p, subject="B")
+    p.stop()
+    q = p.spool / "queue"
+    (q / a).write_bytes((q / b).read_bytes())  # B's contents under A's name
+    (q / b).unlink()
+    (q / f"{b}.st").unlink()
+    assert (q / f"{a}.st").exists()
+    p.start()
+    assert wait_for(lambda: f"{a}: queue file holds message {b} (never acknowledged); removed"
+                    in p.log(), timeout=15), p.log()[-2000:]
+    assert not (q / a).exists() and not (q / f"{a}.st").exists()
+    assert queue_json(p) == []
