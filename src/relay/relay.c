@@ -31,6 +31,7 @@ struct lookup {
 	struct relay_dns_query *query;
 	struct relay_job *job;
 	uint16_t port;
+	bool relayhost; /* the name is conf->relayhost, not the recipients' domain */
 };
 
 static struct relay_dest *
@@ -231,6 +232,7 @@ dns_done(const struct relay_dns_result *res, void *arg)
 	struct relay_job *j = lk->job;
 	struct relay *r = j->relay;
 	uint16_t port = lk->port;
+	bool relayhost = lk->relayhost;
 	char reason[256];
 
 	lookup_unlink(r, lk);
@@ -248,6 +250,15 @@ dns_done(const struct relay_dns_result *res, void *arg)
 		job_finish(j);
 		return;
 	case RELAY_DNS_NXDOMAIN:
+		if (relayhost) {
+			/* Our own configuration is wrong, not the recipients: keep the mail. */
+			snprintf(reason, sizeof(reason),
+				 "4.4.3 relayhost not found: %.200s (check relayhost)", res->error);
+			log_warn("%s: %s", j->item->id, reason);
+			job_fail_all(j, QUEUE_RCPT_DEFER, reason);
+			job_finish(j);
+			return;
+		}
 		snprintf(reason, sizeof(reason), "5.1.2 Host or domain name not found: %.200s",
 			 res->error);
 		job_fail_all(j, QUEUE_RCPT_FAIL, reason);
@@ -286,13 +297,19 @@ dns_done(const struct relay_dns_result *res, void *arg)
 	enqueue(r, j, res->domain);
 }
 
-/* "host", "host:port", "[host]", "[host]:port" → lookup name and port. */
+/*
+ * "host", "host:port", "[host]", "[host]:port" → lookup name and port.
+ * *use_mx is false for a bracketed name: "[name]" means that host, its
+ * addresses only, never its MX records (as in Postfix).
+ */
 static void
-split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap, uint16_t *port)
+split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap, uint16_t *port,
+		bool *use_mx)
 {
 	const char *colon;
 
 	*port = def_port;
+	*use_mx = relayhost[0] != '[';
 	if (relayhost[0] == '[') {
 		const char *end = strchr(relayhost, ']');
 		size_t n = end ? (size_t)(end - relayhost - 1) : strlen(relayhost + 1);
@@ -326,6 +343,7 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	struct relay_job *j = xcalloc(1, sizeof(*j));
 	struct lookup *lk = xcalloc(1, sizeof(*lk));
 	char name[300];
+	bool use_mx = true;
 
 	j->relay = r;
 	util_strlcpy(j->hostname, conf->hostname, sizeof(j->hostname));
@@ -340,7 +358,8 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	collect_self(j, conf);
 	lk->job = j;
 	if (conf->relayhost != NULL) {
-		split_relayhost(conf->relayhost, 25, name, sizeof(name), &lk->port);
+		split_relayhost(conf->relayhost, 25, name, sizeof(name), &lk->port, &use_mx);
+		lk->relayhost = true;
 	} else {
 		util_strlcpy(name, domain, sizeof(name));
 		lk->port = conf->smtp_port;
@@ -349,7 +368,8 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	if (r->lookups != NULL)
 		r->lookups->prev = lk;
 	r->lookups = lk;
-	lk->query = relay_dns_lookup_mx(r->dns, name, dns_done, lk);
+	lk->query = use_mx ? relay_dns_lookup_mx(r->dns, name, dns_done, lk)
+			   : relay_dns_lookup_host(r->dns, name, dns_done, lk);
 }
 
 size_t

@@ -52,6 +52,7 @@ struct relay_dns_query {
 	bool is_ready;			     /* answered without DNS, awaiting delivery */
 	bool is_delivering;		     /* its callback is running */
 	bool is_implicit;		     /* no MX records: the domain itself */
+	bool is_host_only;		     /* relay_dns_lookup_host(): A/AAAA, no MX */
 	bool has_tempfail;		     /* an address lookup failed temporarily */
 	char *domain;			     /* owned */
 	relay_dns_cb cb;
@@ -542,8 +543,26 @@ make_ready(struct relay_dns_query *q, enum relay_dns_status st)
 		log_debug("relay_dns: eventfd write: %s", strerror(errno));
 }
 
-struct relay_dns_query *
-relay_dns_lookup_mx(struct relay_dns *dns, const char *domain, relay_dns_cb cb, void *arg)
+/* Starts the A and AAAA lookups of q->domain itself, without an MX stage. */
+static void
+start_host_lookups(struct relay_dns_query *q)
+{
+	size_t len = strlen(q->domain);
+	struct host *h = &q->hosts[0];
+
+	if (q->domain[len - 1] == '.')
+		len--;
+	h->name = xstrndup(q->domain, len);
+	q->hosts_len = 1;
+	if (start_lookup(q, &h->a, h->name, RR_A, 0) < 0 ||
+	    start_lookup(q, &h->aaaa, h->name, RR_AAAA, 0) < 0)
+		q->has_tempfail = true;
+	if (q->pending == 0)
+		make_ready(q, RELAY_DNS_TEMPFAIL);
+}
+
+static struct relay_dns_query *
+lookup_start(struct relay_dns *dns, const char *domain, bool host_only, relay_dns_cb cb, void *arg)
 {
 	struct relay_dns_query *q = xcalloc(1, sizeof(*q));
 
@@ -573,13 +592,29 @@ relay_dns_lookup_mx(struct relay_dns *dns, const char *domain, relay_dns_cb cb, 
 		return q;
 	}
 	if (dns->is_broken) {
-		set_error(q, "MX lookup for %s: resolver failed", domain);
+		set_error(q, "%s lookup for %s: resolver failed", host_only ? "A" : "MX", domain);
 		make_ready(q, RELAY_DNS_TEMPFAIL);
 		return q;
 	}
-	if (start_lookup(q, &q->mx, domain, RR_MX, 0) < 0)
+	if (host_only) {
+		q->is_host_only = true;
+		start_host_lookups(q);
+	} else if (start_lookup(q, &q->mx, domain, RR_MX, 0) < 0) {
 		make_ready(q, RELAY_DNS_TEMPFAIL);
+	}
 	return q;
+}
+
+struct relay_dns_query *
+relay_dns_lookup_mx(struct relay_dns *dns, const char *domain, relay_dns_cb cb, void *arg)
+{
+	return lookup_start(dns, domain, false, cb, arg);
+}
+
+struct relay_dns_query *
+relay_dns_lookup_host(struct relay_dns *dns, const char *name, relay_dns_cb cb, void *arg)
+{
+	return lookup_start(dns, name, true, cb, arg);
 }
 
 enum answer {
@@ -834,6 +869,9 @@ deliver(struct relay_dns_query *q)
 			q->status = RELAY_DNS_OK;
 		} else if (q->has_tempfail) {
 			q->status = RELAY_DNS_TEMPFAIL;
+		} else if (q->is_host_only) {
+			set_error(q, "%s: no such host (no A/AAAA records)", q->domain);
+			q->status = RELAY_DNS_NXDOMAIN;
 		} else if (q->is_implicit) {
 			set_error(q, "%s has no MX and no A/AAAA records", q->domain);
 			q->status = RELAY_DNS_NXDOMAIN;

@@ -10,6 +10,8 @@
  * runs first, then the A and AAAA queries of every MX host at once; the
  * callback runs once all of them have returned.  At most RELAY_DNS_HOSTS_MAX
  * MX hosts are used.  Ports are not its business (the caller uses smtp_port).
+ * relay_dns_lookup_host() skips the MX stage: the A and AAAA records of a
+ * host name (a bracketed relayhost), nothing else.
  *
  * It does not touch libevent: the glue watches relay_dns_fd() for
  * readability and calls relay_dns_process(), which runs the callbacks.
@@ -53,7 +55,7 @@ struct relay_dns_target {
 
 struct relay_dns_result {
 	enum relay_dns_status status;
-	const char *domain; /* as passed to relay_dns_lookup_mx() */
+	const char *domain; /* as passed to relay_dns_lookup_mx() or _host() */
 	const char *error;  /* "" when OK; else text for logs and DSNs (may hold the
 			       domain: escape it before logging) */
 	const struct relay_dns_target *targets; /* OK only: best first */
@@ -88,6 +90,17 @@ void relay_dns_process(struct relay_dns *dns);
  */
 struct relay_dns_query *relay_dns_lookup_mx(struct relay_dns *dns, const char *domain,
 					    relay_dns_cb cb, void *arg);
+/*
+ * Starts an address-only lookup of a host name (copied; a trailing dot is
+ * fine): its A and AAAA records, never its MX records (relayhost = [name]).
+ * The result has one target, the name itself, with preference 0.  A name
+ * without addresses (NXDOMAIN or no A/AAAA) is RELAY_DNS_NXDOMAIN; a failed
+ * A or AAAA query with no address from the other is RELAY_DNS_TEMPFAIL.
+ * Address literals and malformed names are treated as by
+ * relay_dns_lookup_mx().  Same ownership and callback rules.
+ */
+struct relay_dns_query *relay_dns_lookup_host(struct relay_dns *dns, const char *name,
+					      relay_dns_cb cb, void *arg);
 /*
  * Stops a lookup before its callback ran; the callback never runs and q is
  * freed.  Calling it for q from q's own callback does nothing.

@@ -482,11 +482,6 @@ def test_smarthost_without_mx_lookup(net):
     assert wait_queue_empty(a)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "relay.c split_relayhost() drops the brackets of a bracketed host name and "
-    "relay_dns has only relay_dns_lookup_mx(): relayhost = [name] follows the "
-    "name's MX records (Postfix: brackets turn the MX lookup off); needs an "
-    "address-only lookup in relay_dns"))
 def test_smarthost_bracketed_name_skips_mx(net):
     net.start_dns("--host-record=smart.test,127.0.0.4",
                   "--mx-host=smart.test,elsewhere.test,10",
@@ -498,6 +493,21 @@ def test_smarthost_bracketed_name_skips_mx(net):
     assert wait_log(a, log_re(qid, "bob@b.test", "sent"))
     assert elsewhere.messages("bob@b.test") == []
     assert len(smart.wait_messages("bob@b.test", 1)) == 1
+
+
+@pytest.mark.parametrize("relayhost", ["[nothere.test]", "nothere.test"])
+def test_relayhost_not_found_defers_not_bounces(net, relayhost):
+    """A relayhost that does not resolve is petrel's own configuration error: the mail is
+    kept (deferred, with a warning naming relayhost), never bounced to its sender."""
+    net.start_dns("--host-record=smart.test,127.0.0.4")
+    a = net.sender(relayhost=f"{relayhost}:{net.port}")
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@b.test", "deferred", "none", None,
+                              r"4\.4\.3 relayhost not found: .*nothere\.test.*")), a.log()[-3000:]
+    assert "relayhost not found" in a.log() and "warning" in a.log()
+    assert in_queue(a, qid)
+    assert "status=bounced" not in a.log()
+    assert a.messages(ALICE) == []  # no bounce came back to the sender
 
 
 # ---- durability ----------------------------------------------------------------------------

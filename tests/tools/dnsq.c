@@ -1,7 +1,7 @@
 /*
  * dnsq — drives relay_dns from the command line, for tests/integration/test_dns.py.
  *
- *   dnsq [-r addr:port] [-t timeout_s] [-s pause_s | -k] DOMAIN...
+ *   dnsq [-r addr:port] [-t timeout_s] [-s pause_s | -k] [-a] DOMAIN...
  *
  * Looks the DOMAINs up at once (through a dns_resolver-style `addr:port`, or
  * /etc/resolv.conf without -r), runs a poll() loop on relay_dns_fd(), and
@@ -14,7 +14,8 @@
  *
  * or "status NXDOMAIN" followed by "error TEXT".  -s looks the domains up
  * one after another, pausing pause_s seconds after each result.  -k cancels
- * every other lookup from inside the first callback.  Exit status: 0 when
+ * every other lookup from inside the first callback.  -a looks the names up
+ * with relay_dns_lookup_host() (A and AAAA only, no MX).  Exit status: 0 when
  * every lookup finished, 2 on a usage error, 3 when the timeout passed first.
  */
 #include <arpa/inet.h>
@@ -30,7 +31,7 @@
 #include "util/util_mem.h"
 #include "util/util_time.h"
 
-#define USAGE "usage: dnsq [-r addr:port] [-t timeout_s] [-s pause_s | -k] DOMAIN...\n"
+#define USAGE "usage: dnsq [-r addr:port] [-t timeout_s] [-s pause_s | -k] [-a] DOMAIN...\n"
 
 struct run {
 	struct relay_dns_query **queries; /* NULL once finished or cancelled */
@@ -123,9 +124,10 @@ main(int argc, char **argv)
 	struct relay_dns *dns;
 	uint64_t deadline_ms;
 	bool ok = true;
+	bool host_only = false;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "r:t:s:k")) != -1) {
+	while ((opt = getopt(argc, argv, "r:t:s:ka")) != -1) {
 		switch (opt) {
 		case 'r':
 			resolver = optarg;
@@ -138,6 +140,9 @@ main(int argc, char **argv)
 			break;
 		case 'k':
 			run.cancel_others = true;
+			break;
+		case 'a':
+			host_only = true;
 			break;
 		default:
 			fputs(USAGE, stderr);
@@ -158,8 +163,11 @@ main(int argc, char **argv)
 	run.queries = xcalloc(run.len, sizeof(*run.queries));
 	deadline_ms = util_now_ms() + (uint64_t)timeout_s * 1000;
 	for (size_t i = 0; i < run.len && ok; i++) {
-		run.queries[i] =
-		    relay_dns_lookup_mx(dns, argv[optind + (int)i], on_result, &run.queries[i]);
+		const char *name = argv[optind + (int)i];
+
+		run.queries[i] = host_only
+				     ? relay_dns_lookup_host(dns, name, on_result, &run.queries[i])
+				     : relay_dns_lookup_mx(dns, name, on_result, &run.queries[i]);
 		if (pause_s >= 0) {
 			ok = wait_for(dns, &run, i + 1, deadline_ms);
 			if (ok && i + 1 < run.len)

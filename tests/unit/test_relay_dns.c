@@ -4,7 +4,9 @@
  * then a shuffle of equal preferences driven by an injected random
  * function).  Tables of named cases; a runner reports every mismatching case
  * before failing.  No DNS, no sockets: the resolver itself is covered by
- * tests/integration/test_dns.py against a real dnsmasq.
+ * tests/integration/test_dns.py against a real dnsmasq.  The one exception,
+ * test_lookup_host_without_dns, builds a resolver (forwarding to a closed
+ * port) only for the relay_dns_lookup_host() results known without a query.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -431,6 +433,98 @@ test_status(void **state)
 	}
 }
 
+/* ---- relay_dns_lookup_host() without DNS ------------------------------- */
+
+struct host_seen {
+	int calls;
+	enum relay_dns_status status;
+	char hostname[64];
+	size_t targets_len;
+	size_t addrs_len;
+	int family;
+	unsigned preference;
+};
+
+static void
+host_cb(const struct relay_dns_result *res, void *arg)
+{
+	struct host_seen *seen = arg;
+
+	seen->calls++;
+	seen->status = res->status;
+	seen->targets_len = res->targets_len;
+	if (res->targets_len > 0) {
+		snprintf(seen->hostname, sizeof(seen->hostname), "%s", res->targets[0].hostname);
+		seen->addrs_len = res->targets[0].addrs_len;
+		seen->family = res->targets[0].addrs[0].ss_family;
+		seen->preference = res->targets[0].preference;
+	}
+}
+
+static void
+test_lookup_host_without_dns(void **state)
+{
+	static const struct {
+		const char *name;
+		enum relay_dns_status want;
+		const char *hostname; /* OK only */
+		int family;
+	} cases[] = {
+	    {"[192.0.2.1]", RELAY_DNS_OK, "192.0.2.1", AF_INET},
+	    {"[IPv6:2001:db8::1]", RELAY_DNS_OK, "2001:db8::1", AF_INET6},
+	    {"192.0.2.1", RELAY_DNS_NXDOMAIN, NULL, 0},
+	    {"[smart.test]", RELAY_DNS_NXDOMAIN, NULL, 0},
+	    {"bad name.test", RELAY_DNS_NXDOMAIN, NULL, 0},
+	    {"a..test", RELAY_DNS_NXDOMAIN, NULL, 0},
+	};
+	struct host_seen seen[ARRAY_LEN(cases)];
+	char err[256] = "";
+	struct relay_dns *dns = relay_dns_new("127.0.0.1:1", err, sizeof(err));
+
+	assert_non_null(dns);
+	memset(seen, 0, sizeof(seen));
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		assert_non_null(relay_dns_lookup_host(dns, cases[i].name, host_cb, &seen[i]));
+		assert_int_equal(seen[i].calls, 0); /* never from inside the lookup */
+	}
+	relay_dns_process(dns);
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		print_message("lookup_host %s -> %s\n", cases[i].name,
+			      relay_dns_status_name(seen[i].status));
+		assert_int_equal(seen[i].calls, 1);
+		assert_int_equal(seen[i].status, cases[i].want);
+		if (cases[i].want != RELAY_DNS_OK) {
+			assert_int_equal(seen[i].targets_len, 0);
+			continue;
+		}
+		assert_int_equal(seen[i].targets_len, 1);
+		assert_string_equal(seen[i].hostname, cases[i].hostname);
+		assert_int_equal(seen[i].addrs_len, 1);
+		assert_int_equal(seen[i].family, cases[i].family);
+		assert_int_equal(seen[i].preference, 0);
+	}
+	relay_dns_free(dns);
+}
+
+static void
+test_lookup_host_cancel(void **state)
+{
+	struct host_seen seen = {0};
+	char err[256] = "";
+	struct relay_dns *dns = relay_dns_new("127.0.0.1:1", err, sizeof(err));
+	struct relay_dns_query *q;
+
+	assert_non_null(dns);
+	q = relay_dns_lookup_host(dns, "[192.0.2.1]", host_cb, &seen);
+	relay_dns_cancel(q);
+	relay_dns_process(dns);
+	assert_int_equal(seen.calls, 0);
+	/* A pending lookup left behind is dropped by relay_dns_free(), callback unrun. */
+	(void)relay_dns_lookup_host(dns, "[IPv6:::1]", host_cb, &seen);
+	relay_dns_free(dns);
+	assert_int_equal(seen.calls, 0);
+}
+
 static void
 test_case_count(void **state)
 {
@@ -445,9 +539,14 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_parse_literal),	cmocka_unit_test(test_name_is_valid),
-	    cmocka_unit_test(test_forwarder),		cmocka_unit_test(test_sort_targets),
-	    cmocka_unit_test(test_sort_default_random), cmocka_unit_test(test_status),
+	    cmocka_unit_test(test_parse_literal),
+	    cmocka_unit_test(test_name_is_valid),
+	    cmocka_unit_test(test_forwarder),
+	    cmocka_unit_test(test_sort_targets),
+	    cmocka_unit_test(test_sort_default_random),
+	    cmocka_unit_test(test_status),
+	    cmocka_unit_test(test_lookup_host_without_dns),
+	    cmocka_unit_test(test_lookup_host_cancel),
 	    cmocka_unit_test(test_case_count),
 	};
 
