@@ -167,9 +167,9 @@ spare_name(char name[SPARE_NAME_LEN], unsigned long long n)
 	snprintf(name, SPARE_NAME_LEN, SPARE_PREFIX "%llu", n);
 }
 
-/* Takes a settled spare's name; false when there is none. */
+/* Takes a settled spare (its number in *n, its name in name); false when there is none. */
 static bool
-spare_take(struct queue *q, char name[SPARE_NAME_LEN])
+spare_take(struct queue *q, unsigned long long *num, char name[SPARE_NAME_LEN])
 {
 	struct spares *sp = q->spares;
 	bool found = false;
@@ -184,6 +184,7 @@ spare_take(struct queue *q, char name[SPARE_NAME_LEN])
 	pthread_mutex_unlock(&sp->lock);
 	if (found)
 		spare_name(name, n);
+	*num = n;
 	return found;
 }
 
@@ -302,9 +303,10 @@ msg_spool_spare(struct queue_msg *m)
 {
 	struct queue *q = m->q;
 	char name[SPARE_NAME_LEN];
+	unsigned long long n;
 	int fd, err = 0;
 
-	if (!spare_take(q, name))
+	if (!spare_take(q, &n, name))
 		return ENOENT;
 	fd = openat(q->queue_fd, name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
@@ -322,7 +324,7 @@ msg_spool_spare(struct queue_msg *m)
 	if (err == 0 && renameat(q->queue_fd, name, q->queue_fd, m->id) != 0)
 		err = errno;
 	/* On failure it is truncated again when next used. */
-	spare_release(q, strtoull(name + strlen(SPARE_PREFIX), NULL, 10), err != 0);
+	spare_release(q, n, err != 0);
 	return err;
 }
 

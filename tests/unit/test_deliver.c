@@ -26,6 +26,7 @@
 #define BLOCK (64 * 1024) /* deliver_maildir.c reads the spool file in blocks of this size */
 
 static char tmp_root[] = "/tmp/petrel-test-deliver-XXXXXX";
+#include "unit_tmpdir.h"
 static unsigned file_seq;
 
 /* ---- helpers ---- */
@@ -162,24 +163,6 @@ db_from(const char *users, const char *aliases, const char *delim, struct conf *
 	free(up);
 	free(ap);
 	return db;
-}
-
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static int
-group_setup(void **state)
-{
-	return mkdtemp(tmp_root) != NULL ? 0 : -1;
-}
-
-static int
-group_teardown(void **state)
-{
-	return nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* ---- deliver_local_part_is_safe ---- */

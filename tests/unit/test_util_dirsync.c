@@ -43,6 +43,7 @@ size_t __sanitizer_get_current_allocated_bytes(void);
 #define MAX_CALLS 64
 
 static char tmp_root[] = "/tmp/petrel-test-dirsync-XXXXXX";
+#include "unit_tmpdir.h"
 static unsigned dir_seq;
 
 /* ---- the fsync() util_dirsync calls ---- */
@@ -263,24 +264,6 @@ count_entries(const char *dir, const char *prefix)
 			n++;
 	closedir(d);
 	return n;
-}
-
-static int
-rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static int
-group_setup(void **state)
-{
-	return mkdtemp(tmp_root) != NULL ? 0 : -1;
-}
-
-static int
-group_teardown(void **state)
-{
-	return nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Heap in use: the sanitizer's count under ASan, malloc's otherwise. */
