@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,7 +18,9 @@
 /*
  * Maildir delivery (https://cr.yp.to/proto/maildir.html): write tmp/<name>,
  * flush it, rename it into new/, flush new/ (one flush shared by the deliveries
- * that reach the same new/ together: util_dirsync).  Every path component below
+ * that reach the same new/ together: util_dirsync) — or, for a message the
+ * journal keeps safe meanwhile, write and rename and then share one flush of
+ * the whole file system with every delivery in progress (util_fssync).  Every path component below
  * mail_root is opened relative to its parent with O_NOFOLLOW, so a symlink
  * planted in a mailbox cannot redirect a delivery elsewhere.
  */
@@ -139,30 +143,27 @@ maildir_open(struct maildir *md, const char *mail_root, const char *domain, cons
 }
 
 /*
- * Sets *found when new/<name> or cur/<name>[:flags] exists: the message was
- * delivered before a crash kept the queue from recording it.
+ * Sets *found when cur/<name>[:flags] exists: the message was delivered,
+ * and read, before a crash kept the queue from recording it.  (A copy in
+ * new/ is written again under its name: it may be one a crash cut short.)
  */
 static int
 already_delivered(const struct maildir *md, const char *name, bool *found, char *err,
 		  size_t err_cap)
 {
-	struct stat st;
 	size_t len = strlen(name);
 	const struct dirent *d;
 	DIR *dir;
 	int fd;
 
 	*found = false;
-	if (fstatat(md->new_dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		*found = true;
-		return 0;
-	}
-	if (errno != ENOENT) {
-		fail(err, err_cap, "new/%s: %s", name, strerror(errno));
-		return -1;
-	}
-	/* fdopendir() takes the descriptor it is given; md->cur stays ours. */
-	if ((fd = dup(md->cur)) < 0 || (dir = fdopendir(fd)) == NULL) {
+	/*
+	 * fdopendir() takes the descriptor it is given; md->cur stays ours.  A
+	 * descriptor of its own (not a dup: that would share the read position
+	 * with other threads using the same cached Maildir).
+	 */
+	if ((fd = openat(md->cur, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+	    (dir = fdopendir(fd)) == NULL) {
 		fail(err, err_cap, "cur/: %s", strerror(errno));
 		if (fd >= 0)
 			close(fd);
@@ -271,7 +272,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 	return 0;
 }
 
-/* Writes tmp/<name> and flushes it; the caller removes it on failure. */
+/* Writes tmp/<name> and flushes it (unless sync_fs); the caller removes it on failure. */
 static int
 write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 {
@@ -288,48 +289,164 @@ write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 	if (rc < 0)
 		return -1;
 	/* The data must be on disk before the rename makes the message visible. */
-	if (fdatasync(fd) < 0) {
+	if (!m->sync_fs && fdatasync(fd) < 0) {
 		fail(err, err_cap, "fdatasync: %s", strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
-int
-deliver_maildir_write(const char *mail_root, const char *domain, const char *user, const char *name,
-		      const struct deliver_msg *m, bool *permanent, char *err, size_t err_cap)
+/* ---- open Maildirs kept for the next delivery ---------------------------- */
+
+/*
+ * A busy mailbox is not looked up component by component (six opens and
+ * six closes) for every message: the directories of the last CACHE_SLOTS
+ * Maildirs stay open.  Before each use one stat(2) of the path of new/ must
+ * find the very directory held open (an open directory's inode number is
+ * never reused), so a Maildir, domain or mail_root removed, renamed or
+ * replaced behind petrel's back is looked up again, never written into.
+ */
+#define CACHE_SLOTS 16
+
+struct cached {
+	char *mail_root, *domain, *user; /* NULL: a free slot */
+	struct maildir md;
+	dev_t new_dev;
+	ino_t new_ino;
+	unsigned users;	    /* deliveries using md now */
+	bool stale;	    /* closed once unused */
+	unsigned long used; /* for choosing the slot to reuse */
+};
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cached cache[CACHE_SLOTS];
+static unsigned long cache_clock;
+
+/* Lock held: frees slot c (nobody uses it). */
+static void
+cache_drop(struct cached *c)
 {
-	struct maildir md = {-1, -1, -1, -1, -1, -1};
-	bool found, tmp_exists = false;
+	maildir_close(&c->md);
+	free(c->mail_root);
+	free(c->domain);
+	free(c->user);
+	memset(c, 0, sizeof(*c));
+}
+
+static bool
+new_path(char *path, size_t cap, const char *mail_root, const char *domain, const char *user)
+{
+	int n = snprintf(path, cap, "%s/%s/%s/new", mail_root, domain, user);
+
+	return n > 0 && (size_t)n < cap;
+}
+
+/* Done with c; stale: it must not be used again. */
+static void
+cache_put(struct cached *c, bool stale)
+{
+	pthread_mutex_lock(&cache_lock);
+	c->users--;
+	if (stale)
+		c->stale = true;
+	if (c->stale && c->users == 0)
+		cache_drop(c);
+	pthread_mutex_unlock(&cache_lock);
+}
+
+/* The open Maildir for these names, checked to still be the one at that path; or NULL. */
+static struct cached *
+cache_get(const char *mail_root, const char *domain, const char *user)
+{
+	struct cached *c = NULL;
+	char path[PATH_MAX];
+	struct stat st;
+
+	pthread_mutex_lock(&cache_lock);
+	for (size_t i = 0; i < CACHE_SLOTS; i++) {
+		struct cached *e = &cache[i];
+
+		if (e->mail_root != NULL && !e->stale && strcmp(e->user, user) == 0 &&
+		    strcmp(e->domain, domain) == 0 && strcmp(e->mail_root, mail_root) == 0) {
+			c = e;
+			c->users++;
+			c->used = ++cache_clock;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&cache_lock);
+	if (c == NULL)
+		return NULL;
+	if (new_path(path, sizeof(path), mail_root, domain, user) &&
+	    stat(path, &st) == 0 && st.st_dev == c->new_dev && st.st_ino == c->new_ino)
+		return c;
+	cache_put(c, true);
+	return NULL;
+}
+
+/* Keeps md (just opened, used successfully) for later; md is the cache's, or closed. */
+static void
+cache_add(const char *mail_root, const char *domain, const char *user, struct maildir *md)
+{
+	struct cached *slot = NULL;
+	struct stat st;
+
+	if (fstat(md->new_dir, &st) != 0) {
+		maildir_close(md);
+		return;
+	}
+	pthread_mutex_lock(&cache_lock);
+	for (size_t i = 0; i < CACHE_SLOTS; i++) {
+		struct cached *e = &cache[i];
+
+		if (e->mail_root == NULL) {
+			if (slot == NULL || slot->mail_root != NULL)
+				slot = e; /* a free slot first */
+			continue;
+		}
+		if (!e->stale && e->new_dev == st.st_dev && e->new_ino == st.st_ino) {
+			slot = NULL; /* kept already (another thread was first) */
+			break;
+		}
+		if (e->users == 0 && (slot == NULL || (slot->mail_root != NULL && e->used < slot->used)))
+			slot = e; /* else the one unused for the longest */
+	}
+	if (slot != NULL) {
+		if (slot->mail_root != NULL)
+			cache_drop(slot);
+		slot->mail_root = xstrdup(mail_root);
+		slot->domain = xstrdup(domain);
+		slot->user = xstrdup(user);
+		slot->md = *md;
+		slot->new_dev = st.st_dev;
+		slot->new_ino = st.st_ino;
+		slot->used = ++cache_clock;
+	} else {
+		maildir_close(md);
+	}
+	pthread_mutex_unlock(&cache_lock);
+}
+
+/* Writes m as <name> into the open Maildir md. */
+static int
+write_into(const struct maildir *md, const char *name, const struct deliver_msg *m, char *err,
+	   size_t err_cap)
+{
+	bool found = false, tmp_exists = false;
 	int fd = -1, rc = -1;
 
-	*permanent = false;
-	if (!deliver_local_part_is_safe(user, strlen(user))) {
-		*permanent = true;
-		fail(err, err_cap, "unsafe mailbox name");
-		return -1;
-	}
-	if (!component_is_safe(domain, DOMAIN_MAX, true) ||
-	    !component_is_safe(name, NAME_MAX_LEN, false)) {
-		*permanent = true;
-		fail(err, err_cap, "unsafe domain or file name");
-		return -1;
-	}
-	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0)
-		goto out;
-	found = false;
-	if (!m->first_copy && already_delivered(&md, name, &found, err, err_cap) < 0)
+	if (!m->first_copy && already_delivered(md, name, &found, err, err_cap) < 0)
 		goto out;
 	if (found) {
 		rc = 0;
 		goto out;
 	}
 	/* A tmp/<name> left by a crash during an earlier attempt is ours to replace. */
-	if (!m->first_copy && unlinkat(md.tmp, name, 0) < 0 && errno != ENOENT) {
+	if (!m->first_copy && unlinkat(md->tmp, name, 0) < 0 && errno != ENOENT) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
 		goto out;
 	}
-	fd = openat(md.tmp, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_WRONLY, 0600);
+	fd = openat(md->tmp, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_WRONLY, 0600);
 	if (fd < 0) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
 		goto out;
@@ -345,14 +462,14 @@ deliver_maildir_write(const char *mail_root, const char *domain, const char *use
 		goto out;
 	}
 	rc = -1;
-	if (renameat(md.tmp, name, md.new_dir, name) < 0) {
+	if (renameat(md->tmp, name, md->new_dir, name) < 0) {
 		fail(err, err_cap, "rename to new/%s: %s", name, strerror(errno));
 		goto out;
 	}
 	tmp_exists = false;
 	/* The rename is durable only once new/ itself is flushed. */
-	if (util_dirsync(md.new_dir) < 0) {
-		fail(err, err_cap, "fsync new/: %s", strerror(errno));
+	if (m->sync_fs ? util_fssync(md->new_dir) < 0 : util_dirsync(md->new_dir) < 0) {
+		fail(err, err_cap, "%s: %s", m->sync_fs ? "syncfs" : "fsync new/", strerror(errno));
 		goto out;
 	}
 	rc = 0;
@@ -360,9 +477,45 @@ out:
 	if (fd >= 0)
 		close(fd);
 	if (tmp_exists)
-		unlinkat(md.tmp, name, 0);
-	maildir_close(&md);
+		unlinkat(md->tmp, name, 0);
 	return rc;
+}
+
+int
+deliver_maildir_write(const char *mail_root, const char *domain, const char *user, const char *name,
+		      const struct deliver_msg *m, bool *permanent, char *err, size_t err_cap)
+{
+	struct maildir md = {-1, -1, -1, -1, -1, -1};
+	struct cached *c;
+
+	*permanent = false;
+	if (!deliver_local_part_is_safe(user, strlen(user))) {
+		*permanent = true;
+		fail(err, err_cap, "unsafe mailbox name");
+		return -1;
+	}
+	if (!component_is_safe(domain, DOMAIN_MAX, true) ||
+	    !component_is_safe(name, NAME_MAX_LEN, false)) {
+		*permanent = true;
+		fail(err, err_cap, "unsafe domain or file name");
+		return -1;
+	}
+	c = cache_get(mail_root, domain, user);
+	if (c != NULL) {
+		if (write_into(&c->md, name, m, err, err_cap) == 0) {
+			cache_put(c, false);
+			return 0;
+		}
+		/* Whatever went wrong, once more with the directories looked up afresh. */
+		cache_put(c, true);
+	}
+	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0 ||
+	    write_into(&md, name, m, err, err_cap) < 0) {
+		maildir_close(&md);
+		return -1;
+	}
+	cache_add(mail_root, domain, user, &md);
+	return 0;
 }
 
 int

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 
 #include "queue/queue_file.h"
 #include "queue/queue_internal.h"
+#include "queue/queue_journal.h"
 #include "util/util_pool.h"
 #include "util/util_buf.h"
 #include "util/util_dirsync.h"
@@ -30,7 +32,7 @@
 #define MEM_MSG_MAX   (256u * 1024)
 #define MEM_TOTAL_MAX (64u * 1024 * 1024)
 
-enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
+enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT, OP_DELIVER };
 
 struct msg_op {
 	struct util_pool_job job; /* first: a job is an op */
@@ -41,7 +43,8 @@ struct msg_op {
 	queue_done_fn done;
 	void *arg;
 	int err;
-	struct queue_delivery *preloaded; /* OP_COMMIT: the delivery, ready to start */
+	struct queue_delivery *preloaded; /* OP_COMMIT, OP_DELIVER: the delivery, ready to start */
+	struct journal_wait jwait;	  /* OP_COMMIT into the journal */
 	struct msg_op *next;
 };
 
@@ -56,6 +59,9 @@ struct queue_msg {
 	bool created;
 	void *direct_ctx; /* queue_msg_direct(): offered to q->direct at the commit */
 	bool delivered;	  /* the commit delivered it (queue_set_direct): never spooled */
+	struct journal_seg *jseg; /* acknowledged in the journal; delivery follows */
+	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
+	struct queue_msg *next_stuck;
 	int err;	  /* first write error; sticks */
 	size_t pending;	  /* octets appended, not yet written */
 	bool busy;	  /* an op is on the pool */
@@ -64,6 +70,7 @@ struct queue_msg {
 };
 
 static void msg_kick(struct queue_msg *m);
+static void op_done(struct util_pool_job *job);
 
 /* ---- receiving a message: worker side ----------------------------------- */
 
@@ -113,8 +120,13 @@ msg_deliver_direct(struct queue_msg *m)
 	it.smtputf8 = env.smtputf8;
 	it.fd = -1;
 	it.body_mem = m->mem != NULL ? m->mem : "";
+	it.journaled = m->jseg != NULL;
 	it.body_len = m->mem_len;
 	ok = q->direct(m->direct_ctx, &it);
+	if (!ok && m->jseg != NULL)
+		/* After the 250 the queue takes it: the line the commit would have logged. */
+		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", m->id, env.sender,
+			 (unsigned long long)m->mem_len, env.rcpts_len);
 	queue_file_env_free(&env);
 	return ok;
 }
@@ -372,6 +384,47 @@ flush:
 	return err;
 }
 
+/* Any thread: the journal's flush covered (or failed) the commit op's message. */
+static void
+journal_flushed(struct journal_wait *w)
+{
+	struct msg_op *op = (struct msg_op *)((char *)w - offsetof(struct msg_op, jwait));
+	struct queue_msg *m = op->msg;
+
+	op->err = w->err;
+	if (w->err == 0)
+		m->jseg = w->seg; /* acknowledged: delivery follows the 250 */
+	else
+		m->err = w->err;
+	util_pool_complete(m->q->pool, &op->job);
+}
+
+/*
+ * Worker, at the commit: puts a message held in memory into the journal.
+ * True when it is written there: the op completes once the shared flush
+ * has made it durable (journal_flushed), and its delivery follows the 250
+ * (OP_DELIVER).  False when the journal cannot take it: the commit goes on
+ * the way it would without a journal.
+ */
+static bool
+msg_journal(struct queue_msg *m, struct msg_op *op)
+{
+	struct queue *q = m->q;
+	const void *parts[2] = {m->header.data, m->mem != NULL ? m->mem : ""};
+	size_t lens[2] = {m->header.len, m->mem_len};
+	int err;
+
+	if (q->journal == NULL)
+		return false;
+	op->jwait.done = journal_flushed;
+	err = journal_append(q->journal, m->id, parts, lens, 2, &op->jwait);
+	if (err != 0) {
+		log_warn("%s: journal: %s; committing without it", m->id, strerror(err));
+		return false;
+	}
+	return true;
+}
+
 static void
 op_run(struct util_pool_job *job)
 {
@@ -388,17 +441,37 @@ op_run(struct util_pool_job *job)
 		op->err = m->err;
 		break;
 	case OP_COMMIT:
-		if (m->err == 0 && !m->spilled && q->direct != NULL && m->direct_ctx != NULL &&
-		    msg_deliver_direct(m)) {
-			m->delivered = true;
-			op->err = 0;
-			break;
+		if (m->err == 0 && !m->spilled && q->direct != NULL && m->direct_ctx != NULL) {
+			if (msg_journal(m, op))
+				return; /* journal_flushed() completes the op */
+			if (msg_deliver_direct(m)) {
+				m->delivered = true;
+				op->err = 0;
+				break;
+			}
 		}
 		m->err = msg_spool(m);
 		op->err = m->err;
 		if (op->err == 0)
 			op->preloaded =
 			    queue_delivery_preload(q, m->id, m->header.data, m->header.len);
+		break;
+	case OP_DELIVER:
+		/* After the 250: into the Maildirs, or else into the queue. */
+		if (msg_deliver_direct(m)) {
+			m->delivered = true;
+		} else {
+			op->err = msg_spool(m);
+			if (op->err == 0)
+				op->preloaded =
+				    queue_delivery_preload(q, m->id, m->header.data, m->header.len);
+			else
+				log_err("%s: cannot deliver or queue (%s); kept in the journal, "
+					"trying again in %us",
+					m->id, strerror(op->err), q->limits.retry_min_s);
+		}
+		if (op->err == 0)
+			journal_done(q->journal, m->jseg, m->id);
 		break;
 	case OP_ABORT:
 		if (m->fd >= 0)
@@ -416,10 +489,87 @@ op_run(struct util_pool_job *job)
 static void
 msg_free(struct queue_msg *m)
 {
+	if (m->direct_ctx != NULL && m->q->direct_release != NULL)
+		m->q->direct_release(m->direct_ctx);
 	m->q->mem_used -= m->mem_cap;
 	free(m->mem);
 	buf_free(&m->header);
 	free(m);
+}
+
+/* Loop: a journaled message waits for a worker that has nothing more urgent to do. */
+static void
+msg_deliver_later(struct queue_msg *m)
+{
+	struct queue *q = m->q;
+	struct msg_op *op;
+
+	if (q->closing) {
+		msg_free(m); /* still in the journal: the next start queues it */
+		return;
+	}
+	if (m->mem_len > 0 && m->mem_len < m->mem_cap) {
+		/* Held until delivered: only what it needs. */
+		m->mem = xrealloc(m->mem, m->mem_len);
+		q->mem_used -= m->mem_cap - m->mem_len;
+		m->mem_cap = m->mem_len;
+	}
+	op = xcalloc(1, sizeof(*op));
+	op->job.run = op_run;
+	op->job.done = op_done;
+	op->kind = OP_DELIVER;
+	op->msg = m;
+	m->ops_head = m->ops_tail = op;
+	m->busy = true;
+	util_pool_submit_background(q->pool, &op->job);
+}
+
+/* Loop: neither delivered nor queued (a full disk): tried again after retry_min. */
+static void
+msg_stuck(struct queue_msg *m)
+{
+	struct queue *q = m->q;
+
+	if (q->closing) {
+		msg_free(m);
+		return;
+	}
+	m->retry_ms = util_now_ms() + (uint64_t)q->limits.retry_min_s * 1000;
+	m->next_stuck = q->stuck;
+	q->stuck = m;
+}
+
+/* Loop: the stuck messages whose time has come go back to the workers. */
+void
+queue_stuck_retry(struct queue *q, bool all)
+{
+	struct queue_msg **p = &q->stuck;
+	uint64_t now = util_now_ms();
+
+	while (*p != NULL) {
+		struct queue_msg *m = *p;
+
+		if (!all && m->retry_ms > now) {
+			p = &m->next_stuck;
+			continue;
+		}
+		*p = m->next_stuck;
+		m->next_stuck = NULL;
+		msg_deliver_later(m);
+	}
+}
+
+long
+queue_stuck_due_ms(const struct queue *q)
+{
+	uint64_t now = util_now_ms(), first = UINT64_MAX;
+
+	for (const struct queue_msg *m = q->stuck; m != NULL; m = m->next_stuck)
+		if (m->retry_ms < first)
+			first = m->retry_ms;
+	if (first == UINT64_MAX)
+		return -1;
+	return first <= now ? 0 : (long)(first - now);
 }
 
 static void
@@ -429,6 +579,7 @@ op_done(struct util_pool_job *job)
 	struct queue_msg *m = op->msg;
 	struct queue *q = m->q;
 	enum op_kind kind;
+	int err = op->err;
 
 	m->busy = false;
 	m->ops_head = op->next;
@@ -445,8 +596,12 @@ op_done(struct util_pool_job *job)
 	free(op);
 	if (kind == OP_APPEND)
 		msg_kick(m);
+	else if (kind == OP_COMMIT && err == 0 && m->jseg != NULL)
+		msg_deliver_later(m);
+	else if (kind == OP_DELIVER && err != 0)
+		msg_stuck(m);
 	else
-		msg_free(m); /* commit and abort end the message */
+		msg_free(m); /* the message is delivered, queued, or aborted */
 	queue_start_due(q);
 }
 
@@ -568,9 +723,9 @@ queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg)
 }
 
 bool
-queue_msg_delivered(const struct queue_msg *m)
+queue_msg_direct_taken(const struct queue_msg *m)
 {
-	return m->delivered;
+	return m->delivered || m->jseg != NULL;
 }
 
 void
@@ -591,9 +746,10 @@ queue_msg_detach(struct queue_msg *m)
 }
 
 void
-queue_set_direct(struct queue *q, queue_direct_fn fn)
+queue_set_direct(struct queue *q, queue_direct_fn fn, void (*release)(void *msg_ctx))
 {
 	q->direct = fn;
+	q->direct_release = release;
 }
 
 void
@@ -617,6 +773,54 @@ open_dir(int parent, const char *name, char *err, size_t err_cap)
 	if (fd < 0)
 		snprintf(err, err_cap, "open %s: %s", name, strerror(errno));
 	return fd;
+}
+
+/* journal_recover: a message acknowledged in the journal becomes queue/ID. */
+static int
+requeue_one(void *arg, const char *id, const char *data, size_t len)
+{
+	struct queue *q = arg;
+	int fd, err = 0;
+
+	if (faccessat(q->queue_fd, id, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		return 0; /* queued before the crash (its delivery had failed) */
+	fd = openat(q->tmp_fd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return errno;
+	if (queue_file_write_all(fd, data, len) != 0 || fdatasync(fd) != 0)
+		err = errno;
+	close(fd);
+	if (err == 0 && renameat(q->tmp_fd, id, q->queue_fd, id) != 0)
+		err = errno;
+	if (err != 0)
+		unlinkat(q->tmp_fd, id, 0);
+	return err;
+}
+
+/*
+ * Opens the journal and turns what a crash left in it into queue files
+ * (durable before the journal forgets them).  A journal that cannot be
+ * read stops the start: its messages were acknowledged.
+ */
+static int
+journal_open_recover(struct queue *q, int spool_fd, char *err, size_t err_cap)
+{
+	long n;
+
+	q->journal = journal_open(spool_fd, err, err_cap);
+	if (q->journal == NULL)
+		return -1;
+	n = journal_recover(q->journal, requeue_one, q, err, err_cap);
+	if (n < 0)
+		return -1;
+	if (n > 0 && fsync(q->queue_fd) != 0) {
+		snprintf(err, err_cap, "fsync queue: %s", strerror(errno));
+		return -1;
+	}
+	journal_clear(q->journal);
+	if (n > 0)
+		log_info("queue: %ld message(s) from the journal queued", n);
+	return 0;
 }
 
 /* Removes what a crash left in tmp/ (never acknowledged) and schedules queue/. */
@@ -689,11 +893,17 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	q->incoming_fd = open_dir(spool_fd, "incoming", err, err_cap);
 	/* New directories must survive a crash before any message is put in them. */
 	fsync(spool_fd);
-	close(spool_fd);
-	if (q->tmp_fd < 0 || q->queue_fd < 0 || q->incoming_fd < 0)
+	if (q->tmp_fd < 0 || q->queue_fd < 0 || q->incoming_fd < 0) {
+		close(spool_fd);
 		goto fail;
+	}
+	if (journal_open_recover(q, spool_fd, err, err_cap) != 0) {
+		close(spool_fd);
+		goto fail;
+	}
+	close(spool_fd);
 	recover(q);
-	q->pool = util_pool_new(q->limits.workers);
+	q->pool = util_pool_new(q->limits.workers, q->limits.workers);
 	queue_pickup(q); /* what petrel sendmail left while the server was down */
 	return q;
 fail:
@@ -717,6 +927,13 @@ queue_close(struct queue *q)
 	for (size_t i = 0; i < q->heap_len; i++)
 		free(q->heap[i]);
 	free(q->heap);
+	while (q->stuck != NULL) {
+		struct queue_msg *m = q->stuck;
+
+		q->stuck = m->next_stuck;
+		msg_free(m); /* still in the journal: the next start queues it */
+	}
+	journal_close(q->journal); /* after the workers: every mark is written */
 	if (q->tmp_fd >= 0)
 		close(q->tmp_fd);
 	if (q->queue_fd >= 0)
@@ -738,6 +955,7 @@ void
 queue_dispatch(struct queue *q)
 {
 	util_pool_dispatch(q->pool);
+	queue_stuck_retry(q, false);
 	queue_start_due(q);
 }
 

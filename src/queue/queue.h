@@ -80,6 +80,8 @@ struct queue_item {
 	off_t body_off;	   /* where the message starts in fd */
 	uint64_t body_len;
 	const char *body_mem; /* the message in memory (queue_set_direct), or NULL */
+	bool journaled;	      /* the journal keeps the message until the deliverer returns: a
+				 copy may be made durable by a flush shared with others */
 };
 
 enum queue_rcpt_status {
@@ -132,7 +134,8 @@ void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
  * client then sends the message again (at least once, never lost).
  */
 typedef bool (*queue_direct_fn)(void *msg_ctx, const struct queue_item *item);
-void queue_set_direct(struct queue *q, queue_direct_fn fn);
+/* release(msg_ctx) runs on the loop thread once the queue is done with a message's msg_ctx. */
+void queue_set_direct(struct queue *q, queue_direct_fn fn, void (*release)(void *msg_ctx));
 
 /* Runs run(arg) on a worker thread (blocking file work), then done(arg) on the loop thread. */
 void queue_work(struct queue *q, void (*run)(void *arg), void (*done)(void *arg), void *arg);
@@ -183,11 +186,15 @@ size_t queue_msg_pending(const struct queue_msg *m);
 void queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg);
 /*
  * Lets the commit offer m to the direct deliverer (queue_set_direct) with
- * msg_ctx, which must stay valid until the commit callback has run.
+ * msg_ctx, which the queue hands to the release function when done with it.
  */
 void queue_msg_direct(struct queue_msg *m, void *msg_ctx);
-/* In the commit callback: true when the commit delivered the message (queue_set_direct). */
-bool queue_msg_delivered(const struct queue_msg *m);
+/*
+ * In the commit callback: true when m went to the direct deliverer's way
+ * (delivered at the commit, or in the journal with its delivery following):
+ * the deliverer logs it, or the queue does if it ends up queued after all.
+ */
+bool queue_msg_direct_taken(const struct queue_msg *m);
 /* Drops the message and its file; m is gone.  No callback runs for it any more. */
 void queue_msg_abort(struct queue_msg *m);
 /* Forgets the callbacks of m (its owner went away); the work itself goes on. */

@@ -30,6 +30,9 @@ struct queue {
 	size_t mem_used; /* octets of messages held in memory while received */
 	struct spares *spares;
 	queue_direct_fn direct;
+	void (*direct_release)(void *msg_ctx);
+	struct journal *journal;   /* NULL: small messages are committed without it */
+	struct queue_msg *stuck;   /* journaled, could be neither delivered nor queued */
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
 	queue_bounce_fn bounce;
@@ -63,6 +66,11 @@ void queue_spare_put(struct queue *q, const char *id, off_t size);
 struct queue_delivery *queue_delivery_preload(struct queue *q, const char *id, const char *header,
 					      size_t header_len);
 void queue_delivery_start_preloaded(struct queue *q, struct queue_delivery *d);
+
+/* Milliseconds until a stuck journaled message is tried again (-1: none). */
+long queue_stuck_due_ms(const struct queue *q);
+/* Hands the stuck messages that are due (all: every one) back to the workers. */
+void queue_stuck_retry(struct queue *q, bool all);
 
 /* Adds e to the schedule (due_ms 0: now). */
 void queue_schedule(struct queue *q, struct entry *e);

@@ -117,10 +117,12 @@ long
 queue_next_due_ms(const struct queue *q)
 {
 	uint64_t now = util_now_ms();
+	long heap_ms, stuck_ms = queue_stuck_due_ms(q);
 
 	if (q->heap_len == 0)
-		return -1;
-	return q->heap[0]->due_ms <= now ? 0 : (long)(q->heap[0]->due_ms - now);
+		return stuck_ms;
+	heap_ms = q->heap[0]->due_ms <= now ? 0 : (long)(q->heap[0]->due_ms - now);
+	return stuck_ms >= 0 && stuck_ms < heap_ms ? stuck_ms : heap_ms;
 }
 
 void
@@ -131,6 +133,7 @@ queue_flush_all(struct queue *q)
 	/* Equal keys keep the heap valid. */
 	for (size_t i = 0; i < q->heap_len; i++)
 		q->heap[i]->due_ms = now;
+	queue_stuck_retry(q, true);
 	queue_start_due(q);
 }
 

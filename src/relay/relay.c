@@ -418,7 +418,7 @@ relay_new(const char *dns_resolver, const struct relay_limits *limits, char *err
 	}
 	pthread_mutex_init(&r->cache_lock, NULL);
 	pthread_mutex_init(&r->active_lock, NULL);
-	r->pool = util_pool_new(r->limits.threads);
+	r->pool = util_pool_new(r->limits.threads, 0);
 	return r;
 }
 

@@ -50,6 +50,8 @@ void server_deliver(void *ctx, struct queue_delivery *d);
 /* Delivery at the commit (queue_set_direct); msg_ctx is the session's struct server_cfg. */
 struct queue_item;
 bool server_deliver_direct(void *msg_ctx, const struct queue_item *item);
+/* Drops the session's reference to msg_ctx (a struct server_cfg) taken for the direct way. */
+void server_direct_release(void *msg_ctx);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */
 struct server_cfg *server_current_cfg(struct server *srv);
 

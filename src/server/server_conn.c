@@ -239,8 +239,8 @@ commit_done(void *arg, int err)
 
 	snprintf(id, sizeof(id), "%s", queue_msg_id(c->msg));
 	if (err == 0) {
-		/* A message delivered at the commit was logged by server_deliver_direct(). */
-		if (!queue_msg_delivered(c->msg))
+		/* A message the direct way is logged by server_deliver_direct() (or the queue). */
+		if (!queue_msg_direct_taken(c->msg))
 			log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", id,
 				 smtp_session_sender(c->sess),
 				 (unsigned long long)smtp_session_message_size(c->sess),
@@ -323,6 +323,19 @@ rcpt_list_free(struct rcpt_list *l)
 	free(l->orcpts);
 }
 
+/* Every recipient (aliases expanded) is in a local domain: the direct way may take it. */
+static bool
+rcpts_all_local(const struct conf *conf, const struct rcpt_list *l)
+{
+	for (size_t i = 0; i < l->len; i++) {
+		const char *at = strrchr(l->rcpts[i], '@');
+
+		if (at == NULL || !conf_is_local_domain(conf, at + 1, strlen(at + 1)))
+			return false;
+	}
+	return true;
+}
+
 static void
 begin_message(struct conn *c)
 {
@@ -342,7 +355,8 @@ begin_message(struct conn *c)
 	env.body_8bit = p->body == SMTP_BODY_8BITMIME;
 	env.smtputf8 = p->smtputf8;
 	c->msg = queue_msg_new(c->srv->queue, &env);
-	queue_msg_direct(c->msg, c->cfg); /* c->cfg lives until commit_done */
+	if (rcpts_all_local(c->cfg->conf, &l))
+		queue_msg_direct(c->msg, server_cfg_ref(c->cfg)); /* server_direct_release */
 	log_info("%s: client=unknown[%s]", queue_msg_id(c->msg), c->addr);
 	rcpt_list_free(&l);
 }

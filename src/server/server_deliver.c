@@ -132,6 +132,7 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		m.headers = buf_cstr(&h);
 		m.body_mem = item->body_mem;
 		m.first_copy = item->body_mem != NULL; /* at the commit: no earlier attempt */
+		m.sync_fs = item->journaled;
 		m.body_fd = item->fd;
 		m.body_off = item->body_off;
 		m.body_len = item->body_len;
@@ -231,6 +232,12 @@ server_deliver_direct(void *msg_ctx, const struct queue_item *item)
 	}
 	copies_free(&copies);
 	return ok;
+}
+
+void
+server_direct_release(void *msg_ctx)
+{
+	server_cfg_unref(msg_ctx);
 }
 
 /* One attempt: local recipients on a worker thread, then one relay session per domain. */

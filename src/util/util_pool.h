@@ -23,13 +23,19 @@ struct util_pool_job {
 	struct util_pool_job *next; /* owned by the pool while queued */
 };
 
-struct util_pool *util_pool_new(unsigned workers);
+/* workers threads for util_pool_submit(), bg_workers for util_pool_submit_background(). */
+struct util_pool *util_pool_new(unsigned workers, unsigned bg_workers);
 /* Waits for queued jobs to run, then stops the threads; completions stay for util_pool_dispatch().
  */
 void util_pool_stop(struct util_pool *p);
 /* Frees a stopped pool; undispatched completions are dropped. */
 void util_pool_free(struct util_pool *p);
 void util_pool_submit(struct util_pool *p, struct util_pool_job *job);
+/*
+ * Work that may wait: runs, in order, on the background workers, which run
+ * at a lower CPU priority than the others.  util_pool_stop() runs these too.
+ */
+void util_pool_submit_background(struct util_pool *p, struct util_pool_job *job);
 /* Any thread: the job's work is over; its done function runs at the next util_pool_dispatch(). */
 void util_pool_complete(struct util_pool *p, struct util_pool_job *job);
 int util_pool_notify_fd(const struct util_pool *p);

@@ -1,0 +1,523 @@
+#include "queue/queue_journal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "queue/queue_jrec.h"
+#include "util/util_log.h"
+#include "util/util_mem.h"
+
+/* A segment takes no more messages past this size. */
+#define SEG_MAX (4u << 20)
+#define SEG_NAME_LEN 17
+#define PARTS_MAX 4
+
+struct journal_seg {
+	uint64_t seq;
+	int fd;
+	uint64_t len;	 /* octets written */
+	uint64_t synced; /* octets on stable storage */
+	bool syncing;	 /* a thread is in fdatasync for it */
+	bool sealed;	 /* takes no more messages (full, or a write or flush failed) */
+	int broken;	 /* errno of a failed flush: nothing unflushed can be trusted */
+	size_t records, finished;
+	struct journal_wait *wait_head, *wait_tail; /* written, waiting for a flush */
+	struct journal_seg *next;
+};
+
+struct journal {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int dir_fd;
+	uint64_t next_seq;
+	struct journal_seg *cur;  /* where messages go; NULL until the first */
+	struct journal_seg *segs; /* every live segment */
+	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
+	size_t found_len;
+	unsigned long n_append, n_sync; /* DEBUG */
+};
+
+static void
+seg_name(char name[SEG_NAME_LEN], uint64_t seq)
+{
+	snprintf(name, SEG_NAME_LEN, "%016" PRIx64, seq);
+}
+
+/* The sequence number of a segment's name, or false for any other name. */
+static bool
+seg_parse(const char *name, uint64_t *seq)
+{
+	uint64_t v = 0;
+	size_t i;
+
+	for (i = 0; i < SEG_NAME_LEN - 1; i++) {
+		char c = name[i];
+
+		if (c >= '0' && c <= '9')
+			v = (v << 4) | (uint64_t)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v = (v << 4) | (uint64_t)(c - 'a' + 10);
+		else
+			return false;
+	}
+	if (name[i] != '\0')
+		return false;
+	*seq = v;
+	return true;
+}
+
+struct journal *
+journal_open(int spool_fd, char *err, size_t err_cap)
+{
+	struct journal *j;
+	int fd;
+
+	if (mkdirat(spool_fd, "journal", 0700) != 0 && errno != EEXIST) {
+		snprintf(err, err_cap, "mkdir journal: %s", strerror(errno));
+		return NULL;
+	}
+	fd = openat(spool_fd, "journal", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		snprintf(err, err_cap, "open journal: %s", strerror(errno));
+		return NULL;
+	}
+	j = xcalloc(1, sizeof(*j));
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->cond, NULL);
+	j->dir_fd = fd;
+	j->next_seq = 1;
+	return j;
+}
+
+/* ---- recovery ------------------------------------------------------------- */
+
+struct scan {
+	char (*done)[UTIL_ID_LEN + 1];
+	size_t done_len, done_cap;
+	/* the second pass */
+	int (*fn)(void *arg, const char *id, const char *data, size_t len);
+	void *arg;
+	int err;
+	long taken;
+};
+
+static bool
+collect_done(void *arg, const struct jrec *r)
+{
+	struct scan *s = arg;
+
+	if (r->type != JREC_DONE)
+		return true;
+	if (s->done_len == s->done_cap) {
+		s->done_cap = s->done_cap ? 2 * s->done_cap : 64;
+		s->done = xrealloc(s->done, s->done_cap * sizeof(*s->done));
+	}
+	memcpy(s->done[s->done_len++], r->id, UTIL_ID_LEN + 1);
+	return true;
+}
+
+static bool
+is_done(const struct scan *s, const char *id)
+{
+	for (size_t i = 0; i < s->done_len; i++)
+		if (memcmp(s->done[i], id, UTIL_ID_LEN) == 0)
+			return true;
+	return false;
+}
+
+static bool
+hand_back(void *arg, const struct jrec *r)
+{
+	struct scan *s = arg;
+
+	if (r->type != JREC_MSG || is_done(s, r->id))
+		return true;
+	s->err = s->fn(s->arg, r->id, r->payload, r->len);
+	if (s->err != 0)
+		return false;
+	s->taken++;
+	return true;
+}
+
+static int
+cmp_seq(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Reads a whole segment into memory. */
+static char *
+read_seg(int dir_fd, const char *name, size_t *len)
+{
+	struct stat st;
+	char *buf;
+	size_t off = 0;
+	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		errno = EINVAL;
+		return NULL;
+	}
+	buf = xmalloc((size_t)st.st_size + 1);
+	while (off < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	close(fd);
+	*len = off;
+	return buf;
+}
+
+long
+journal_recover(struct journal *j,
+		int (*fn)(void *arg, const char *id, const char *data, size_t len), void *arg,
+		char *err, size_t err_cap)
+{
+	DIR *d = fdopendir(dup(j->dir_fd));
+	struct dirent *de;
+	struct scan s = {0};
+	size_t cap = 0;
+
+	if (d == NULL) {
+		snprintf(err, err_cap, "journal: %s", strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		uint64_t seq;
+
+		if (!seg_parse(de->d_name, &seq))
+			continue;
+		if (j->found_len == cap) {
+			cap = cap ? 2 * cap : 16;
+			j->found = xrealloc(j->found, cap * sizeof(*j->found));
+		}
+		j->found[j->found_len++] = seq;
+	}
+	closedir(d);
+	qsort(j->found, j->found_len, sizeof(*j->found), cmp_seq);
+	s.fn = fn;
+	s.arg = arg;
+	for (size_t i = 0; i < j->found_len; i++) {
+		char name[SEG_NAME_LEN], *buf;
+		size_t len = 0;
+
+		seg_name(name, j->found[i]);
+		if (j->found[i] >= j->next_seq)
+			j->next_seq = j->found[i] + 1;
+		buf = read_seg(j->dir_fd, name, &len);
+		if (buf == NULL) {
+			snprintf(err, err_cap, "journal/%s: %s", name, strerror(errno));
+			free(s.done);
+			return -1;
+		}
+		s.done_len = 0;
+		jrec_scan(buf, len, collect_done, &s);
+		jrec_scan(buf, len, hand_back, &s);
+		free(buf);
+		if (s.err != 0) {
+			snprintf(err, err_cap, "journal/%s: %s", name, strerror(s.err));
+			free(s.done);
+			return -1;
+		}
+	}
+	free(s.done);
+	return s.taken;
+}
+
+void
+journal_clear(struct journal *j)
+{
+	for (size_t i = 0; i < j->found_len; i++) {
+		char name[SEG_NAME_LEN];
+
+		seg_name(name, j->found[i]);
+		if (unlinkat(j->dir_fd, name, 0) != 0 && errno != ENOENT)
+			log_warn("journal/%s: %s", name, strerror(errno));
+	}
+	if (j->found_len > 0)
+		fsync(j->dir_fd);
+	free(j->found);
+	j->found = NULL;
+	j->found_len = 0;
+}
+
+/* ---- appending ------------------------------------------------------------ */
+
+/* Lock held.  A sealed segment with every message finished and no flush running goes. */
+static void
+maybe_retire(struct journal *j, struct journal_seg *seg)
+{
+	struct journal_seg **p;
+	char name[SEG_NAME_LEN];
+
+	if (!seg->sealed || seg->syncing || seg->finished < seg->records)
+		return;
+	for (p = &j->segs; *p != seg; p = &(*p)->next)
+		;
+	*p = seg->next;
+	if (j->cur == seg)
+		j->cur = NULL;
+	seg_name(name, seg->seq);
+	close(seg->fd);
+	/* Gone for good: a segment back after a crash would bring its messages back. */
+	if (unlinkat(j->dir_fd, name, 0) != 0 || fsync(j->dir_fd) != 0)
+		log_warn("journal/%s: %s", name, strerror(errno));
+	free(seg);
+}
+
+/* Lock held.  A new current segment, its name durable before any message goes in. */
+static struct journal_seg *
+seg_new(struct journal *j)
+{
+	struct journal_seg *seg;
+	char name[SEG_NAME_LEN];
+	int fd, e;
+
+	seg_name(name, j->next_seq);
+	fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return NULL;
+	if (fsync(j->dir_fd) != 0) {
+		e = errno;
+		close(fd);
+		unlinkat(j->dir_fd, name, 0);
+		errno = e;
+		return NULL;
+	}
+	seg = xcalloc(1, sizeof(*seg));
+	seg->seq = j->next_seq++;
+	seg->fd = fd;
+	seg->next = j->segs;
+	j->segs = seg;
+	if (j->cur != NULL) {
+		j->cur->sealed = true;
+		maybe_retire(j, j->cur);
+	}
+	j->cur = seg;
+	return seg;
+}
+
+/* Lock held.  Writes a whole record at the end of seg: 0, or an errno value. */
+static int
+seg_write(struct journal_seg *seg, struct iovec *iov, int iovcnt)
+{
+	uint64_t off = seg->len;
+	size_t left = 0;
+
+	for (int i = 0; i < iovcnt; i++)
+		left += iov[i].iov_len;
+	while (left > 0) {
+		ssize_t n = pwritev(seg->fd, iov, iovcnt, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int e = n < 0 ? errno : EIO;
+
+			/* Nothing may follow a torn record: cut it off, or take no more here. */
+			if (ftruncate(seg->fd, (off_t)seg->len) != 0)
+				seg->sealed = true;
+			return e;
+		}
+		off += (uint64_t)n;
+		left -= (size_t)n;
+		while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			iovcnt--;
+		}
+		if (iovcnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	seg->len = off;
+	return 0;
+}
+
+/* Lock held.  Appends the "finished" mark of id (no flush of its own). */
+static void
+seg_mark(struct journal_seg *seg, const char *id)
+{
+	char head[JREC_HEAD_LEN];
+	struct iovec iov = {head, sizeof(head)};
+
+	if (seg->broken != 0)
+		return;
+	jrec_head(head, JREC_DONE, id, NULL, NULL, 0);
+	if (seg_write(seg, &iov, 1) != 0)
+		seg->sealed = true;
+}
+
+/*
+ * Lock held, seg->syncing set by the caller: the leader.  Flushes while
+ * anyone waits, each flush covering every record written before it began,
+ * and tells the waiters it covered.  Records written during a flush wait for
+ * the next one, so the batch grows with the load.
+ */
+static void
+seg_flush(struct journal *j, struct journal_seg *seg)
+{
+	while (seg->wait_head != NULL) {
+		struct journal_wait *ready = NULL, **tail = &ready;
+		uint64_t target = seg->len;
+		int rc;
+
+		pthread_mutex_unlock(&j->lock);
+		rc = fdatasync(seg->fd) == 0 ? 0 : errno;
+		pthread_mutex_lock(&j->lock);
+		j->n_sync++;
+		if (rc == 0) {
+			seg->synced = target;
+		} else if (seg->broken == 0) {
+			/* A failed flush may have dropped the dirty pages: trust nothing after it. */
+			seg->broken = rc;
+			seg->sealed = true;
+			log_err("journal: fdatasync: %s", strerror(rc));
+		}
+		while (seg->wait_head != NULL &&
+		       (seg->broken != 0 || seg->wait_head->end <= seg->synced)) {
+			struct journal_wait *w = seg->wait_head;
+
+			seg->wait_head = w->next;
+			w->next = NULL;
+			if (seg->broken != 0) {
+				/* Not acknowledged: a copy that survives anyway must not come back. */
+				w->err = seg->broken;
+				seg->finished++;
+			}
+			*tail = w;
+			tail = &w->next;
+		}
+		if (seg->wait_head == NULL)
+			seg->wait_tail = NULL;
+		pthread_mutex_unlock(&j->lock);
+		while (ready != NULL) {
+			struct journal_wait *w = ready;
+
+			ready = w->next; /* w may be gone once told */
+			w->done(w);
+		}
+		pthread_mutex_lock(&j->lock);
+	}
+	seg->syncing = false;
+	maybe_retire(j, seg);
+}
+
+int
+journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
+	       size_t nparts, struct journal_wait *w)
+{
+	char head[JREC_HEAD_LEN];
+	struct iovec iov[1 + PARTS_MAX];
+	struct journal_seg *seg;
+	size_t total = 0;
+	int err;
+
+	if (nparts > PARTS_MAX)
+		return EINVAL;
+	iov[0].iov_base = head;
+	iov[0].iov_len = sizeof(head);
+	for (size_t i = 0; i < nparts; i++) {
+		iov[1 + i].iov_base = (void *)parts[i];
+		iov[1 + i].iov_len = lens[i];
+		total += lens[i];
+	}
+	if (total > JREC_PAYLOAD_MAX)
+		return EFBIG;
+	jrec_head(head, JREC_MSG, id, parts, lens, nparts);
+	pthread_mutex_lock(&j->lock);
+	seg = j->cur;
+	if (seg == NULL || seg->sealed || seg->len >= SEG_MAX)
+		seg = seg_new(j);
+	if (seg == NULL) {
+		err = errno;
+		pthread_mutex_unlock(&j->lock);
+		return err;
+	}
+	err = seg_write(seg, iov, 1 + (int)nparts);
+	if (err != 0) {
+		seg->sealed = true;
+		maybe_retire(j, seg);
+		pthread_mutex_unlock(&j->lock);
+		return err;
+	}
+	seg->records++;
+	j->n_append++;
+	w->seg = seg;
+	w->end = seg->len;
+	w->err = 0;
+	w->next = NULL;
+	if (seg->wait_tail != NULL)
+		seg->wait_tail->next = w;
+	else
+		seg->wait_head = w;
+	seg->wait_tail = w;
+	if (!seg->syncing) {
+		seg->syncing = true;
+		seg_flush(j, seg);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+void
+journal_done(struct journal *j, struct journal_seg *seg, const char *id)
+{
+	pthread_mutex_lock(&j->lock);
+	seg->finished++;
+	if (seg->finished == seg->records && seg->sealed)
+		maybe_retire(j, seg);
+	else
+		seg_mark(seg, id);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void
+journal_close(struct journal *j)
+{
+	if (j == NULL)
+		return;
+	while (j->segs != NULL) {
+		struct journal_seg *seg = j->segs;
+
+		if (seg->finished < seg->records) {
+			/* Messages still owed: keep the segment, with its marks flushed. */
+			if (seg->broken == 0 && fdatasync(seg->fd) != 0)
+				log_err("journal: fdatasync: %s", strerror(errno));
+			j->segs = seg->next;
+			close(seg->fd);
+			free(seg);
+			continue;
+		}
+		seg->sealed = true;
+		maybe_retire(j, seg);
+	}
+	log_info("DEBUG journal: %lu appends %lu flushes", j->n_append, j->n_sync);
+	close(j->dir_fd);
+	free(j->found);
+	pthread_mutex_destroy(&j->lock);
+	pthread_cond_destroy(&j->cond);
+	free(j);
+}
