@@ -377,8 +377,8 @@ cache_get(const char *mail_root, const char *domain, const char *user)
 	pthread_mutex_unlock(&cache_lock);
 	if (c == NULL)
 		return NULL;
-	if (new_path(path, sizeof(path), mail_root, domain, user) &&
-	    stat(path, &st) == 0 && st.st_dev == c->new_dev && st.st_ino == c->new_ino)
+	if (new_path(path, sizeof(path), mail_root, domain, user) && stat(path, &st) == 0 &&
+	    st.st_dev == c->new_dev && st.st_ino == c->new_ino)
 		return c;
 	cache_put(c, true);
 	return NULL;
@@ -408,7 +408,8 @@ cache_add(const char *mail_root, const char *domain, const char *user, struct ma
 			slot = NULL; /* kept already (another thread was first) */
 			break;
 		}
-		if (e->users == 0 && (slot == NULL || (slot->mail_root != NULL && e->used < slot->used)))
+		if (e->users == 0 &&
+		    (slot == NULL || (slot->mail_root != NULL && e->used < slot->used)))
 			slot = e; /* else the one unused for the longest */
 	}
 	if (slot != NULL) {

@@ -57,15 +57,15 @@ struct queue_msg {
 	bool spilled; /* the message goes to tmp/ID (mem is no longer used) */
 	int fd;	      /* tmp/ID once created, worker threads only */
 	bool created;
-	void *direct_ctx; /* queue_msg_direct(): offered to q->direct at the commit */
-	bool delivered;	  /* the commit delivered it (queue_set_direct): never spooled */
+	void *direct_ctx;	  /* queue_msg_direct(): offered to q->direct at the commit */
+	bool delivered;		  /* the commit delivered it (queue_set_direct): never spooled */
 	struct journal_seg *jseg; /* acknowledged in the journal; delivery follows */
 	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
 	struct queue_msg *next_stuck;
-	int err;	  /* first write error; sticks */
-	size_t pending;	  /* octets appended, not yet written */
-	bool busy;	  /* an op is on the pool */
-	bool detached;	  /* callbacks dropped */
+	int err;	/* first write error; sticks */
+	size_t pending; /* octets appended, not yet written */
+	bool busy;	/* an op is on the pool */
+	bool detached;	/* callbacks dropped */
 	struct msg_op *ops_head, *ops_tail;
 };
 

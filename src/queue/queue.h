@@ -4,6 +4,7 @@
  * recipient is done.
  *
  * Layout under spool_dir:
+ *   journal/N  segments of the journal (queue_journal.h): small local messages
  *   tmp/ID     a message being received (never acknowledged; removed at start)
  *   queue/ID   an acknowledged message: envelope header, blank line, message
  *   queue/ID.st delivery progress of ID (recipients done, attempts, next try)
@@ -13,10 +14,16 @@
  * before the commit callback runs.  Directory flushes are shared: one fsync
  * of queue/ covers every message renamed before it began (group commit,
  * util_dirsync), while the files' own flushes run in parallel on the worker
- * threads.  A small message whose recipients are all delivered at the commit
- * (queue_set_direct: local Maildirs, each durable) needs no spool file at
- * all; the commit callback then reports it delivered.  The event loop never waits on the disk:
- * every file operation runs on the queue's threads, and completions come back through
+ * threads.  A small message offered to the direct deliverer (queue_msg_direct:
+ * all recipients local) is instead appended to the journal, one fdatasync
+ * shared by every message written meanwhile, and delivered into the Maildirs
+ * right after its 250 by a background worker (lower CPU priority: clients
+ * waiting for a 250 come first); it never gets a queue file unless that
+ * delivery fails.  When the journal cannot take it (disk full), it is
+ * delivered before the 250 instead, and only spooled if that fails too.  A
+ * crash leaves the journal's undelivered messages, which become queue files
+ * at the next start.  The event loop never waits on the disk: every file
+ * operation runs on the queue's threads, and completions come back through
  * queue_notify_fd() / queue_dispatch() on the loop's thread.
  *
  * Threading: every function here is called from the event loop thread only,
@@ -123,15 +130,17 @@ typedef char *(*queue_bounce_fn)(void *ctx, const struct queue_item *item,
 void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
 
 /*
- * Delivery at the commit, on a worker thread, before any spool file exists:
- * a message received whole in memory (a small one) is offered to fn first
- * (item->body_mem set, item->done NULL).  fn returns true only when every
+ * The direct way, on a worker thread, before any spool file exists: a
+ * message received whole in memory (a small one) is offered to fn first
+ * (item->body_mem set, item->done NULL) — after its 250 when the journal
+ * holds it (item->journaled), else before.  fn returns true only when every
  * recipient has the message on stable storage; the message is then finished
  * and never spooled.  Otherwise it is spooled as usual and its delivery runs
  * from the queue, so fn must leave nothing a later attempt would duplicate
  * (Maildir file names are stable per message and recipient).  A crash after
- * fn made a copy and before the client saw its 250 leaves that copy; the
- * client then sends the message again (at least once, never lost).
+ * fn made a copy and before that was recorded leaves the copy; the message
+ * is then delivered again from the journal or by the client (at least once,
+ * never lost), under the same names.
  */
 typedef bool (*queue_direct_fn)(void *msg_ctx, const struct queue_item *item);
 /* release(msg_ctx) runs on the loop thread once the queue is done with a message's msg_ctx. */

@@ -31,8 +31,8 @@ struct queue {
 	struct spares *spares;
 	queue_direct_fn direct;
 	void (*direct_release)(void *msg_ctx);
-	struct journal *journal;   /* NULL: small messages are committed without it */
-	struct queue_msg *stuck;   /* journaled, could be neither delivered nor queued */
+	struct journal *journal; /* NULL: small messages are committed without it */
+	struct queue_msg *stuck; /* journaled, could be neither delivered nor queued */
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
 	queue_bounce_fn bounce;

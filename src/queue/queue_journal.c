@@ -19,9 +19,10 @@
 #include "util/util_mem.h"
 
 /* A segment takes no more messages past this size. */
-#define SEG_MAX (4u << 20)
+#define SEG_MAX	     (4u << 20)
+#define SEG_READ_MAX (4 * SEG_MAX + 2 * (size_t)JREC_PAYLOAD_MAX)
 #define SEG_NAME_LEN 17
-#define PARTS_MAX 4
+#define PARTS_MAX    4
 
 struct journal_seg {
 	uint64_t seq;
@@ -45,7 +46,6 @@ struct journal {
 	struct journal_seg *segs; /* every live segment */
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
-	unsigned long n_append, n_sync; /* DEBUG */
 };
 
 static void
@@ -158,13 +158,17 @@ cmp_seq(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Reads a whole segment into memory. */
+/*
+ * Reads a segment into memory: the whole of it, up to a bound no segment
+ * petrel writes comes near (SEG_MAX, one record past it, a mark for each
+ * record), so that a stray huge file cannot take the memory.
+ */
 static char *
 read_seg(int dir_fd, const char *name, size_t *len)
 {
 	struct stat st;
 	char *buf;
-	size_t off = 0;
+	size_t off = 0, size;
 	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
 	if (fd < 0)
@@ -174,9 +178,10 @@ read_seg(int dir_fd, const char *name, size_t *len)
 		errno = EINVAL;
 		return NULL;
 	}
-	buf = xmalloc((size_t)st.st_size + 1);
-	while (off < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
+	size = (uint64_t)st.st_size > SEG_READ_MAX ? SEG_READ_MAX : (size_t)st.st_size;
+	buf = xmalloc(size + 1);
+	while (off < size) {
+		ssize_t n = read(fd, buf + off, size - off);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -387,11 +392,11 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 		pthread_mutex_unlock(&j->lock);
 		rc = fdatasync(seg->fd) == 0 ? 0 : errno;
 		pthread_mutex_lock(&j->lock);
-		j->n_sync++;
 		if (rc == 0) {
 			seg->synced = target;
 		} else if (seg->broken == 0) {
-			/* A failed flush may have dropped the dirty pages: trust nothing after it. */
+			/* A failed flush may have dropped the dirty pages: trust nothing after it.
+			 */
 			seg->broken = rc;
 			seg->sealed = true;
 			log_err("journal: fdatasync: %s", strerror(rc));
@@ -403,7 +408,8 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 			seg->wait_head = w->next;
 			w->next = NULL;
 			if (seg->broken != 0) {
-				/* Not acknowledged: a copy that survives anyway must not come back. */
+				/* Not acknowledged: a copy that survives anyway must not come back.
+				 */
 				w->err = seg->broken;
 				seg->finished++;
 			}
@@ -464,7 +470,6 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 		return err;
 	}
 	seg->records++;
-	j->n_append++;
 	w->seg = seg;
 	w->end = seg->len;
 	w->err = 0;
@@ -514,7 +519,6 @@ journal_close(struct journal *j)
 		seg->sealed = true;
 		maybe_retire(j, seg);
 	}
-	log_info("DEBUG journal: %lu appends %lu flushes", j->n_append, j->n_sync);
 	close(j->dir_fd);
 	free(j->found);
 	pthread_mutex_destroy(&j->lock);

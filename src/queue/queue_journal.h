@@ -64,8 +64,8 @@ struct journal_wait {
  * Returns 0, or an errno value when the message could not be written (done
  * does not run).
  */
-int journal_append(struct journal *j, const char *id, const void *const *parts,
-		   const size_t *lens, size_t nparts, struct journal_wait *w);
+int journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
+		   size_t nparts, struct journal_wait *w);
 /* Message id, appended to seg, needs the journal no more (delivered, or in a queue file). */
 void journal_done(struct journal *j, struct journal_seg *seg, const char *id);
 

@@ -61,8 +61,8 @@ head_crc(const char *head)
 }
 
 void
-jrec_head(char head[JREC_HEAD_LEN], enum jrec_type type, const char *id,
-	  const void *const *parts, const size_t *lens, size_t nparts)
+jrec_head(char head[JREC_HEAD_LEN], enum jrec_type type, const char *id, const void *const *parts,
+	  const size_t *lens, size_t nparts)
 {
 	size_t total = 0;
 	uint32_t crc;

@@ -47,7 +47,7 @@ int server_run(const char *conf_path);
 /* Queue deliverer for local recipients (server_deliver.c); ctx is the struct server. */
 struct queue_delivery;
 void server_deliver(void *ctx, struct queue_delivery *d);
-/* Delivery at the commit (queue_set_direct); msg_ctx is the session's struct server_cfg. */
+/* The direct way (queue_set_direct); msg_ctx is a reference to a struct server_cfg. */
 struct queue_item;
 bool server_deliver_direct(void *msg_ctx, const struct queue_item *item);
 /* Drops the session's reference to msg_ctx (a struct server_cfg) taken for the direct way. */

@@ -173,11 +173,13 @@ out:
 }
 
 /*
- * At the commit, on a worker thread (queue_set_direct): a message whose
- * recipients all expand to local mailboxes is written into them before the
- * client gets its 250.  Anything else (a foreign or unknown recipient, an
- * alias error) is left to the queue untouched; after a failed write the
- * copies already made are removed again and the whole message is queued.
+ * The direct way, on a worker thread (queue_set_direct): a message whose
+ * recipients all expand to local mailboxes is written into them — right
+ * after its 250 when the journal holds it (item->journaled), or before the
+ * 250 when the journal could not take it.  Anything else (a foreign or
+ * unknown recipient, an alias error) is left to the queue untouched; after
+ * a failed write the copies already made are removed again and the whole
+ * message is queued.
  */
 bool
 server_deliver_direct(void *msg_ctx, const struct queue_item *item)

@@ -26,7 +26,7 @@ struct waiter {
 struct dir_entry {
 	dev_t dev;
 	ino_t ino;
-	bool whole_fs; /* util_fssync: the file system, not the directory */
+	bool whole_fs;	/* util_fssync: the file system, not the directory */
 	unsigned users; /* callers inside util_dirsync() for this directory */
 	bool running;	/* a leader is flushing */
 	struct waiter *list;

@@ -18,8 +18,8 @@
 struct util_pool {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct util_pool_job *head, *tail;	     /* waiting to run */
-	struct util_pool_job *bg_head, *bg_tail;     /* background jobs waiting to run */
+	struct util_pool_job *head, *tail;	 /* waiting to run */
+	struct util_pool_job *bg_head, *bg_tail; /* background jobs waiting to run */
 	pthread_cond_t bg_cond;
 	struct util_pool_job *done_head, *done_tail; /* waiting for util_pool_dispatch */
 	bool stopping;
@@ -63,7 +63,7 @@ bg_worker(void *arg)
 {
 	struct util_pool *p = arg;
 
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), getenv("BGN") ? atoi(getenv("BGN")) : BG_NICE) != 0)
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), BG_NICE) != 0)
 		log_warn("background worker priority: %s", strerror(errno));
 	for (;;) {
 		struct util_pool_job *job;

@@ -251,7 +251,8 @@ def test_failed_maildir_write_is_retried(petrel):
     blocker.write_text("not a directory\n")
     qid = send(petrel, "sender@example.org", "bob@localhost", BODY)
     assert wait_log(petrel, rf"{qid}: to=<bob@localhost>.*status=deferred"), petrel.log()
-    assert in_queue(petrel, qid), petrel.queue_files()
+    # tried right after the 250 (from the journal), then queued for the retries
+    assert wait_for(lambda: in_queue(petrel, qid)), petrel.queue_files()
     assert blocker.read_text() == "not a directory\n"
     blocker.unlink()
     msgs = petrel.wait_messages("bob@localhost", 1, timeout=20)
