@@ -15,12 +15,17 @@
 /* The background workers' niceness (0 is the default, 19 the lowest). */
 #define BG_NICE 10
 
+/* Jobs waiting to run, and the workers that run them. */
+struct lane {
+	struct util_pool_job *head, *tail;
+	pthread_cond_t cond;
+	struct util_pool *pool;
+	int nice; /* the workers' niceness */
+};
+
 struct util_pool {
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct util_pool_job *head, *tail;	 /* waiting to run */
-	struct util_pool_job *bg_head, *bg_tail; /* background jobs waiting to run */
-	pthread_cond_t bg_cond;
+	struct lane lanes[2]; /* util_pool_submit, util_pool_submit_background */
 	struct util_pool_job *done_head, *done_tail; /* waiting for util_pool_dispatch */
 	bool stopping;
 	unsigned nthreads;
@@ -28,57 +33,34 @@ struct util_pool {
 	int efd;
 };
 
+/*
+ * A worker runs its lane's jobs in order.  The background lane's run at a
+ * lower CPU priority, so that work someone waits on (a client's 250) goes
+ * first when the CPU is short: only ever lowered, so no privilege is needed
+ * and none is kept.
+ */
 static void *
 worker(void *arg)
 {
-	struct util_pool *p = arg;
+	struct lane *l = arg;
+	struct util_pool *p = l->pool;
 
+	if (l->nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), l->nice) != 0)
+		log_warn("worker priority: %s", strerror(errno));
 	for (;;) {
 		struct util_pool_job *job;
 
 		pthread_mutex_lock(&p->lock);
-		while (p->head == NULL && !p->stopping)
-			pthread_cond_wait(&p->cond, &p->lock);
-		job = p->head;
+		while (l->head == NULL && !p->stopping)
+			pthread_cond_wait(&l->cond, &p->lock);
+		job = l->head;
 		if (job == NULL) {
 			pthread_mutex_unlock(&p->lock);
 			return NULL;
 		}
-		p->head = job->next;
-		if (p->head == NULL)
-			p->tail = NULL;
-		pthread_mutex_unlock(&p->lock);
-		job->next = NULL;
-		job->run(job);
-	}
-}
-
-/*
- * A background worker: the same loop over its own list, at a lower CPU
- * priority, so that work someone waits on (a client's 250) goes first when
- * the CPU is short.  Only ever lowered: no privilege needed, none kept.
- */
-static void *
-bg_worker(void *arg)
-{
-	struct util_pool *p = arg;
-
-	if (setpriority(PRIO_PROCESS, (id_t)gettid(), BG_NICE) != 0)
-		log_warn("background worker priority: %s", strerror(errno));
-	for (;;) {
-		struct util_pool_job *job;
-
-		pthread_mutex_lock(&p->lock);
-		while (p->bg_head == NULL && !p->stopping)
-			pthread_cond_wait(&p->bg_cond, &p->lock);
-		job = p->bg_head;
-		if (job == NULL) {
-			pthread_mutex_unlock(&p->lock);
-			return NULL;
-		}
-		p->bg_head = job->next;
-		if (p->bg_head == NULL)
-			p->bg_tail = NULL;
+		l->head = job->next;
+		if (l->head == NULL)
+			l->tail = NULL;
 		pthread_mutex_unlock(&p->lock);
 		job->next = NULL;
 		job->run(job);
@@ -91,14 +73,18 @@ util_pool_new(unsigned workers, unsigned bg_workers)
 	struct util_pool *p = xcalloc(1, sizeof(*p));
 
 	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->cond, NULL);
-	pthread_cond_init(&p->bg_cond, NULL);
+	for (int i = 0; i < 2; i++) {
+		pthread_cond_init(&p->lanes[i].cond, NULL);
+		p->lanes[i].pool = p;
+	}
+	p->lanes[1].nice = BG_NICE;
 	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (p->efd < 0)
 		log_fatal("eventfd: %s", strerror(errno));
 	p->threads = xcalloc(workers + bg_workers, sizeof(*p->threads));
 	for (unsigned i = 0; i < workers + bg_workers; i++) {
-		if (pthread_create(&p->threads[i], NULL, i < workers ? worker : bg_worker, p) != 0)
+		if (pthread_create(&p->threads[i], NULL, worker, &p->lanes[i < workers ? 0 : 1]) !=
+		    0)
 			log_fatal("cannot start queue worker thread");
 		p->nthreads++;
 	}
@@ -110,8 +96,8 @@ util_pool_stop(struct util_pool *p)
 {
 	pthread_mutex_lock(&p->lock);
 	p->stopping = true;
-	pthread_cond_broadcast(&p->cond);
-	pthread_cond_broadcast(&p->bg_cond);
+	pthread_cond_broadcast(&p->lanes[0].cond);
+	pthread_cond_broadcast(&p->lanes[1].cond);
 	pthread_mutex_unlock(&p->lock);
 	for (unsigned i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
@@ -127,37 +113,35 @@ util_pool_free(struct util_pool *p)
 	free(p->threads);
 	close(p->efd);
 	pthread_mutex_destroy(&p->lock);
-	pthread_cond_destroy(&p->cond);
-	pthread_cond_destroy(&p->bg_cond);
+	pthread_cond_destroy(&p->lanes[0].cond);
+	pthread_cond_destroy(&p->lanes[1].cond);
 	free(p);
+}
+
+static void
+submit(struct util_pool *p, struct lane *l, struct util_pool_job *job)
+{
+	job->next = NULL;
+	pthread_mutex_lock(&p->lock);
+	if (l->tail != NULL)
+		l->tail->next = job;
+	else
+		l->head = job;
+	l->tail = job;
+	pthread_cond_signal(&l->cond);
+	pthread_mutex_unlock(&p->lock);
 }
 
 void
 util_pool_submit(struct util_pool *p, struct util_pool_job *job)
 {
-	job->next = NULL;
-	pthread_mutex_lock(&p->lock);
-	if (p->tail != NULL)
-		p->tail->next = job;
-	else
-		p->head = job;
-	p->tail = job;
-	pthread_cond_signal(&p->cond);
-	pthread_mutex_unlock(&p->lock);
+	submit(p, &p->lanes[0], job);
 }
 
 void
 util_pool_submit_background(struct util_pool *p, struct util_pool_job *job)
 {
-	job->next = NULL;
-	pthread_mutex_lock(&p->lock);
-	if (p->bg_tail != NULL)
-		p->bg_tail->next = job;
-	else
-		p->bg_head = job;
-	p->bg_tail = job;
-	pthread_cond_signal(&p->bg_cond);
-	pthread_mutex_unlock(&p->lock);
+	submit(p, &p->lanes[1], job);
 }
 
 void
