@@ -27,7 +27,7 @@ MAIN_OBJ = $(MAIN_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 # Pure modules only: what the fuzzers link (no sockets, no threads).
-PURE_SRC = $(wildcard src/util/*.c src/smtp/*.c src/conf/*.c) src/relay/relay_client.c
+PURE_SRC = $(wildcard src/util/*.c src/smtp/*.c src/conf/*.c) src/relay/relay_client.c src/queue/queue_jrec.c
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 REPLAY_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/replay/%)

@@ -60,6 +60,7 @@ struct queue_msg {
 	void *direct_ctx;	  /* queue_msg_direct(): offered to q->direct at the commit */
 	bool delivered;		  /* the commit delivered it (queue_set_direct): never spooled */
 	struct journal_seg *jseg; /* acknowledged in the journal; delivery follows */
+	bool no_journal;	  /* the journal's flush failed for it: commit without */
 	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
 	struct queue_msg *next_stuck;
 	int err;	/* first write error; sticks */
@@ -391,12 +392,19 @@ journal_flushed(struct journal_wait *w)
 	struct msg_op *op = (struct msg_op *)((char *)w - offsetof(struct msg_op, jwait));
 	struct queue_msg *m = op->msg;
 
-	op->err = w->err;
-	if (w->err == 0)
+	if (w->err == 0) {
 		m->jseg = w->seg; /* acknowledged: delivery follows the 250 */
-	else
-		m->err = w->err;
-	util_pool_complete(m->q->pool, &op->job);
+		op->err = 0;
+		util_pool_complete(m->q->pool, &op->job);
+		return;
+	}
+	/*
+	 * The flush failed: the commit starts over without the journal, under the
+	 * same id, so that the record, should it come back after a restart, is
+	 * known for the same message (its Maildir copies carry the id).
+	 */
+	m->no_journal = true;
+	util_pool_submit(m->q->pool, &op->job);
 }
 
 /*
@@ -414,7 +422,7 @@ msg_journal(struct queue_msg *m, struct msg_op *op)
 	size_t lens[2] = {m->header.len, m->mem_len};
 	int err;
 
-	if (q->journal == NULL)
+	if (q->journal == NULL || m->no_journal)
 		return false;
 	op->jwait.done = journal_flushed;
 	err = journal_append(q->journal, m->id, parts, lens, 2, &op->jwait);

@@ -185,8 +185,17 @@ read_seg(int dir_fd, const char *name, size_t *len)
 
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
-			break;
+		if (n < 0) {
+			/* Not the end of the segment: its messages must not be taken for gone. */
+			int e = errno;
+
+			free(buf);
+			close(fd);
+			errno = e;
+			return NULL;
+		}
+		if (n == 0)
+			break; /* shorter than it was a moment ago: what is there */
 		off += (size_t)n;
 	}
 	close(fd);
@@ -408,7 +417,10 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 			seg->wait_head = w->next;
 			w->next = NULL;
 			if (seg->broken != 0) {
-				/* Not acknowledged: a copy that survives anyway must not come back.
+				/*
+				 * Not acknowledged here.  No mark can be trusted to the
+				 * segment any more, so the record may come back after a
+				 * restart: the caller keeps its id (journal_append).
 				 */
 				w->err = seg->broken;
 				seg->finished++;

@@ -58,11 +58,13 @@ struct journal_wait {
 
 /*
  * Appends message id (the concatenation of parts); w->done(w) runs once it
- * is on stable storage (w->err 0), or once that failed (then the message is
- * not in the journal: it may survive a crash there, but marked finished).
+ * is on stable storage (w->err 0), or once that failed (w->err set: the
+ * flush failed, so whether the record reached the disk is unknown — it may
+ * come back from journal_recover after a restart; whoever makes the message
+ * durable another way keeps its id, so that a second copy is recognised).
  * done may run on this thread before journal_append returns, or on another.
  * Returns 0, or an errno value when the message could not be written (done
- * does not run).
+ * does not run, and nothing of it stays in the journal).
  */
 int journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
 		   size_t nparts, struct journal_wait *w);

@@ -883,9 +883,10 @@ test_maildir_memory_body(void **state)
 }
 
 /*
- * first_copy (delivery at the commit: no earlier attempt can exist) writes
- * without looking for an earlier copy in new/ or cur/ and without clearing
- * tmp/; a redelivery (first_copy false) of what it wrote still skips.
+ * first_copy (the direct way: no earlier attempt can exist) writes without
+ * looking for an earlier copy in cur/ and without clearing tmp/; a
+ * redelivery (first_copy false) of what it wrote rewrites it while it is in
+ * new/ (a crash may have cut it short) and skips it once read (in cur/).
  */
 static void
 test_maildir_first_copy(void **state)
@@ -940,15 +941,17 @@ test_maildir_first_copy(void **state)
 	check_delivered(dir, "example.org/ida/new/M3", &redo, "R\r\n", 3);
 	assert_false(exists(p));
 
-	/* A redelivery of what the commit delivered: skipped, in new/ ... */
+	/* A redelivery of what the direct way delivered: in new/ it is written again ... */
 	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M4", &a, &permanent, err,
 					       sizeof(err)),
 			 0);
 	assert_int_equal(deliver_maildir_write(dir, "example.org", "ida", "M4", &redo, &permanent,
 					       err, sizeof(err)),
 			 0);
-	check_delivered(dir, "example.org/ida/new/M4", &a, "A\r\n", 3);
-	/* ... and once the user has moved it to cur/. */
+	check_delivered(dir, "example.org/ida/new/M4", &redo, "R\r\n", 3);
+	snprintf(p, sizeof(p), "%s/example.org/ida/new", dir);
+	assert_int_equal(count_entries(p), 5); /* M0..M4, one file each */
+	/* ... and skipped once the user has moved it to cur/. */
 	snprintf(p, sizeof(p), "%s/example.org/ida/new/M4", dir);
 	snprintf(q, sizeof(q), "%s/example.org/ida/cur/M4:2,S", dir);
 	assert_int_equal(rename(p, q), 0);
@@ -956,7 +959,7 @@ test_maildir_first_copy(void **state)
 					       err, sizeof(err)),
 			 0);
 	assert_false(exists(p));
-	check_delivered(dir, "example.org/ida/cur/M4:2,S", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/ida/cur/M4:2,S", &redo, "R\r\n", 3);
 	snprintf(p, sizeof(p), "%s/example.org/ida/tmp", dir);
 	assert_int_equal(count_entries(p), 0);
 
@@ -993,11 +996,13 @@ test_maildir_redelivery(void **state)
 	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M1", &first,
 					       &permanent, err, sizeof(err)),
 			 0);
-	/* Already in new/: nothing is written. */
+	/* Still in new/: written again over itself (a crash may have cut the first short). */
 	assert_int_equal(deliver_maildir_write(dir, "example.org", "carol", "M1", &second,
 					       &permanent, err, sizeof(err)),
 			 0);
-	check_delivered(dir, "example.org/carol/new/M1", &first, "A\r\n", 3);
+	check_delivered(dir, "example.org/carol/new/M1", &second, "B\r\n", 3);
+	snprintf(p, sizeof(p), "%s/example.org/carol/new", dir);
+	assert_int_equal(count_entries(p), 1);
 
 	/* Already read by the user (moved to cur/ with flags): nothing is written. */
 	snprintf(p, sizeof(p), "%s/example.org/carol/cur/M2:2,S", dir);
