@@ -1032,6 +1032,112 @@ test_maildir_redelivery(void **state)
 	free(dir);
 }
 
+/*
+ * sync_fs (a message the journal holds): no fdatasync of its own, one
+ * syncfs shared with every delivery in progress; the copy is the same.
+ */
+static void
+test_maildir_sync_fs(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg m = mem_msg("synced by the file system\r\n", 27, 0, true, &block);
+	bool permanent = true;
+	char err[256] = "";
+	char p[512];
+
+	m.sync_fs = true;
+	for (int i = 0; i < 3; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "S%d", i);
+		assert_int_equal(deliver_maildir_write(dir, "example.org", "kim", name, &m,
+						       &permanent, err, sizeof(err)),
+				 0);
+		snprintf(p, sizeof(p), "example.org/kim/new/%s", name);
+		check_delivered(dir, p, &m, "synced by the file system\r\n", 27);
+	}
+	assert_false(permanent);
+	snprintf(p, sizeof(p), "%s/example.org/kim/tmp", dir);
+	assert_int_equal(count_entries(p), 0);
+	free(block);
+	free(dir);
+}
+
+/*
+ * The Maildir directories kept open between deliveries are used only while
+ * they are still the ones at their path: a Maildir, a domain directory or
+ * new/ moved away or replaced behind petrel's back is looked up again, and
+ * nothing is written into what was moved.
+ */
+static void
+test_maildir_cache_follows_the_path(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg m = mem_msg("x\r\n", 3, 0, true, &block);
+	bool permanent;
+	char err[256] = "";
+	char a[512], b[512];
+
+	/* 1: delivered, the directories kept; 2: the Maildir renamed away first. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "C1", &m, &permanent, err,
+					       sizeof(err)),
+			 0);
+	snprintf(a, sizeof(a), "%s/example.org/lee", dir);
+	snprintf(b, sizeof(b), "%s/example.org/lee.moved", dir);
+	assert_int_equal(rename(a, b), 0);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "C2", &m, &permanent, err,
+					       sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/lee/new/C2", &m, "x\r\n", 3);
+	snprintf(a, sizeof(a), "%s/example.org/lee.moved/new", dir);
+	assert_int_equal(count_entries(a), 1); /* C1 only */
+
+	/* 3: the whole domain directory replaced by another. */
+	snprintf(a, sizeof(a), "%s/example.org", dir);
+	snprintf(b, sizeof(b), "%s/example.org.old", dir);
+	assert_int_equal(rename(a, b), 0);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "C3", &m, &permanent, err,
+					       sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/lee/new/C3", &m, "x\r\n", 3);
+	snprintf(a, sizeof(a), "%s/example.org.old/lee/new", dir);
+	assert_int_equal(count_entries(a), 1); /* C2 only */
+
+	/* 4: new/ replaced by a symlink to a directory elsewhere: not followed. */
+	snprintf(a, sizeof(a), "%s/example.org/lee/new", dir);
+	snprintf(b, sizeof(b), "%s/elsewhere", dir);
+	assert_int_equal(mkdir(b, 0700), 0);
+	snprintf(b, sizeof(b), "%s/example.org/lee/new.real", dir);
+	assert_int_equal(rename(a, b), 0);
+	snprintf(b, sizeof(b), "%s/elsewhere", dir);
+	assert_int_equal(symlink(b, a), 0);
+	permanent = true;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "C4", &m, &permanent, err,
+					       sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_int_equal(count_entries(b), 0);
+
+	/* 5: more mailboxes than are kept open, then the first again: each in its place. */
+	for (int i = 0; i < 40; i++) {
+		char user[16];
+
+		snprintf(user, sizeof(user), "u%d", i % 20);
+		snprintf(b, sizeof(b), "M%d", i);
+		assert_int_equal(deliver_maildir_write(dir, "example.org", user, b, &m, &permanent,
+						       err, sizeof(err)),
+				 0);
+	}
+	for (int i = 0; i < 20; i++) {
+		snprintf(a, sizeof(a), "%s/example.org/u%d/new", dir, i);
+		assert_int_equal(count_entries(a), 2);
+	}
+	free(block);
+	free(dir);
+}
+
 static void
 test_maildir_unsafe_names(void **state)
 {
@@ -1183,6 +1289,8 @@ main(void)
 	    cmocka_unit_test(test_maildir_memory_body),
 	    cmocka_unit_test(test_maildir_first_copy),
 	    cmocka_unit_test(test_maildir_redelivery),
+	    cmocka_unit_test(test_maildir_sync_fs),
+	    cmocka_unit_test(test_maildir_cache_follows_the_path),
 	    cmocka_unit_test(test_maildir_unsafe_names),
 	    cmocka_unit_test(test_maildir_transient_failures),
 	    cmocka_unit_test(test_maildir_empty_body),
