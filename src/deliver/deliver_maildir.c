@@ -301,18 +301,19 @@ write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 /*
  * A busy mailbox is not looked up component by component (six opens and
  * six closes) for every message: the directories of the last CACHE_SLOTS
- * Maildirs stay open.  Before each use one stat(2) of the path of new/ must
- * find the very directory held open (an open directory's inode number is
- * never reused), so a Maildir, domain or mail_root removed, renamed or
- * replaced behind petrel's back is looked up again, never written into.
+ * Maildirs stay open.  Before each use, lstat(2) of the paths of the domain
+ * directory, the Maildir and its new/ must find the very directories held
+ * open (an open directory's inode number is never reused, and a symlink is
+ * not a directory), so a Maildir, domain or mail_root removed, renamed,
+ * replaced or turned into a symlink behind petrel's back is looked up again
+ * (and refused, for a symlink), never written into.
  */
 #define CACHE_SLOTS 16
 
 struct cached {
 	char *mail_root, *domain, *user; /* NULL: a free slot */
 	struct maildir md;
-	dev_t new_dev;
-	ino_t new_ino;
+	struct stat ids[3]; /* the domain directory, the Maildir, new/ (device and inode) */
 	unsigned users;	    /* deliveries using md now */
 	bool stale;	    /* closed once unused */
 	unsigned long used; /* for choosing the slot to reuse */
@@ -334,11 +335,33 @@ cache_drop(struct cached *c)
 }
 
 static bool
-new_path(char *path, size_t cap, const char *mail_root, const char *domain, const char *user)
+same_file(const struct stat *a, const struct stat *b)
 {
-	int n = snprintf(path, cap, "%s/%s/%s/new", mail_root, domain, user);
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
 
-	return n > 0 && (size_t)n < cap;
+/* The three paths still lead, through no symlink of petrel's, to the directories held open. */
+static bool
+cache_valid(const char *mail_root, const char *domain, const char *user, const struct stat ids[3])
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	for (int i = 0; i < 3; i++) {
+		int n;
+
+		if (i == 0)
+			n = snprintf(path, sizeof(path), "%s/%s", mail_root, domain);
+		else if (i == 1)
+			n = snprintf(path, sizeof(path), "%s/%s/%s", mail_root, domain, user);
+		else
+			n = snprintf(path, sizeof(path), "%s/%s/%s/new", mail_root, domain, user);
+		if (n <= 0 || (size_t)n >= sizeof(path) ||
+		    fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+		    !same_file(&st, &ids[i]))
+			return false;
+	}
+	return true;
 }
 
 /* Done with c; stale: it must not be used again. */
@@ -359,8 +382,6 @@ static struct cached *
 cache_get(const char *mail_root, const char *domain, const char *user)
 {
 	struct cached *c = NULL;
-	char path[PATH_MAX];
-	struct stat st;
 
 	pthread_mutex_lock(&cache_lock);
 	for (size_t i = 0; i < CACHE_SLOTS; i++) {
@@ -377,8 +398,8 @@ cache_get(const char *mail_root, const char *domain, const char *user)
 	pthread_mutex_unlock(&cache_lock);
 	if (c == NULL)
 		return NULL;
-	if (new_path(path, sizeof(path), mail_root, domain, user) && stat(path, &st) == 0 &&
-	    st.st_dev == c->new_dev && st.st_ino == c->new_ino)
+	/* The names and ids of a slot in use do not change: read without the lock. */
+	if (cache_valid(mail_root, domain, user, c->ids))
 		return c;
 	cache_put(c, true);
 	return NULL;
@@ -389,9 +410,10 @@ static void
 cache_add(const char *mail_root, const char *domain, const char *user, struct maildir *md)
 {
 	struct cached *slot = NULL;
-	struct stat st;
+	struct stat ids[3];
 
-	if (fstat(md->new_dir, &st) != 0) {
+	if (fstat(md->domain, &ids[0]) != 0 || fstat(md->box, &ids[1]) != 0 ||
+	    fstat(md->new_dir, &ids[2]) != 0) {
 		maildir_close(md);
 		return;
 	}
@@ -404,7 +426,7 @@ cache_add(const char *mail_root, const char *domain, const char *user, struct ma
 				slot = e; /* a free slot first */
 			continue;
 		}
-		if (!e->stale && e->new_dev == st.st_dev && e->new_ino == st.st_ino) {
+		if (!e->stale && same_file(&e->ids[2], &ids[2])) {
 			slot = NULL; /* kept already (another thread was first) */
 			break;
 		}
@@ -419,8 +441,7 @@ cache_add(const char *mail_root, const char *domain, const char *user, struct ma
 		slot->domain = xstrdup(domain);
 		slot->user = xstrdup(user);
 		slot->md = *md;
-		slot->new_dev = st.st_dev;
-		slot->new_ino = st.st_ino;
+		memcpy(slot->ids, ids, sizeof(ids));
 		slot->used = ++cache_clock;
 	} else {
 		maildir_close(md);

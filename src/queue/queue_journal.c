@@ -229,7 +229,8 @@ journal_recover(struct journal *j,
 		j->found[j->found_len++] = seq;
 	}
 	closedir(d);
-	qsort(j->found, j->found_len, sizeof(*j->found), cmp_seq);
+	if (j->found_len > 1)
+		qsort(j->found, j->found_len, sizeof(*j->found), cmp_seq);
 	s.fn = fn;
 	s.arg = arg;
 	for (size_t i = 0; i < j->found_len; i++) {
