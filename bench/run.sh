@@ -373,7 +373,7 @@ server_note() {
 		out="${out:+$out; }qmgr: active queue full (congestion advice, not counted)"
 	fi
 	# Postfix's qmgr logs "(queue active)"; petrel too, or "(delivering at once)" for a message
-	# it delivered into the Maildirs at the commit, without queueing it.
+	# it delivered into the Maildirs straight from the journal, without queueing it.
 	if [ -n "$n" ]; then
 		acc=$(grep -cE 'nrcpt=[0-9]+ \((queue active|delivering at once)\)' "$SRV_LOG" 2>/dev/null || true)
 		[ "${acc:-0}" = "$n" ] || out="${out:+$out; }$srv logged ${acc:-0} of $n messages as queued"
