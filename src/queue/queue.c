@@ -369,8 +369,10 @@ msg_spool(struct queue_msg *m)
 	if (err == 0 && renameat(q->tmp_fd, m->id, q->queue_fd, m->id) != 0)
 		err = errno;
 	if (err != 0) {
+		/* Gone: a later try (a journaled message's) starts from memory again. */
 		if (m->created)
 			unlinkat(q->tmp_fd, m->id, 0);
+		m->created = false;
 		return err;
 	}
 flush:

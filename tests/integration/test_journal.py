@@ -869,3 +869,29 @@ def test_unwritable_maildir_kill9_after_it_was_queued_is_delivered_once(petrel_f
     assert len(p.messages("bob@localhost")) == 1
     assert split_prepended(p.messages("bob@localhost")[0])[1] == BODY_LF
     assert len(sent_lines(p, qid, "bob@localhost")) == 1, log_lines(p, qid)
+
+
+def test_neither_delivered_nor_queued_stays_in_memory_and_the_journal_until_it_can_be(
+        petrel_factory):
+    """After the 250 the Maildir cannot be written and neither can the queue (spool/tmp is
+    gone under the running server): the message is kept, in memory and in the journal, and
+    tried again every retry_min; once the Maildir is writable it is delivered, once, and
+    marked finished."""
+    p = petrel_factory(retry_min="1s", retry_max="1s")
+    blocker = block_maildir(p, "bob@localhost")
+    (p.spool / "tmp").rmdir()  # the server's open descriptor now names a removed directory
+    qid = send(p, "sender@example.org", "bob@localhost", BODY)
+    stuck = rf"{qid}: cannot deliver or queue \(No such file or directory\); kept in the journal"
+    assert wait_log(p, stuck), log_lines(p, qid)
+    assert wait_for(lambda: len(re.findall(stuck, p.log())) >= 2, timeout=10), log_lines(p, qid)
+    assert not in_queue(p, qid) and p.messages("bob@localhost") == []
+    assert [m for _s, m, q, _pl in journal_records(p) if q == qid] == ["PJM1"]
+    blocker.unlink()
+    msgs = p.wait_messages("bob@localhost", 1, timeout=20)
+    assert len(msgs) == 1, log_lines(p, qid)
+    assert split_prepended(msgs[0])[1] == BODY_LF
+    assert wait_for(lambda: [m for _s, m, q, _pl in journal_records(p) if q == qid] == ["PJM1", "PJD1"])
+    time.sleep(2.5)  # retries would have come by now
+    assert len(p.messages("bob@localhost")) == 1
+    assert len(sent_lines(p, qid, "bob@localhost")) == 1, log_lines(p, qid)
+    assert not in_queue(p, qid)
