@@ -13,7 +13,7 @@
 #include "util/util_mem.h"
 
 /* The background workers' niceness (0 is the default, 19 the lowest). */
-#define BG_NICE 10
+#define BG_NICE 19
 
 /* Jobs waiting to run, and the workers that run them. */
 struct lane {
