@@ -713,5 +713,7 @@ def test_mx_pointing_at_ourselves_is_deferred_not_looped(net):
     assert wait_log(a, rf"{qid}: .*loops back to myself"), a.log()[-3000:]
     assert wait_log(a, log_re(qid, "bob@self.test", "deferred"))
     # Nothing was sent to ourselves: one message in the queue, no second one.
-    assert a.queue_files() == [qid] or a.queue_files() == sorted([qid, qid + ".st"])
+    # (the status file is written as ID.st.new and renamed: wait for the rename)
+    assert wait_for(lambda: a.queue_files() in ([qid], sorted([qid, qid + ".st"]))), \
+        a.queue_files()
     assert "connect from unknown[127.0.0.5]" not in a.log().split(qid, 1)[1]
