@@ -82,21 +82,17 @@ struct deliver_msg {
 	off_t body_off;	      /* where the message starts in body_fd */
 	uint64_t body_len;    /* its length */
 	bool first_copy;      /* never delivered before (not a retry): skip the look for a copy */
-	bool sync_fs;	      /* durable by one shared syncfs (util_fssync) after the rename,
-				 not by a fdatasync of its own: only while the message is safe
-				 elsewhere (the journal) until this returns */
 };
 
 /*
  * Writes m into <mail_root>/<domain>/<user>/ (creating the Maildir with mode
  * 0700 when missing): the headers, then the message with CRLF turned into LF,
  * into tmp/<name>, fdatasync, rename to new/<name>, fsync of new/ (shared with
- * concurrent deliveries to the same Maildir); with m->sync_fs, no fdatasync
- * and one syncfs shared with every concurrent delivery instead.  Unless
- * m->first_copy (a redelivery after a crash), a cur/<name>:* (read, so
- * whole) means nothing is written and 0 is returned, while a new/<name> is
- * replaced: a crash before its flush may have left it incomplete (sync_fs).
- * On failure returns -1, removes the
+ * concurrent deliveries to the same Maildir).  Unless m->first_copy (a
+ * redelivery after a crash), a cur/<name>:* (moved there by a reader) means
+ * nothing is written and 0 is returned, while a new/<name> is written again
+ * over itself (the same message: the rename replaces it in one step).  On
+ * failure returns -1, removes the
  * tmp file, and writes the reason to err; *permanent is set when retrying
  * cannot help (unsafe user name), clear for disk full, permissions and the
  * like.  Files are created O_EXCL|O_NOFOLLOW, mode 0600.

@@ -18,9 +18,8 @@
 /*
  * Maildir delivery (https://cr.yp.to/proto/maildir.html): write tmp/<name>,
  * flush it, rename it into new/, flush new/ (one flush shared by the deliveries
- * that reach the same new/ together: util_dirsync) — or, for a message the
- * journal keeps safe meanwhile, write and rename and then share one flush of
- * the whole file system with every delivery in progress (util_fssync).  Every path component below
+ * that reach the same new/ together: util_dirsync): a name in new/ always
+ * stands for a whole message.  Every path component below
  * mail_root is opened relative to its parent with O_NOFOLLOW, so a symlink
  * planted in a mailbox cannot redirect a delivery elsewhere.
  */
@@ -144,8 +143,8 @@ maildir_open(struct maildir *md, const char *mail_root, const char *domain, cons
 
 /*
  * Sets *found when cur/<name>[:flags] exists: the message was delivered,
- * and read, before a crash kept the queue from recording it.  (A copy in
- * new/ is written again under its name: it may be one a crash cut short.)
+ * and moved by a reader, before a crash kept the queue from recording it.
+ * (A copy still in new/ is simply written again under its name.)
  */
 static int
 already_delivered(const struct maildir *md, const char *name, bool *found, char *err,
@@ -272,7 +271,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 	return 0;
 }
 
-/* Writes tmp/<name> and flushes it (unless sync_fs); the caller removes it on failure. */
+/* Writes tmp/<name> and flushes it; the caller removes it on failure. */
 static int
 write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 {
@@ -289,7 +288,7 @@ write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 	if (rc < 0)
 		return -1;
 	/* The data must be on disk before the rename makes the message visible. */
-	if (!m->sync_fs && fdatasync(fd) < 0) {
+	if (fdatasync(fd) < 0) {
 		fail(err, err_cap, "fdatasync: %s", strerror(errno));
 		return -1;
 	}
@@ -490,8 +489,8 @@ write_into(const struct maildir *md, const char *name, const struct deliver_msg 
 	}
 	tmp_exists = false;
 	/* The rename is durable only once new/ itself is flushed. */
-	if (m->sync_fs ? util_fssync(md->new_dir) < 0 : util_dirsync(md->new_dir) < 0) {
-		fail(err, err_cap, "%s: %s", m->sync_fs ? "syncfs" : "fsync new/", strerror(errno));
+	if (util_dirsync(md->new_dir) < 0) {
+		fail(err, err_cap, "fsync new/: %s", strerror(errno));
 		goto out;
 	}
 	rc = 0;

@@ -121,7 +121,6 @@ msg_deliver_direct(struct queue_msg *m)
 	it.smtputf8 = env.smtputf8;
 	it.fd = -1;
 	it.body_mem = m->mem != NULL ? m->mem : "";
-	it.journaled = m->jseg != NULL;
 	it.body_len = m->mem_len;
 	ok = q->direct(m->direct_ctx, &it);
 	if (!ok && m->jseg != NULL)
@@ -384,6 +383,15 @@ flush:
 		err = util_dirsync(q->queue_fd) == 0 ? 0 : errno;
 		spares_after_flush(q, settling, n, err == 0);
 	}
+	if (err != 0) {
+		/*
+		 * Not acknowledged as queued: take the name back, so that neither the
+		 * next start (a client's retry would come too) nor a later try of a
+		 * journaled message finds a second copy.
+		 */
+		unlinkat(q->queue_fd, m->id, 0);
+		m->created = false;
+	}
 	return err;
 }
 
@@ -468,7 +476,11 @@ op_run(struct util_pool_job *job)
 		break;
 	case OP_DELIVER:
 		/* After the 250: into the Maildirs, or else into the queue. */
-		if (msg_deliver_direct(m)) {
+		if (atomic_load(&q->stopping)) {
+			/* Stopping: the journal keeps it for the next start. */
+			atomic_fetch_add(&q->left, 1);
+			op->err = ESHUTDOWN;
+		} else if (msg_deliver_direct(m)) {
 			m->delivered = true;
 		} else {
 			op->err = msg_spool(m);
@@ -927,6 +939,7 @@ queue_close(struct queue *q)
 	if (q == NULL)
 		return;
 	q->closing = true;
+	atomic_store(&q->stopping, true);
 	if (q->pool != NULL)
 		util_pool_stop(q->pool); /* workers finish their jobs */
 	if (q->pool != NULL) {
@@ -941,8 +954,12 @@ queue_close(struct queue *q)
 		struct queue_msg *m = q->stuck;
 
 		q->stuck = m->next_stuck;
+		atomic_fetch_add(&q->left, 1);
 		msg_free(m); /* still in the journal: the next start queues it */
 	}
+	if (atomic_load(&q->left) > 0)
+		log_info("queue: %u message(s) left in the journal for the next start",
+			 atomic_load(&q->left));
 	journal_close(q->journal); /* after the workers: every mark is written */
 	if (q->tmp_fd >= 0)
 		close(q->tmp_fd);

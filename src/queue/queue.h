@@ -87,8 +87,6 @@ struct queue_item {
 	off_t body_off;	   /* where the message starts in fd */
 	uint64_t body_len;
 	const char *body_mem; /* the message in memory (queue_set_direct), or NULL */
-	bool journaled;	      /* the journal keeps the message until the deliverer returns: a
-				 copy may be made durable by a flush shared with others */
 };
 
 enum queue_rcpt_status {
@@ -133,7 +131,7 @@ void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
  * The direct way, on a worker thread, before any spool file exists: a
  * message received whole in memory (a small one) is offered to fn first
  * (item->body_mem set, item->done NULL) — after its 250 when the journal
- * holds it (item->journaled), else before.  fn returns true only when every
+ * holds it, else before.  fn returns true only when every
  * recipient has the message on stable storage; the message is then finished
  * and never spooled.  Otherwise it is spooled as usual and its delivery runs
  * from the queue, so fn must leave nothing a later attempt would duplicate

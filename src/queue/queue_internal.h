@@ -5,6 +5,7 @@
 #ifndef PETREL_QUEUE_INTERNAL_H
 #define PETREL_QUEUE_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -33,6 +34,8 @@ struct queue {
 	void (*direct_release)(void *msg_ctx);
 	struct journal *journal; /* NULL: small messages are committed without it */
 	struct queue_msg *stuck; /* journaled, could be neither delivered nor queued */
+	atomic_bool stopping;	 /* queue_close(): background deliveries leave their messages */
+	atomic_uint left;	 /* ... in the journal, this many, for the next start */
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
 	queue_bounce_fn bounce;

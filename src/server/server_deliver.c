@@ -132,7 +132,6 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		m.headers = buf_cstr(&h);
 		m.body_mem = item->body_mem;
 		m.first_copy = item->body_mem != NULL; /* at the commit: no earlier attempt */
-		m.sync_fs = item->journaled;
 		m.body_fd = item->fd;
 		m.body_off = item->body_off;
 		m.body_len = item->body_len;
@@ -175,7 +174,7 @@ out:
 /*
  * The direct way, on a worker thread (queue_set_direct): a message whose
  * recipients all expand to local mailboxes is written into them — right
- * after its 250 when the journal holds it (item->journaled), or before the
+ * after its 250 when the journal holds it, or before the
  * 250 when the journal could not take it.  Anything else (a foreign or
  * unknown recipient, an alias error) is left to the queue untouched; after
  * a failed write the copies already made are removed again and the whole

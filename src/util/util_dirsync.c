@@ -26,7 +26,6 @@ struct waiter {
 struct dir_entry {
 	dev_t dev;
 	ino_t ino;
-	bool whole_fs;	/* util_fssync: the file system, not the directory */
 	unsigned users; /* callers inside util_dirsync() for this directory */
 	bool running;	/* a leader is flushing */
 	struct waiter *list;
@@ -40,25 +39,24 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct dir_entry *table[BUCKETS];
 
 static struct dir_entry **
-slot(dev_t dev, ino_t ino, bool whole_fs)
+slot(dev_t dev, ino_t ino)
 {
-	uint64_t h = ((uint64_t)ino * 0x9e3779b97f4a7c15ull) ^ (uint64_t)dev ^ whole_fs;
+	uint64_t h = ((uint64_t)ino * 0x9e3779b97f4a7c15ull) ^ (uint64_t)dev;
 
 	return &table[(h >> 32) % BUCKETS];
 }
 
 static struct dir_entry *
-entry_get(dev_t dev, ino_t ino, bool whole_fs)
+entry_get(dev_t dev, ino_t ino)
 {
-	struct dir_entry **head = slot(dev, ino, whole_fs), *e;
+	struct dir_entry **head = slot(dev, ino), *e;
 
 	for (e = *head; e != NULL; e = e->next)
-		if (e->dev == dev && e->ino == ino && e->whole_fs == whole_fs)
+		if (e->dev == dev && e->ino == ino)
 			return e;
 	e = xcalloc(1, sizeof(*e));
 	e->dev = dev;
 	e->ino = ino;
-	e->whole_fs = whole_fs;
 	pthread_cond_init(&e->cond, NULL);
 	e->next = *head;
 	*head = e;
@@ -72,39 +70,25 @@ entry_put(struct dir_entry *e)
 
 	if (--e->users > 0)
 		return;
-	for (p = slot(e->dev, e->ino, e->whole_fs); *p != e; p = &(*p)->next)
+	for (p = slot(e->dev, e->ino); *p != e; p = &(*p)->next)
 		;
 	*p = e->next;
 	pthread_cond_destroy(&e->cond);
 	free(e);
 }
 
-/*
- * The flush itself.  syncfs() writes every dirty inode and block of the file
- * system and flushes the device's cache; but a file system without a
- * journal (ext2-like ext4) writes some metadata blocks only after that
- * flush, so a flush of fd follows it (fsync always ends with one).
- */
-static int
-flush(int fd, bool whole_fs)
-{
-	if (whole_fs && syncfs(fd) != 0)
-		return errno;
-	return fsync(fd) == 0 ? 0 : errno;
-}
-
-static int
-group_sync(int fd, bool whole_fs)
+int
+util_dirsync(int dir_fd)
 {
 	struct waiter me = {false, 0, NULL};
 	struct dir_entry *e;
 	struct stat st;
 	int err;
 
-	if (fstat(fd, &st) != 0)
+	if (fstat(dir_fd, &st) != 0)
 		return -1;
 	pthread_mutex_lock(&lock);
-	e = entry_get(st.st_dev, whole_fs ? 0 : st.st_ino, whole_fs);
+	e = entry_get(st.st_dev, st.st_ino);
 	e->users++;
 	me.next = e->list;
 	e->list = &me;
@@ -120,7 +104,7 @@ group_sync(int fd, bool whole_fs)
 		batch = e->list;
 		e->list = NULL;
 		pthread_mutex_unlock(&lock);
-		err = flush(fd, whole_fs);
+		err = fsync(dir_fd) == 0 ? 0 : errno;
 		pthread_mutex_lock(&lock);
 		for (struct waiter *w = batch, *next; w != NULL; w = next) {
 			next = w->next; /* w may return as soon as it sees done */
@@ -138,16 +122,4 @@ group_sync(int fd, bool whole_fs)
 		return -1;
 	}
 	return 0;
-}
-
-int
-util_dirsync(int dir_fd)
-{
-	return group_sync(dir_fd, false);
-}
-
-int
-util_fssync(int fd)
-{
-	return group_sync(fd, true);
 }

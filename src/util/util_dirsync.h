@@ -21,14 +21,4 @@
  */
 int util_dirsync(int dir_fd);
 
-/*
- * The same for a whole file system: returns once a syncfs() of fd's file
- * system (then a flush of fd) that began after this call has completed:
- * every file written, renamed or created on it before the call is on stable
- * storage.  Cheaper than a fdatasync per file and a flush per directory when
- * many files were written, but it also waits for whatever else is dirty on
- * that file system.
- */
-int util_fssync(int fd);
-
 #endif

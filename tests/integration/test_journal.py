@@ -310,7 +310,7 @@ def test_redelivery_after_a_crash_replaces_a_torn_copy_in_new(petrel):
     qid, body, name = _deliver_then_crash_without_the_mark(petrel, b"TORN-COPY")
     f = petrel.maildir("alice@localhost") / "new" / name
     whole = f.read_bytes()
-    with open(f, "r+b") as fh:  # what a crash before the shared syncfs may leave
+    with open(f, "r+b") as fh:  # a damaged copy: the redelivery writes it whole again
         fh.truncate(len(whole) // 2)
     petrel.start()
     assert recovered_counts(petrel) == [1], petrel.log()[-2000:]

@@ -1033,38 +1033,6 @@ test_maildir_redelivery(void **state)
 }
 
 /*
- * sync_fs (a message the journal holds): no fdatasync of its own, one
- * syncfs shared with every delivery in progress; the copy is the same.
- */
-static void
-test_maildir_sync_fs(void **state)
-{
-	char *dir = fresh_dir();
-	char *block;
-	struct deliver_msg m = mem_msg("synced by the file system\r\n", 27, 0, true, &block);
-	bool permanent = true;
-	char err[256] = "";
-	char p[512];
-
-	m.sync_fs = true;
-	for (int i = 0; i < 3; i++) {
-		char name[16];
-
-		snprintf(name, sizeof(name), "S%d", i);
-		assert_int_equal(deliver_maildir_write(dir, "example.org", "kim", name, &m,
-						       &permanent, err, sizeof(err)),
-				 0);
-		snprintf(p, sizeof(p), "example.org/kim/new/%s", name);
-		check_delivered(dir, p, &m, "synced by the file system\r\n", 27);
-	}
-	assert_false(permanent);
-	snprintf(p, sizeof(p), "%s/example.org/kim/tmp", dir);
-	assert_int_equal(count_entries(p), 0);
-	free(block);
-	free(dir);
-}
-
-/*
  * The Maildir directories kept open between deliveries are used only while
  * they are still the ones at their path: a Maildir, a domain directory or
  * new/ moved away or replaced behind petrel's back is looked up again, and
@@ -1289,7 +1257,6 @@ main(void)
 	    cmocka_unit_test(test_maildir_memory_body),
 	    cmocka_unit_test(test_maildir_first_copy),
 	    cmocka_unit_test(test_maildir_redelivery),
-	    cmocka_unit_test(test_maildir_sync_fs),
 	    cmocka_unit_test(test_maildir_cache_follows_the_path),
 	    cmocka_unit_test(test_maildir_unsafe_names),
 	    cmocka_unit_test(test_maildir_transient_failures),
