@@ -491,6 +491,8 @@ write_into(const struct maildir *md, const char *name, const struct deliver_msg 
 	/* The rename is durable only once new/ itself is flushed. */
 	if (util_dirsync(md->new_dir) < 0) {
 		fail(err, err_cap, "fsync new/: %s", strerror(errno));
+		/* Not delivered: the next attempt must not find this copy as well. */
+		unlinkat(md->new_dir, name, 0);
 		goto out;
 	}
 	rc = 0;

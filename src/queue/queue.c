@@ -62,6 +62,7 @@ struct queue_msg {
 	struct journal_seg *jseg; /* acknowledged in the journal; delivery follows */
 	bool no_journal;	  /* the journal's flush failed for it: commit without */
 	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
+	unsigned direct_tries;	  /* offers to q->direct so far */
 	struct queue_msg *next_stuck;
 	int err;	/* first write error; sticks */
 	size_t pending; /* octets appended, not yet written */
@@ -121,6 +122,7 @@ msg_deliver_direct(struct queue_msg *m)
 	it.smtputf8 = env.smtputf8;
 	it.fd = -1;
 	it.body_mem = m->mem != NULL ? m->mem : "";
+	it.attempts = m->direct_tries++; /* a stuck message's retry looks for earlier copies */
 	it.body_len = m->mem_len;
 	ok = q->direct(m->direct_ctx, &it);
 	if (!ok && m->jseg != NULL)

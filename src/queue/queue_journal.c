@@ -44,6 +44,7 @@ struct journal {
 	uint64_t next_seq;
 	struct journal_seg *cur;  /* where messages go; NULL until the first */
 	struct journal_seg *segs; /* every live segment */
+	struct journal_seg *dead; /* retired, to be removed by reap() */
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
 };
@@ -235,7 +236,7 @@ journal_recover(struct journal *j,
 	s.arg = arg;
 	for (size_t i = 0; i < j->found_len; i++) {
 		char name[SEG_NAME_LEN], *buf;
-		size_t len = 0;
+		size_t len = 0, whole;
 
 		seg_name(name, j->found[i]);
 		if (j->found[i] >= j->next_seq)
@@ -247,7 +248,11 @@ journal_recover(struct journal *j,
 			return -1;
 		}
 		s.done_len = 0;
-		jrec_scan(buf, len, collect_done, &s);
+		whole = jrec_scan(buf, len, collect_done, &s);
+		if (whole < len)
+			log_warn("journal/%s: %zu octet(s) after the last whole record ignored (a "
+				 "write a crash cut short is never acknowledged)",
+				 name, len - whole);
 		jrec_scan(buf, len, hand_back, &s);
 		free(buf);
 		if (s.err != 0) {
@@ -284,7 +289,6 @@ static void
 maybe_retire(struct journal *j, struct journal_seg *seg)
 {
 	struct journal_seg **p;
-	char name[SEG_NAME_LEN];
 
 	if (!seg->sealed || seg->syncing || seg->finished < seg->records)
 		return;
@@ -293,12 +297,37 @@ maybe_retire(struct journal *j, struct journal_seg *seg)
 	*p = seg->next;
 	if (j->cur == seg)
 		j->cur = NULL;
-	seg_name(name, seg->seq);
-	close(seg->fd);
-	/* Gone for good: a segment back after a crash would bring its messages back. */
-	if (unlinkat(j->dir_fd, name, 0) != 0 || fsync(j->dir_fd) != 0)
-		log_warn("journal/%s: %s", name, strerror(errno));
-	free(seg);
+	/* Removed by reap(), outside the lock: no one waits behind an unlink and a flush. */
+	seg->next = j->dead;
+	j->dead = seg;
+}
+
+/* Lock not held: removes the retired segments, for good (a segment back after a crash
+ * would bring its messages back). */
+static void
+reap(struct journal *j)
+{
+	struct journal_seg *dead;
+
+	pthread_mutex_lock(&j->lock);
+	dead = j->dead;
+	j->dead = NULL;
+	pthread_mutex_unlock(&j->lock);
+	if (dead == NULL)
+		return;
+	while (dead != NULL) {
+		struct journal_seg *seg = dead;
+		char name[SEG_NAME_LEN];
+
+		dead = seg->next;
+		seg_name(name, seg->seq);
+		close(seg->fd);
+		if (unlinkat(j->dir_fd, name, 0) != 0)
+			log_warn("journal/%s: cannot remove: %s", name, strerror(errno));
+		free(seg);
+	}
+	if (fsync(j->dir_fd) != 0)
+		log_warn("journal: fsync of the directory: %s", strerror(errno));
 }
 
 /* Lock held.  A new current segment, its name durable before any message goes in. */
@@ -409,7 +438,10 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 			 */
 			seg->broken = rc;
 			seg->sealed = true;
-			log_err("journal: fdatasync: %s", strerror(rc));
+			log_err("journal/%016" PRIx64 ": fdatasync: %s; its unflushed messages are "
+				"committed again without the journal, and may come back from it "
+				"at the next start",
+				seg->seq, strerror(rc));
 		}
 		while (seg->wait_head != NULL &&
 		       (seg->broken != 0 || seg->wait_head->end <= seg->synced)) {
@@ -480,6 +512,7 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 		seg->sealed = true;
 		maybe_retire(j, seg);
 		pthread_mutex_unlock(&j->lock);
+		reap(j);
 		return err;
 	}
 	seg->records++;
@@ -497,6 +530,7 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 		seg_flush(j, seg);
 	}
 	pthread_mutex_unlock(&j->lock);
+	reap(j);
 	return 0;
 }
 
@@ -510,6 +544,7 @@ journal_done(struct journal *j, struct journal_seg *seg, const char *id)
 	else
 		seg_mark(seg, id);
 	pthread_mutex_unlock(&j->lock);
+	reap(j);
 }
 
 void
@@ -532,6 +567,7 @@ journal_close(struct journal *j)
 		seg->sealed = true;
 		maybe_retire(j, seg);
 	}
+	reap(j);
 	close(j->dir_fd);
 	free(j->found);
 	pthread_mutex_destroy(&j->lock);

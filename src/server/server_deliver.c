@@ -131,7 +131,8 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		build_headers(&h, conf, item, tg->addr, item->orcpts[i]);
 		m.headers = buf_cstr(&h);
 		m.body_mem = item->body_mem;
-		m.first_copy = item->body_mem != NULL; /* at the commit: no earlier attempt */
+		/* The direct way's first attempt: no earlier copy can exist. */
+		m.first_copy = item->body_mem != NULL && item->attempts == 0;
 		m.body_fd = item->fd;
 		m.body_off = item->body_off;
 		m.body_len = item->body_len;
