@@ -400,15 +400,18 @@ seg_write(struct journal_seg *seg, struct iovec *iov, int iovcnt)
 	return 0;
 }
 
-/* Lock held.  Appends the "finished" mark of id (no flush of its own). */
+/*
+ * Lock held.  Appends the "finished" mark of id (no flush of its own: the
+ * next flush, or the one at close, takes it along).  Also after a failed
+ * flush: a later flush may well succeed, and a mark that reaches the disk
+ * keeps its message from coming back.
+ */
 static void
 seg_mark(struct journal_seg *seg, const char *id)
 {
 	char head[JREC_HEAD_LEN];
 	struct iovec iov = {head, sizeof(head)};
 
-	if (seg->broken != 0)
-		return;
 	jrec_head(head, JREC_DONE, id, NULL, NULL, 0);
 	if (seg_write(seg, &iov, 1) != 0)
 		seg->sealed = true;
@@ -451,12 +454,13 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 			w->next = NULL;
 			if (seg->broken != 0) {
 				/*
-				 * Not acknowledged here.  No mark can be trusted to the
-				 * segment any more, so the record may come back after a
-				 * restart: the caller keeps its id (journal_append).
+				 * Not acknowledged here.  Marked finished, but the mark may
+				 * not reach the disk either, so the record may come back
+				 * after a restart: the caller keeps its id (journal_append).
 				 */
 				w->err = seg->broken;
 				seg->finished++;
+				seg_mark(seg, w->id);
 			}
 			*tail = w;
 			tail = &w->next;
@@ -517,6 +521,8 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 	}
 	seg->records++;
 	w->seg = seg;
+	memcpy(w->id, id, UTIL_ID_LEN);
+	w->id[UTIL_ID_LEN] = '\0';
 	w->end = seg->len;
 	w->err = 0;
 	w->next = NULL;
@@ -557,7 +563,7 @@ journal_close(struct journal *j)
 
 		if (seg->finished < seg->records) {
 			/* Messages still owed: keep the segment, with its marks flushed. */
-			if (seg->broken == 0 && fdatasync(seg->fd) != 0)
+			if (fdatasync(seg->fd) != 0)
 				log_err("journal: fdatasync: %s", strerror(errno));
 			j->segs = seg->next;
 			close(seg->fd);

@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/util_id.h"
+
 struct journal;
 struct journal_seg;
 
@@ -53,6 +55,7 @@ struct journal_wait {
 	int err;			      /* for done: 0, or the flush's errno */
 	struct journal_seg *seg;	      /* for done: where it is (journal_done) */
 	uint64_t end;
+	char id[UTIL_ID_LEN + 1];
 	struct journal_wait *next;
 };
 
