@@ -4,11 +4,15 @@ Kept apart from conftest.py (which owns the fixtures): small functions that
 send mail with smtplib, wait for log lines, and pick Maildir files apart.
 """
 import collections
+import json
 import re
 import subprocess
 import smtplib
+import threading
 import time
 from pathlib import Path
+
+from conftest import PETREL_BIN
 
 QUEUED_RE = re.compile(r"queued as ([A-Za-z0-9]+)")
 
@@ -134,3 +138,92 @@ def fill_fs(path):
             except OSError:
                 pass
     return files
+
+
+def load_then_kill9(p, prefix, rcpts_for, delay, min_acked, nthreads=6):
+    """nthreads clients send marked messages (header "X-Marker: <prefix>-T<t>-M<m>") over
+    kept sessions to p until it is killed with SIGKILL, min_acked acknowledgements and delay
+    seconds after the start; rcpts_for(t, marker) gives each message's recipients.  Returns
+    {marker: queue id} of every message that got its 250."""
+    acked, stop = {}, threading.Event()
+    lock = threading.Lock()
+
+    def run(t):
+        m = 0
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP(p.host, p.port, timeout=10) as s:
+                    s.ehlo(f"load{t}.example")
+                    while not stop.is_set():
+                        marker = f"{prefix}-T{t}-M{m}"
+                        m += 1
+                        assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
+                        for r in rcpts_for(t, marker):
+                            assert s.docmd(f"RCPT TO:<{r}>")[0] == 250
+                        code, resp = s.data(f"Subject: {marker}\r\nX-Marker: {marker}"
+                                            f"\r\n\r\n{'filler ' * 40}\r\n".encode())
+                        if code == 250:
+                            with lock:
+                                acked[marker] = queue_id(resp)
+            except (OSError, smtplib.SMTPException, AssertionError):
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: len(acked) >= min_acked, timeout=30), len(acked)
+    time.sleep(delay)
+    p.kill9()
+    stop.set()
+    for th in threads:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in threads)
+    assert acked, "nothing acknowledged before the kill"
+    return dict(acked)
+
+
+# ---- shared by test_direct.py and test_journal.py ------------------------------
+
+
+def log_lines(p, qid):
+    return [l for l in p.log().splitlines() if f"{qid}: " in l]
+
+
+
+def maildir_names(p, addr, sub="new"):
+    d = p.maildir(addr) / sub
+    return sorted(x.name for x in d.iterdir()) if d.is_dir() else []
+
+
+
+def cli_queue(p, *args):
+    return subprocess.run([str(PETREL_BIN), "queue", *args, "-c", str(p.conf_path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+QUEUED_AS = re.compile(r"^250 2\.0\.0 Ok: queued as (\S+)$")
+
+
+
+def wait_attempted(p, qid):
+    """Waits until the queue recorded an attempt of qid (so a flush finds it back in the queue)."""
+    def attempts():
+        r = cli_queue(p, "list", "--json")
+        if r.returncode != 0:
+            return 0
+        e = next((e for e in json.loads(r.stdout) if e["id"] == qid), None)
+        return (e or {}).get("attempts", 0)
+
+    assert wait_for(lambda: attempts() >= 1), cli_queue(p, "list").stdout
+    time.sleep(0.3)  # the attempt's end reaches the event loop
+
+
+
+def block_maildir(p, addr):
+    """Makes addr's Maildir unwritable for root too: its new/ is a regular file."""
+    md = p.maildir(addr)
+    for sub in ("tmp", "cur"):
+        (md / sub).mkdir(parents=True, exist_ok=True)
+    blocker = md / "new"
+    blocker.write_text("not a directory\n")
+    return blocker

@@ -28,7 +28,8 @@ import time
 import pytest
 
 from conftest import PETREL_BIN, recv_reply, recv_replies
-from mailtest import (all_maildir_files, in_queue, marker_counts, queue_id, send,
+from mailtest import (all_maildir_files, block_maildir, cli_queue, in_queue, load_then_kill9, log_lines,
+                      maildir_names, marker_counts, queue_id, send, wait_attempted,
                       spool_tmp_files, split_prepended, wait_for, wait_log, wait_queue_empty)
 
 BODY = (b"From: Sender <sender@example.org>\r\n"
@@ -168,17 +169,8 @@ def write_segment(p, seq, data):
     return f
 
 
-def log_lines(p, qid):
-    return [l for l in p.log().splitlines() if f"{qid}: " in l]
-
-
 def recovered_counts(p):
     return [int(n) for n in re.findall(RECOVERED_RE, p.log())]
-
-
-def maildir_names(p, addr, sub="new"):
-    d = p.maildir(addr) / sub
-    return sorted(x.name for x in d.iterdir()) if d.is_dir() else []
 
 
 def copies_of(mail_root, marker):
@@ -195,34 +187,6 @@ def copies_of(mail_root, marker):
             except (FileNotFoundError, IsADirectoryError):
                 continue
     return sorted(out)
-
-
-def cli_queue(p, *args):
-    return subprocess.run([str(PETREL_BIN), "queue", *args, "-c", str(p.conf_path)],
-                          capture_output=True, text=True, timeout=30)
-
-
-def wait_attempted(p, qid):
-    """Waits until the queue recorded an attempt of qid (so a flush finds it back in the queue)."""
-    def attempts():
-        r = cli_queue(p, "list", "--json")
-        if r.returncode != 0:
-            return 0
-        e = next((e for e in json.loads(r.stdout) if e["id"] == qid), None)
-        return (e or {}).get("attempts", 0)
-
-    assert wait_for(attempts), cli_queue(p, "list").stdout
-    time.sleep(0.3)  # the attempt's end reaches the event loop
-
-
-def block_maildir(p, addr):
-    """Makes addr's Maildir unwritable for root too: its new/ is a regular file."""
-    md = p.maildir(addr)
-    for sub in ("tmp", "cur"):
-        (md / sub).mkdir(parents=True, exist_ok=True)
-    blocker = md / "new"
-    blocker.write_text("not a directory\n")
-    return blocker
 
 
 def send_raw_then_kill9(p, rcpt, body):
@@ -676,8 +640,6 @@ def test_cache_new_replaced_by_a_symlink_nothing_written_through_it(petrel_facto
     assert len(copies_of(p.mail_root, b"CACHE-SECOND")) == 1
 
 
-
-
 def _symlink_level(p, level):
     """The path component of alice's Maildir that the test turns into a symlink."""
     md = p.maildir("alice@localhost")
@@ -739,42 +701,12 @@ def test_kill9_under_load_every_acknowledged_message_exactly_once(petrel_factory
         return marker_counts(p.mail_root, mark_re)
 
     for rnd, delay in enumerate([0.4, 1.0]):
-        acked, stop = {}, threading.Event()
-        lock = threading.Lock()
+        def rcpts(t, marker):
+            # every fifth message to a second local mailbox
+            return [f"load{t % 3}@localhost"] + (
+                ["bob@example.test"] if copies_wanted(marker) == 2 else [])
 
-        def run(t):
-            m = 0
-            while not stop.is_set():
-                try:
-                    with smtplib.SMTP(p.host, p.port, timeout=10) as s:
-                        s.ehlo(f"load{t}.example")
-                        while not stop.is_set():
-                            marker = f"J{rnd}-T{t}-M{m}"
-                            rcpts = [f"load{t % 3}@localhost"]
-                            if copies_wanted(marker) == 2:
-                                rcpts.append("bob@example.test")  # two local recipients
-                            m += 1
-                            assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
-                            for r in rcpts:
-                                assert s.docmd(f"RCPT TO:<{r}>")[0] == 250
-                            code, resp = s.data(f"Subject: {marker}\r\nX-Marker: {marker}"
-                                                f"\r\n\r\n{'filler ' * 40}\r\n".encode())
-                            if code == 250:
-                                with lock:
-                                    acked[marker] = queue_id(resp)
-                except (OSError, smtplib.SMTPException, AssertionError):
-                    time.sleep(0.02)
-
-        threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(6)]
-        for th in threads:
-            th.start()
-        assert wait_for(lambda: len(acked) >= 20, timeout=30), len(acked)
-        time.sleep(delay)
-        p.kill9()
-        stop.set()
-        for th in threads:
-            th.join(timeout=30)
-        assert not any(th.is_alive() for th in threads)
+        acked = load_then_kill9(p, f"J{rnd}", rcpts, delay, min_acked=20)
         all_acked.update(acked)
         p.start()
         assert segments(p) == [], segments(p)  # read and removed before the server listens
