@@ -438,10 +438,18 @@ msg_journal(struct queue_msg *m, struct msg_op *op)
 		return false;
 	op->jwait.done = journal_flushed;
 	err = journal_append(q->journal, m->id, parts, lens, 2, &op->jwait);
+	if (err == EAGAIN) {
+		if (!atomic_exchange(&q->journal_full, true))
+			log_warn("journal: full of messages still in delivery; messages are queued "
+				 "without it until they finish");
+		return false;
+	}
 	if (err != 0) {
 		log_warn("%s: journal: %s; committing without it", m->id, strerror(err));
 		return false;
 	}
+	if (atomic_load(&q->journal_full) && atomic_exchange(&q->journal_full, false))
+		log_info("journal: room again");
 	return true;
 }
 
@@ -461,9 +469,9 @@ op_run(struct util_pool_job *job)
 		op->err = m->err;
 		break;
 	case OP_COMMIT:
+		if (m->err == 0 && !m->spilled && msg_journal(m, op))
+			return; /* journal_flushed() completes the op */
 		if (m->err == 0 && !m->spilled && q->direct != NULL && m->direct_ctx != NULL) {
-			if (msg_journal(m, op))
-				return; /* journal_flushed() completes the op */
 			if (msg_deliver_direct(m)) {
 				m->delivered = true;
 				op->err = 0;
@@ -538,6 +546,11 @@ msg_deliver_later(struct queue_msg *m)
 		q->mem_used -= m->mem_cap - m->mem_len;
 		m->mem_cap = m->mem_len;
 	}
+	if (q->direct == NULL || m->direct_ctx == NULL) {
+		/* Not all local: the deliverer (local and relay) takes it from memory. */
+		queue_schedule_journaled(q, m);
+		return;
+	}
 	op = xcalloc(1, sizeof(*op));
 	op->job.run = op_run;
 	op->job.done = op_done;
@@ -546,6 +559,42 @@ msg_deliver_later(struct queue_msg *m)
 	m->ops_head = m->ops_tail = op;
 	m->busy = true;
 	util_pool_submit_background(q->pool, &op->job);
+}
+
+const char *
+queue_jmsg_header(const struct queue_msg *m, size_t *len)
+{
+	*len = m->header.len;
+	return m->header.data;
+}
+
+const char *
+queue_jmsg_body(const struct queue_msg *m, size_t *len)
+{
+	*len = m->mem_len;
+	return m->mem != NULL ? m->mem : "";
+}
+
+void
+queue_jmsg_finished(struct queue_msg *m)
+{
+	journal_done(m->q->journal, m->jseg, m->id);
+}
+
+int
+queue_jmsg_spool(struct queue_msg *m)
+{
+	int err = msg_spool(m);
+
+	if (err == 0)
+		journal_done(m->q->journal, m->jseg, m->id);
+	return err;
+}
+
+void
+queue_jmsg_free(struct queue_msg *m)
+{
+	msg_free(m);
 }
 
 /* Loop: neither delivered nor queued (a full disk): tried again after retry_min. */
@@ -749,7 +798,7 @@ queue_msg_commit(struct queue_msg *m, queue_done_fn done, void *arg)
 bool
 queue_msg_direct_taken(const struct queue_msg *m)
 {
-	return m->delivered || m->jseg != NULL;
+	return m->delivered || (m->jseg != NULL && m->direct_ctx != NULL);
 }
 
 void
@@ -949,8 +998,18 @@ queue_close(struct queue *q)
 		util_pool_dispatch(q->pool);
 		util_pool_free(q->pool);
 	}
-	for (size_t i = 0; i < q->heap_len; i++)
-		free(q->heap[i]);
+	for (size_t i = 0; i < q->heap_len; i++) {
+		struct entry *e = q->heap[i];
+
+		if (e->jmsg != NULL) {
+			atomic_fetch_add(&q->left, 1);
+			msg_free(e->jmsg); /* still in the journal: the next start queues it */
+		}
+		if (e->jst != NULL)
+			queue_file_status_free(e->jst);
+		free(e->jst);
+		free(e);
+	}
 	free(q->heap);
 	while (q->stuck != NULL) {
 		struct queue_msg *m = q->stuck;

@@ -14,16 +14,18 @@
  * before the commit callback runs.  Directory flushes are shared: one fsync
  * of queue/ covers every message renamed before it began (group commit,
  * util_dirsync), while the files' own flushes run in parallel on the worker
- * threads.  A small message offered to the direct deliverer (queue_msg_direct:
- * all recipients local) is instead appended to the journal, one fdatasync
- * shared by every message written meanwhile, and delivered into the Maildirs
- * right after its 250 by a background worker (lower CPU priority: clients
- * waiting for a 250 come first); it never gets a queue file unless that
- * delivery fails.  When the journal cannot take it (disk full), it is
- * delivered before the 250 instead, and only spooled if that fails too.  A
- * crash leaves the journal's undelivered messages, which become queue files
- * at the next start.  The event loop never waits on the disk: every file
- * operation runs on the queue's threads, and completions come back through
+ * threads.  A small message (held in memory) is instead appended to the
+ * journal, one fdatasync shared by every message written meanwhile.  One
+ * offered to the direct deliverer (queue_msg_direct: all recipients local) is
+ * delivered into the Maildirs right after its 250 by a background worker
+ * (lower CPU priority: clients waiting for a 250 come first); any other goes
+ * to the deliverer from memory (item->body_mem).  Neither gets a queue file
+ * unless recipients are left for later; then queue/ID.st and queue/ID are
+ * written before the journal forgets it.  When the journal cannot take a
+ * message (disk full), a direct one is delivered before the 250, and spooled
+ * if that fails; others are spooled.  A crash leaves the journal's
+ * undelivered messages, which become queue files at the next start.  The event loop never waits on
+ * the disk: every file operation runs on the queue's threads, and completions come back through
  * queue_notify_fd() / queue_dispatch() on the loop's thread.
  *
  * Threading: every function here is called from the event loop thread only,
@@ -86,8 +88,14 @@ struct queue_item {
 	int fd;		   /* the queue file, read-only (-1 when body_mem is set) */
 	off_t body_off;	   /* where the message starts in fd */
 	uint64_t body_len;
-	const char *body_mem; /* the message in memory (queue_set_direct), or NULL */
+	const char *body_mem; /* the message in memory (direct way, journaled), or NULL */
 };
+
+/*
+ * Reads up to len octets of item's message from offset off (its memory or its
+ * queue file): the count read, 0 at the end, or -1 with errno set.
+ */
+ssize_t queue_item_read(const struct queue_item *item, void *dst, size_t len, uint64_t off);
 
 enum queue_rcpt_status {
 	QUEUE_RCPT_PENDING, /* not attempted (the deliverer leaves it for later) */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "queue/queue.h"
+#include "queue/queue_file.h"
 #include "util/util_pool.h"
 
 /* A message known to the queue: acknowledged, not yet finished. */
@@ -18,6 +19,13 @@ struct entry {
 	uint64_t due_ms;
 	unsigned attempts;
 	bool recovered;
+	/*
+	 * A message acknowledged in the journal and held in memory, delivered from
+	 * there (no queue file) until an attempt leaves recipients for later: it is
+	 * then written to queue/ID with its progress and becomes an ordinary entry.
+	 */
+	struct queue_msg *jmsg;
+	struct queue_file_status *jst; /* its progress, when queue/ID could not be written */
 };
 
 struct queue {
@@ -32,10 +40,11 @@ struct queue {
 	struct spares *spares;
 	queue_direct_fn direct;
 	void (*direct_release)(void *msg_ctx);
-	struct journal *journal; /* NULL: small messages are committed without it */
-	struct queue_msg *stuck; /* journaled, could be neither delivered nor queued */
-	atomic_bool stopping;	 /* queue_close(): background deliveries leave their messages */
-	atomic_uint left;	 /* ... in the journal, this many, for the next start */
+	struct journal *journal;  /* NULL: small messages are committed without it */
+	struct queue_msg *stuck;  /* journaled, could be neither delivered nor queued */
+	atomic_bool stopping;	  /* queue_close(): background deliveries leave their messages */
+	atomic_uint left;	  /* ... in the journal, this many, for the next start */
+	atomic_bool journal_full; /* the journal refused messages: logged once */
 	queue_deliver_fn deliver;
 	void *deliver_ctx;
 	queue_bounce_fn bounce;
@@ -69,6 +78,20 @@ void queue_spare_put(struct queue *q, const char *id, off_t size);
 struct queue_delivery *queue_delivery_preload(struct queue *q, const char *id, const char *header,
 					      size_t header_len);
 void queue_delivery_start_preloaded(struct queue *q, struct queue_delivery *d);
+
+/*
+ * Journaled messages the deliverer takes from memory (queue.c keeps them,
+ * queue_run.c schedules and delivers them).  Loop: schedule m, due now.
+ */
+void queue_schedule_journaled(struct queue *q, struct queue_msg *m);
+const char *queue_jmsg_header(const struct queue_msg *m, size_t *len);
+const char *queue_jmsg_body(const struct queue_msg *m, size_t *len);
+/* Worker: every recipient is finished: the journal forgets the message. */
+void queue_jmsg_finished(struct queue_msg *m);
+/* Worker: queue/ID made durable (then the journal forgets it); 0 or errno. */
+int queue_jmsg_spool(struct queue_msg *m);
+/* Loop: the memory goes (delivered, queued, or left in the journal at a stop). */
+void queue_jmsg_free(struct queue_msg *m);
 
 /* Milliseconds until a stuck journaled message is tried again (-1: none). */
 long queue_stuck_due_ms(const struct queue *q);

@@ -22,7 +22,13 @@
 #define SEG_MAX	     (4u << 20)
 #define SEG_READ_MAX (4 * SEG_MAX + 2 * (size_t)JREC_PAYLOAD_MAX)
 #define SEG_NAME_LEN 17
-#define PARTS_MAX    4
+/*
+ * Live segments at most: a segment stays while any of its messages is in
+ * delivery (a relay that waits out its timeouts keeps one), so this bounds
+ * the journal's disk (64 MiB); beyond it messages take the queue's way.
+ */
+#define SEGS_MAX  16
+#define PARTS_MAX 4
 
 struct journal_seg {
 	uint64_t seq;
@@ -44,6 +50,7 @@ struct journal {
 	uint64_t next_seq;
 	struct journal_seg *cur;  /* where messages go; NULL until the first */
 	struct journal_seg *segs; /* every live segment */
+	size_t segs_len;
 	struct journal_seg *dead; /* retired, to be removed by reap() */
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
@@ -295,6 +302,7 @@ maybe_retire(struct journal *j, struct journal_seg *seg)
 	for (p = &j->segs; *p != seg; p = &(*p)->next)
 		;
 	*p = seg->next;
+	j->segs_len--;
 	if (j->cur == seg)
 		j->cur = NULL;
 	/* Removed by reap(), outside the lock: no one waits behind an unlink and a flush. */
@@ -338,6 +346,10 @@ seg_new(struct journal *j)
 	char name[SEG_NAME_LEN];
 	int fd, e;
 
+	if (j->segs_len >= SEGS_MAX) {
+		errno = EAGAIN;
+		return NULL;
+	}
 	seg_name(name, j->next_seq);
 	fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
@@ -354,6 +366,7 @@ seg_new(struct journal *j)
 	seg->fd = fd;
 	seg->next = j->segs;
 	j->segs = seg;
+	j->segs_len++;
 	if (j->cur != NULL) {
 		j->cur->sealed = true;
 		maybe_retire(j, j->cur);

@@ -67,7 +67,8 @@ struct journal_wait {
  * durable another way keeps its id, so that a second copy is recognised).
  * done may run on this thread before journal_append returns, or on another.
  * Returns 0, or an errno value when the message could not be written (done
- * does not run, and nothing of it stays in the journal).
+ * does not run, and nothing of it stays in the journal): EAGAIN when older
+ * segments, still holding messages in delivery, fill the journal's room.
  */
 int journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
 		   size_t nparts, struct journal_wait *w);

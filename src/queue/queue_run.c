@@ -38,6 +38,7 @@ struct queue_delivery {
 	int fd;
 	bool loaded;
 	bool finished; /* every recipient done: the files are gone */
+	bool jspooled; /* the journaled message is in queue/ID now (entry->jmsg goes) */
 	char *bounce;  /* the DSN to queue, owned */
 	size_t bounce_len;
 };
@@ -212,15 +213,20 @@ delivery_free(struct queue_delivery *d)
 	free(d);
 }
 
-/* Worker: the progress and the item of a delivery whose envelope is parsed (size: the file's). */
+/* The progress and the item of a delivery whose envelope is parsed (body_len: after it). */
 static void
-delivery_fill(struct queue_delivery *d, off_t size)
+delivery_fill(struct queue_delivery *d, uint64_t body_len)
 {
 	struct queue *q = d->q;
 	struct entry *e = d->entry;
 	struct queue_item *it = &d->item;
 
-	if (e->attempts == 0 && !e->recovered) {
+	if (e->jst != NULL) {
+		/* A journaled message whose queue file could not be written: its progress. */
+		d->st = *e->jst;
+		free(e->jst);
+		e->jst = NULL;
+	} else if (e->attempts == 0 && !e->recovered) {
 		/* Queued by this process and never attempted: it has no status file. */
 		memset(&d->st, 0, sizeof(d->st));
 		d->st.done = xcalloc(d->env.rcpts_len, sizeof(bool));
@@ -246,7 +252,7 @@ delivery_fill(struct queue_delivery *d, off_t size)
 	it->recovered = e->recovered;
 	it->fd = d->fd;
 	it->body_off = d->env.body_off;
-	it->body_len = (uint64_t)size - (uint64_t)d->env.body_off;
+	it->body_len = body_len;
 	d->res = xcalloc(d->env.rcpts_len, sizeof(*d->res));
 	d->failed_now = xcalloc(d->env.rcpts_len, sizeof(bool));
 	d->loaded = true;
@@ -293,8 +299,52 @@ load_run(struct util_pool_job *job)
 		util_pool_complete(q->pool, job);
 		return;
 	}
-	delivery_fill(d, sb.st_size);
+	delivery_fill(d, (uint64_t)sb.st_size - (uint64_t)d->env.body_off);
 	util_pool_complete(q->pool, job);
+}
+
+/* Loop: the delivery of a journaled message, from memory (no trip to a worker). */
+static void
+jmsg_load(struct queue_delivery *d)
+{
+	struct entry *e = d->entry;
+	size_t hlen, blen;
+	const char *h = queue_jmsg_header(e->jmsg, &hlen);
+	const char *body = queue_jmsg_body(e->jmsg, &blen);
+	char err[200];
+
+	if (queue_file_parse(h, hlen, &d->env, err, sizeof(err)) != 0) {
+		log_err("%s: %s", e->id, err);
+		return;
+	}
+	d->env.body_off = 0;
+	delivery_fill(d, blen);
+	d->item.body_mem = body;
+}
+
+void
+queue_schedule_journaled(struct queue *q, struct queue_msg *m)
+{
+	struct entry *e = xcalloc(1, sizeof(*e));
+
+	memcpy(e->id, queue_msg_id(m), sizeof(e->id));
+	e->jmsg = m;
+	q->total++;
+	queue_schedule(q, e); /* due now: queue_start_due() follows */
+}
+
+ssize_t
+queue_item_read(const struct queue_item *it, void *dst, size_t len, uint64_t off)
+{
+	if (off >= it->body_len)
+		return 0;
+	if (len > it->body_len - off)
+		len = (size_t)(it->body_len - off);
+	if (it->body_mem != NULL) {
+		memcpy(dst, it->body_mem + off, len);
+		return (ssize_t)len;
+	}
+	return pread(it->fd, dst, len, it->body_off + (off_t)off);
 }
 
 /* Loop: the entry is back in the schedule or gone. */
@@ -305,8 +355,15 @@ delivery_end(struct queue_delivery *d)
 	struct entry *e = d->entry;
 
 	q->running--;
+	if (e->jmsg != NULL && (d->finished || d->jspooled)) {
+		queue_jmsg_free(e->jmsg);
+		e->jmsg = NULL;
+	}
 	if (d->finished) {
 		q->total--;
+		if (e->jst != NULL)
+			queue_file_status_free(e->jst);
+		free(e->jst);
 		free(e);
 	} else {
 		e->attempts++;
@@ -405,6 +462,36 @@ bounce_built(struct util_pool_job *job)
 	queue_msg_commit(m, bounce_committed, d);
 }
 
+/*
+ * Worker: a journaled message has recipients left for later: its progress
+ * and then the message itself go to queue/ (one flush of queue/ covers both
+ * names; a progress file without its message is read when the journal's
+ * copy is queued at the next start).  Only then does the journal forget it.
+ * When that fails it stays in memory and in the journal, progress and all.
+ */
+static void
+record_journaled(struct queue_delivery *d)
+{
+	struct queue *q = d->q;
+	struct entry *e = d->entry;
+	int err = 0;
+
+	d->st.attempts = e->attempts + 1;
+	if (queue_file_status_write(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
+		err = errno;
+	if (err == 0)
+		err = queue_jmsg_spool(e->jmsg);
+	if (err == 0) {
+		d->jspooled = true;
+		return;
+	}
+	log_err("%s: cannot queue (%s); kept in the journal, trying again later", e->id,
+		strerror(err));
+	e->jst = xmalloc(sizeof(*e->jst));
+	*e->jst = d->st;
+	memset(&d->st, 0, sizeof(d->st)); /* the entry owns it now */
+}
+
 /* Worker: remove a finished message, or record what is done. */
 static void
 record_run(struct util_pool_job *job)
@@ -426,9 +513,14 @@ record_run(struct util_pool_job *job)
 			snprintf(st, sizeof(st), "%s.st", d->entry->id);
 			unlinkat(q->queue_fd, st, 0);
 		}
-		queue_spare_put(q, d->entry->id, fstat(d->fd, &sb) == 0 ? sb.st_size : -1);
+		if (d->entry->jmsg != NULL)
+			queue_jmsg_finished(d->entry->jmsg);
+		else
+			queue_spare_put(q, d->entry->id, fstat(d->fd, &sb) == 0 ? sb.st_size : -1);
 		log_info("%s: removed", d->entry->id);
 		d->finished = true;
+	} else if (d->entry->jmsg != NULL) {
+		record_journaled(d);
 	} else {
 		d->st.attempts = d->entry->attempts + 1;
 		if (queue_file_status_write(q->queue_fd, d->entry->id, d->env.rcpts_len, &d->st) !=
@@ -523,7 +615,7 @@ queue_delivery_preload(struct queue *q, const char *id, const char *header, size
 	d->fd = openat(q->queue_fd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (d->fd >= 0 && queue_file_parse(header, header_len, &d->env, err, sizeof(err)) == 0 &&
 	    fstat(d->fd, &sb) == 0)
-		delivery_fill(d, sb.st_size);
+		delivery_fill(d, (uint64_t)sb.st_size - (uint64_t)d->env.body_off);
 	return d;
 }
 
@@ -559,6 +651,11 @@ queue_start_due(struct queue *q)
 		d->fd = -1;
 		d->entry = heap_pop(q);
 		q->running++;
+		if (d->entry->jmsg != NULL) {
+			jmsg_load(d);
+			delivery_loaded(&d->job);
+			continue;
+		}
 		util_pool_submit(q->pool, &d->job);
 	}
 }

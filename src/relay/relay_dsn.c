@@ -161,7 +161,7 @@ read_headers(const struct queue_item *item, char *dst, size_t cap)
 	const char *end;
 
 	while (len < cap && (uint64_t)len < item->body_len) {
-		ssize_t n = pread(item->fd, dst + len, cap - len, item->body_off + (off_t)len);
+		ssize_t n = queue_item_read(item, dst + len, cap - len, len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)

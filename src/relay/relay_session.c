@@ -198,7 +198,7 @@ send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
 	while (off < it->body_len) {
 		size_t want =
 		    it->body_len - off < IO_CHUNK ? (size_t)(it->body_len - off) : IO_CHUNK;
-		ssize_t n = pread(it->fd, in, want, it->body_off + (off_t)off);
+		ssize_t n = queue_item_read(it, in, want, off);
 		size_t o = 0;
 
 		if (n < 0 && errno == EINTR)
@@ -412,7 +412,7 @@ count_hops(const struct queue_item *it)
 {
 	char *h = xmalloc(HEADERS_PEEK);
 	size_t len = it->body_len < HEADERS_PEEK ? (size_t)it->body_len : HEADERS_PEEK;
-	ssize_t n = pread(it->fd, h, len, it->body_off);
+	ssize_t n = queue_item_read(it, h, len, 0);
 	size_t hops = n > 0 ? relay_count_received(h, (size_t)n) : 0;
 
 	free(h);

@@ -322,10 +322,17 @@ void
 server_deliver(void *ctx, struct queue_delivery *d)
 {
 	struct attempt *a = xcalloc(1, sizeof(*a));
+	const struct queue_item *item = queue_delivery_item(d);
 
 	a->srv = ctx;
 	a->d = d;
 	a->cfg = server_current_cfg(a->srv);
 	a->parts = 1;
-	queue_work(a->srv->queue, local_run, local_done, a);
+	for (size_t i = 0; i < item->rcpts_len; i++) {
+		if (!item->done[i] && is_local(a->cfg->conf, item->rcpts[i])) {
+			queue_work(a->srv->queue, local_run, local_done, a);
+			return;
+		}
+	}
+	local_done(a); /* only foreign recipients: no trip to a worker */
 }

@@ -129,6 +129,16 @@ def assert_spooled(p, qid, w=None):
         assert seen, w.events()
 
 
+def assert_journaled_then_queued(p, qid, w):
+    """qid (with a foreign recipient) was acknowledged from the journal and delivered from
+    memory; only when its foreign recipient was deferred did it get queue/ID and ID.st."""
+    assert queued_line(p, qid), log_lines(p, qid)
+    assert not re.search(rf"{qid}: .*\(delivering at once\)", p.log()), log_lines(p, qid)
+    assert wait_log(p, rf"{qid}: to=<[^>]*remote\.example>.*status=deferred"), log_lines(p, qid)
+    names = lambda: {n for d, n in w.names(qid) if d == "queue"}  # noqa: E731
+    assert wait_for(lambda: {qid, qid + ".st"} <= names(), timeout=10), w.events()
+
+
 def count_copies(p, addr, marker):
     """Copies of the message carrying marker in addr's new/ and cur/."""
     n = 0
@@ -300,11 +310,10 @@ def test_many_sessions_at_once_each_message_once(petrel, watch):
 
 # ---- anything else goes through the queue ----------------------------------------------
 
-def test_local_and_foreign_recipient_goes_through_the_queue(petrel, watch):
+def test_local_and_foreign_recipient_is_queued_once_deferred(petrel, watch):
     w = watch(petrel)
     qid = send(petrel, "sender@example.org", ["alice@localhost", "friend@remote.example"], BODY)
-    assert_spooled(petrel, qid, w)
-    assert not re.search(rf"{qid}: .*\(delivering at once\)", petrel.log())
+    assert_journaled_then_queued(petrel, qid, w)
     msgs = petrel.wait_messages("alice@localhost", 1)
     assert len(msgs) == 1
     assert split_prepended(msgs[0])[1] == BODY_LF
@@ -596,7 +605,7 @@ def test_bdat_and_pipelined_messages_each_delivered_once(petrel, watch):
             b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\n"
             + b"BDAT 13\r\n" + m1[:13] + b"BDAT 10\r\n" + m1[13:23]
             + b"BDAT %d LAST\r\n" % len(m1[23:]) + m1[23:]
-            # 2: local and foreign: through the queue
+            # 2: local and foreign: journaled, queued once the foreign one is deferred
             + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\n"
             b"RCPT TO:<far@remote.example>\r\n"
             + b"BDAT %d LAST\r\n" % len(m2) + m2
@@ -629,7 +638,7 @@ def test_bdat_and_pipelined_messages_each_delivered_once(petrel, watch):
     q1, q2, q3, q4, q6 = ids
     for q in (q1, q4, q6):
         assert_direct(petrel, q, w)
-    assert_spooled(petrel, q2, w)
+    assert_journaled_then_queued(petrel, q2, w)
     assert_spooled(petrel, q3, w)
 
     assert wait_for(lambda: len(petrel.messages("alice@localhost")) >= 4)
@@ -669,7 +678,7 @@ def test_pipelined_data_messages_in_one_write(petrel, watch):
     assert len(ids) == n and len(set(ids)) == n, replies
     for i, q in enumerate(ids):
         if i % 4 == 3:
-            assert_spooled(petrel, q, w)
+            assert_journaled_then_queued(petrel, q, w)
         else:
             assert_direct(petrel, q, w)
     assert wait_for(lambda: len(petrel.messages("pipe0@localhost")) >= n // 2)

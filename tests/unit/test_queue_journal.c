@@ -999,6 +999,52 @@ test_sealed_segment_goes_at_last_mark(void **state)
 }
 
 /*
+ * Sixteen live segments (64 MiB) still owing messages: the journal refuses
+ * the next message with EAGAIN and writes nothing of it; once the oldest
+ * segment's message is finished it takes messages again.
+ */
+static void
+test_full_journal_refuses_until_a_segment_goes(void **state)
+{
+	enum { LIVE = 16 };
+	size_t big_len = JREC_PAYLOAD_MAX;
+	char *big = malloc(big_len);
+	struct spool s;
+	struct journal *j;
+	struct journal_seg *segs[LIVE];
+	char ids[LIVE + 1][UTIL_ID_LEN + 1], names[NAMES_MAX][64];
+	const void *parts[1];
+	size_t lens[1] = {1};
+	struct waiter x;
+
+	assert_non_null(big);
+	memset(big, 'F', big_len);
+	spool_new(&s);
+	j = open_ok(&s);
+	for (size_t i = 0; i < LIVE; i++) {
+		make_id(ids[i], 900 + i);
+		segs[i] = append_ok(j, ids[i], big, big_len); /* one a segment: each is full */
+		if (i > 0)
+			assert_ptr_not_equal(segs[i], segs[i - 1]);
+	}
+	assert_int_equal(list_journal(&s, names), LIVE);
+	make_id(ids[LIVE], 999);
+	parts[0] = "x";
+	waiter_init(&x);
+	assert_int_equal(journal_append(j, ids[LIVE], parts, lens, 1, &x.w), EAGAIN);
+	assert_int_equal(x.calls, 0);
+	assert_int_equal(list_journal(&s, names), LIVE);
+
+	journal_done(j, segs[0], ids[0]);
+	assert_false(journal_has(&s, "0000000000000001"));
+	append_ok(j, ids[LIVE], "x", 1);
+	assert_int_equal(list_journal(&s, names), LIVE);
+	journal_close(j);
+	free(big);
+	spool_done(&s);
+}
+
+/*
  * Every message of a segment marked finished while it is still current:
  * it stays until it is sealed, by the move to a new segment.
  */
@@ -1281,6 +1327,7 @@ main(void)
 	    cmocka_unit_test(test_recover_read_error),
 	    cmocka_unit_test(test_sealed_segment_goes_at_last_mark),
 	    cmocka_unit_test(test_finished_segment_goes_when_sealed),
+	    cmocka_unit_test(test_full_journal_refuses_until_a_segment_goes),
 	    cmocka_unit_test(test_many_threads),
 	    cmocka_unit_test(test_failed_flush_segment_goes),
 	    cmocka_unit_test(test_failed_flush_may_come_back_whole),
