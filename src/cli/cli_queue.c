@@ -7,6 +7,16 @@
  * and the open, and is then silently skipped.  flush only asks the server
  * (SIGUSR1); delete unlinks the files, and a server that schedules a
  * deleted message finds it gone and forgets it.
+ *
+ * A small message is acknowledged in the spool journal (queue_journal.h)
+ * and delivered from the server's memory: until its delivery ends it has
+ * no queue file, only a record in a journal segment.  list and show read
+ * those too (records as queue_jrec.h, payloads as queue_file.h), showing
+ * every message with a record and no "finished" mark as in delivery;
+ * delete cannot take such a message from the server and says so.  The
+ * segments are read while the server appends to and removes them: one that
+ * is gone is skipped, a record being written at the end is not whole yet
+ * and ends the scan (jrec_scan).
  */
 #include "cli/cli.h"
 
@@ -26,6 +36,8 @@
 
 #include "conf/conf.h"
 #include "queue/queue_file.h"
+#include "queue/queue_journal.h"
+#include "queue/queue_jrec.h"
 #include "smtp/smtp_parse.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
@@ -33,8 +45,11 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-/* The two directories a message can be in, in the order they are shown. */
-enum where { WHERE_QUEUE, WHERE_INCOMING };
+/*
+ * Where a message is: the two directories of message files (the first
+ * WHERE_COUNT), or a record in the journal, in delivery.
+ */
+enum where { WHERE_QUEUE, WHERE_INCOMING, WHERE_JOURNAL };
 #define WHERE_COUNT 2
 
 static const char *const where_dir[WHERE_COUNT] = {
@@ -55,6 +70,7 @@ struct msg {
 	struct queue_file_env env;
 	struct queue_file_status st;
 	uint64_t size; /* octets of the message itself */
+	char *image;   /* WHERE_JOURNAL, for show: the queue-file image (env.body_off into it) */
 };
 
 struct queue_cmd {
@@ -96,6 +112,8 @@ msg_free(struct msg *m)
 		close(m->fd);
 	queue_file_env_free(&m->env);
 	queue_file_status_free(&m->st);
+	free(m->image);
+	m->image = NULL;
 	m->fd = -1;
 }
 
@@ -179,7 +197,223 @@ msg_status(const struct msg *m)
 {
 	if (m->where == WHERE_INCOMING)
 		return "incoming";
+	if (m->where == WHERE_JOURNAL)
+		return "delivering";
 	return m->st.attempts > 0 ? "deferred" : "queued";
+}
+
+static bool
+id_listed(char (*ids)[UTIL_ID_LEN + 1], size_t n, const char *id)
+{
+	return n > 0 && bsearch(id, ids, n, sizeof(*ids), cmp_id) != NULL;
+}
+
+/* ---- the journal ------------------------------------------------------------------ */
+
+#define SEG_NAME_LEN 17 /* 16 hex digits and the NUL */
+
+/* The messages of the journal without a "finished" mark. */
+struct jscan {
+	const char *want; /* only this id (show, delete), or NULL: all */
+	const char *seg;  /* the segment being read, for warnings */
+	char (*done)[UTIL_ID_LEN + 1];
+	size_t done_len, done_cap;
+	size_t done_sorted; /* done[0..done_sorted) is sorted */
+	struct msg *msgs;
+	size_t msgs_len, msgs_cap;
+	int status; /* 1 after a warning */
+};
+
+static bool
+jscan_done(void *arg, const struct jrec *r)
+{
+	struct jscan *s = arg;
+
+	if (r->type != JREC_DONE)
+		return true;
+	if (s->done_len == s->done_cap) {
+		s->done_cap = s->done_cap ? 2 * s->done_cap : 64;
+		s->done = xrealloc(s->done, s->done_cap * sizeof(*s->done));
+	}
+	memcpy(s->done[s->done_len++], r->id, UTIL_ID_LEN + 1);
+	return true;
+}
+
+static bool
+jscan_is_done(const struct jscan *s, const char *id)
+{
+	return id_listed(s->done, s->done_sorted, id);
+}
+
+static bool
+jscan_msg(void *arg, const struct jrec *r)
+{
+	struct jscan *s = arg;
+	struct msg *m;
+	char err[256];
+
+	if (r->type != JREC_MSG || (s->want != NULL && strcmp(r->id, s->want) != 0) ||
+	    jscan_is_done(s, r->id))
+		return true;
+	if (s->msgs_len == s->msgs_cap) {
+		s->msgs_cap = s->msgs_cap ? 2 * s->msgs_cap : 16;
+		s->msgs = xrealloc(s->msgs, s->msgs_cap * sizeof(*s->msgs));
+	}
+	m = &s->msgs[s->msgs_len];
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+	if (queue_file_parse(r->payload, r->len, &m->env, err, sizeof(err)) != 0) {
+		fprintf(stderr, "petrel queue: journal/%s: %s: %s\n", s->seg, r->id, err);
+		s->status = 1;
+		return true;
+	}
+	if (strcmp(m->env.id, r->id) != 0) {
+		fprintf(stderr, "petrel queue: journal/%s: %s: holds message %s\n", s->seg, r->id,
+			m->env.id);
+		queue_file_env_free(&m->env);
+		s->status = 1;
+		return true;
+	}
+	memcpy(m->id, r->id, sizeof(m->id));
+	m->where = WHERE_JOURNAL;
+	m->size = (uint64_t)r->len - (uint64_t)m->env.body_off;
+	if (s->want != NULL) {
+		m->image = xmalloc(r->len + 1);
+		memcpy(m->image, r->payload, r->len);
+	}
+	s->msgs_len++;
+	return true;
+}
+
+/*
+ * Reads segment name under dirfd (journal_seg_read); NULL when it is gone,
+ * is no file, or cannot be read (after a warning, s->status set).  What the
+ * server appends meanwhile is not read, or read in part: jrec_scan stops
+ * before a record that is not whole.
+ */
+static char *
+seg_read(int dirfd, const char *name, size_t *len, struct jscan *s)
+{
+	char *buf = journal_seg_read(dirfd, name, len);
+
+	/* Gone: every message in it was finished. */
+	if (buf == NULL && errno != ENOENT && errno != EINVAL) {
+		fprintf(stderr, "petrel queue: journal/%s: %s\n", name, strerror(errno));
+		s->status = 1;
+	}
+	return buf;
+}
+
+static int
+cmp_msg_id(const void *a, const void *b)
+{
+	return strcmp(((const struct msg *)a)->id, ((const struct msg *)b)->id);
+}
+
+/*
+ * The journal's messages in delivery (want: only that one), by id, into s:
+ * every message record whose id has no "finished" mark in any segment.  As
+ * the server's recovery (journal_recover): each segment is scanned for its
+ * marks first, then for its messages.  0, or -1 when spool/journal cannot
+ * be read at all (after a warning); a journal not there is empty.
+ */
+static int
+journal_scan(const struct spool *sp, const char *want, struct jscan *s)
+{
+	char path[4096];
+	char(*names)[SEG_NAME_LEN] = NULL;
+	size_t names_len = 0, names_cap = 0, kept = 0;
+	struct dirent *de;
+	DIR *d;
+	int dirfd;
+
+	memset(s, 0, sizeof(*s));
+	s->want = want;
+	snprintf(path, sizeof(path), "%s/journal", sp->dir);
+	dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dirfd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		fprintf(stderr, "petrel queue: %s: %s\n", path, strerror(errno));
+		s->status = 1;
+		return -1;
+	}
+	d = fdopendir(dup(dirfd));
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		uint64_t seq;
+
+		if (!journal_seg_name(de->d_name, &seq))
+			continue;
+		if (names_len == names_cap) {
+			names_cap = names_cap ? 2 * names_cap : 16;
+			names = xrealloc(names, names_cap * sizeof(*names));
+		}
+		memcpy(names[names_len++], de->d_name, SEG_NAME_LEN);
+	}
+	if (d != NULL)
+		closedir(d);
+	/* Oldest first (fixed width: the names sort as their numbers). */
+	if (names_len > 1)
+		qsort(names, names_len, sizeof(*names), cmp_id);
+	for (size_t i = 0; i < names_len; i++) {
+		size_t len = 0;
+		char *buf = seg_read(dirfd, names[i], &len, s);
+
+		if (buf == NULL)
+			continue;
+		s->seg = names[i];
+		jrec_scan(buf, len, jscan_done, s);
+		if (s->done_len > 1)
+			qsort(s->done, s->done_len, sizeof(*s->done), cmp_id);
+		s->done_sorted = s->done_len;
+		jrec_scan(buf, len, jscan_msg, s);
+		free(buf);
+	}
+	s->seg = NULL;
+	free(names);
+	close(dirfd);
+	/* Marked in a later segment, or in two records: out. */
+	if (s->msgs_len > 1)
+		qsort(s->msgs, s->msgs_len, sizeof(*s->msgs), cmp_msg_id);
+	for (size_t i = 0; i < s->msgs_len; i++) {
+		struct msg *m = &s->msgs[i];
+
+		if (jscan_is_done(s, m->id) ||
+		    (kept > 0 && strcmp(s->msgs[kept - 1].id, m->id) == 0)) {
+			msg_free(m);
+			continue;
+		}
+		s->msgs[kept++] = *m;
+	}
+	s->msgs_len = kept;
+	return 0;
+}
+
+static void
+jscan_free(struct jscan *s)
+{
+	for (size_t i = 0; i < s->msgs_len; i++)
+		msg_free(&s->msgs[i]);
+	free(s->msgs);
+	free(s->done);
+	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * Completes a message from the journal: its progress, which the server
+ * writes to queue/ID.st before queue/ID when it queues the message (and
+ * keeps there when it cannot write queue/ID).  Empty when there is none.
+ */
+static void
+jmsg_status(const struct spool *sp, struct msg *m)
+{
+	if (sp->fds[WHERE_QUEUE] < 0 ||
+	    queue_file_status_read(sp->fds[WHERE_QUEUE], m->id, m->env.rcpts_len, &m->st) != 0) {
+		queue_file_status_free(&m->st);
+		memset(&m->st, 0, sizeof(m->st));
+		m->st.done = xcalloc(m->env.rcpts_len, sizeof(bool));
+		m->st.failed = xcalloc(m->env.rcpts_len, sizeof(bool));
+	}
 }
 
 /* ---- list ------------------------------------------------------------------------ */
@@ -254,6 +488,8 @@ print_text(const struct msg *m, bool first)
 	       m->env.sender[0] ? m->env.sender : "MAILER-DAEMON");
 	if (m->where == WHERE_INCOMING)
 		printf("%*s(waiting in incoming/ for the server to pick it up)\n", LIST_INDENT, "");
+	else if (m->where == WHERE_JOURNAL)
+		printf("%*s(in delivery, held in the spool journal)\n", LIST_INDENT, "");
 	/* The error is a remote server's text: no terminal control sequences from it. */
 	if (m->st.error[0] != '\0')
 		printf("%*s(%s)\n", LIST_INDENT, "",
@@ -265,36 +501,61 @@ print_text(const struct msg *m, bool first)
 	putchar('\n');
 }
 
+static void
+print_msg(const struct msg *m, bool json, size_t *count, uint64_t *total)
+{
+	if (json)
+		print_json(m, *count == 0);
+	else
+		print_text(m, *count == 0);
+	*total += m->size;
+	(*count)++;
+}
+
+/*
+ * queue/, then the messages in delivery from the journal, then incoming/.
+ * The journal is read first: a message the server queues meanwhile (queue/ID,
+ * then its mark) is then found in one place or the other, and one found in
+ * both is shown once, from queue/.
+ */
 static int
 cmd_list(struct spool *sp, int argc, char **argv, bool json)
 {
+	char(*ids[WHERE_COUNT])[UTIL_ID_LEN + 1];
+	size_t n[WHERE_COUNT];
+	struct jscan js;
 	uint64_t total = 0;
 	size_t count = 0;
 	int status = 0;
 
+	journal_scan(sp, NULL, &js);
+	for (size_t w = 0; w < WHERE_COUNT; w++)
+		ids[w] = list_ids(sp->fds[w], &n[w]);
 	if (json)
 		putchar('[');
 	for (size_t w = 0; w < WHERE_COUNT; w++) {
-		size_t n;
-		char(*ids)[UTIL_ID_LEN + 1] = list_ids(sp->fds[w], &n);
-
-		for (size_t i = 0; i < n; i++) {
+		for (size_t i = 0; i < n[w]; i++) {
 			struct msg m;
-			int rc = msg_load(sp, (enum where)w, ids[i], &m);
+			int rc = msg_load(sp, (enum where)w, ids[w][i], &m);
 
 			if (rc < 0)
 				status = 1;
 			if (rc != 0)
 				continue;
-			if (json)
-				print_json(&m, count == 0);
-			else
-				print_text(&m, count == 0);
-			total += m.size;
-			count++;
+			print_msg(&m, json, &count, &total);
 			msg_free(&m);
 		}
-		free(ids);
+		if (w != WHERE_QUEUE)
+			continue;
+		for (size_t i = 0; i < js.msgs_len; i++) {
+			struct msg *m = &js.msgs[i];
+
+			if (id_listed(ids[WHERE_QUEUE], n[WHERE_QUEUE], m->id) ||
+			    id_listed(ids[WHERE_INCOMING], n[WHERE_INCOMING], m->id))
+				continue;
+			jmsg_status(sp, m);
+			print_msg(m, json, &count, &total);
+		}
 	}
 	if (json)
 		fputs(count ? "\n]\n" : "]\n", stdout);
@@ -303,6 +564,11 @@ cmd_list(struct spool *sp, int argc, char **argv, bool json)
 	else
 		printf("-- %llu Kbytes in %zu Request%s.\n",
 		       (unsigned long long)(total + 1023) / 1024, count, count == 1 ? "" : "s");
+	for (size_t w = 0; w < WHERE_COUNT; w++)
+		free(ids[w]);
+	if (js.status != 0)
+		status = 1;
+	jscan_free(&js);
 	return status;
 }
 
@@ -322,20 +588,53 @@ parse_id(const char *arg, char id[UTIL_ID_LEN + 1])
 	return util_id_valid(id);
 }
 
-/* Finds id in queue/ or incoming/; 0, 1 (no such message) or -1. */
+/*
+ * Whether message id is in delivery from the journal (and not queued
+ * meanwhile); m, when given, gets it (the caller frees it).  -1 when the
+ * journal cannot be read.
+ */
+static int
+journal_find(const struct spool *sp, const char *id, struct msg *m)
+{
+	struct jscan js;
+	int rc;
+
+	if (journal_scan(sp, id, &js) != 0) {
+		jscan_free(&js);
+		return -1;
+	}
+	rc = js.msgs_len > 0 ? 0 : 1;
+	if (rc == 0 && sp->fds[WHERE_QUEUE] >= 0 &&
+	    faccessat(sp->fds[WHERE_QUEUE], id, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		rc = 1; /* queued since: queue/ has it */
+	if (rc == 0 && m != NULL) {
+		*m = js.msgs[0];
+		js.msgs_len = 0;
+		jmsg_status(sp, m);
+	}
+	jscan_free(&js);
+	return rc;
+}
+
+/* Finds id in queue/, incoming/ or the journal; 0, 1 (no such message) or -1. */
 static int
 find_msg(const struct spool *sp, const char *arg, struct msg *m)
 {
 	char id[UTIL_ID_LEN + 1];
+	int rc;
 
 	if (!parse_id(arg, id))
 		return 1;
 	for (size_t w = 0; w < WHERE_COUNT; w++) {
-		int rc = msg_load(sp, (enum where)w, id, m);
+		rc = msg_load(sp, (enum where)w, id, m);
 		if (rc != 1)
 			return rc;
 	}
-	return 1;
+	rc = journal_find(sp, id, m);
+	if (rc != 1)
+		return rc;
+	/* Queued while the journal was read. */
+	return msg_load(sp, WHERE_QUEUE, id, m);
 }
 
 static void
@@ -345,7 +644,8 @@ print_envelope(const struct msg *m)
 
 	util_rfc5322_date(m->env.arrival, date, sizeof(date));
 	printf("*** ENVELOPE RECORDS %s ***\n", m->id);
-	printf("id: %s\nstatus: %s\n", m->id, msg_status(m));
+	printf("id: %s\nstatus: %s%s\n", m->id, msg_status(m),
+	       m->where == WHERE_JOURNAL ? " (held in the spool journal)" : "");
 	printf("arrival: %s (%lld)\n", date, (long long)m->env.arrival);
 	printf("size: %llu\n", (unsigned long long)m->size);
 	printf("sender: <%s>\n", m->env.sender);
@@ -377,6 +677,11 @@ print_message(const struct msg *m)
 	char chunk[64 * 1024];
 	off_t off = m->env.body_off;
 
+	if (m->where == WHERE_JOURNAL) {
+		if (fwrite(m->image + off, 1, m->size, stdout) != m->size)
+			return -1;
+		return 0;
+	}
 	fflush(stdout);
 	for (;;) {
 		ssize_t n = pread(m->fd, chunk, sizeof(chunk), off);
@@ -455,22 +760,48 @@ unlink_msg(const struct spool *sp, enum where w, const char *id)
 	return true;
 }
 
+/*
+ * Deletes every message in queue/ and incoming/; *busy: how many the journal
+ * has in delivery.  The journal is read first, as for list.
+ */
 static size_t
-delete_all(const struct spool *sp)
+delete_all(const struct spool *sp, size_t *busy)
 {
-	size_t deleted = 0;
+	char(*ids[WHERE_COUNT])[UTIL_ID_LEN + 1];
+	size_t n[WHERE_COUNT], deleted = 0;
+	struct jscan js;
 
+	journal_scan(sp, NULL, &js);
 	for (size_t w = 0; w < WHERE_COUNT; w++) {
-		size_t n;
-		char(*ids)[UTIL_ID_LEN + 1] = list_ids(sp->fds[w], &n);
-
-		for (size_t i = 0; i < n; i++)
-			deleted += unlink_msg(sp, (enum where)w, ids[i]) ? 1 : 0;
-		free(ids);
+		ids[w] = list_ids(sp->fds[w], &n[w]);
+		for (size_t i = 0; i < n[w]; i++)
+			deleted += unlink_msg(sp, (enum where)w, ids[w][i]) ? 1 : 0;
 	}
+	*busy = 0;
+	for (size_t i = 0; i < js.msgs_len; i++) {
+		const char *id = js.msgs[i].id;
+
+		if (id_listed(ids[WHERE_QUEUE], n[WHERE_QUEUE], id) ||
+		    id_listed(ids[WHERE_INCOMING], n[WHERE_INCOMING], id))
+			continue;
+		/* Queued since the listing: deleted as well. */
+		if (unlink_msg(sp, WHERE_QUEUE, id))
+			deleted++;
+		else
+			(*busy)++;
+	}
+	for (size_t w = 0; w < WHERE_COUNT; w++)
+		free(ids[w]);
+	jscan_free(&js);
 	return deleted;
 }
 
+/*
+ * A message in delivery from the journal is in the server's memory: there
+ * is nothing to unlink that would stop it (and its record must stay until
+ * the delivery ends, or a crash would lose it).  Once queued it can be
+ * deleted.
+ */
 static int
 cmd_delete(struct spool *sp, int argc, char **argv, bool json)
 {
@@ -480,19 +811,42 @@ cmd_delete(struct spool *sp, int argc, char **argv, bool json)
 	for (int i = 0; i < argc; i++) {
 		char id[UTIL_ID_LEN + 1];
 		bool found = false;
+		int busy = 1;
 
 		if (strcmp(argv[i], "ALL") == 0) {
-			deleted += delete_all(sp);
+			size_t n;
+
+			deleted += delete_all(sp, &n);
+			if (n > 0)
+				fprintf(
+				    stderr,
+				    "petrel queue delete: %zu message%s being delivered from the "
+				    "spool journal not deleted; try again when queued\n",
+				    n, n == 1 ? "" : "s");
 			continue;
 		}
 		if (parse_id(argv[i], id)) {
 			for (size_t w = 0; w < WHERE_COUNT && !found; w++)
 				found = unlink_msg(sp, (enum where)w, id);
+			if (!found) {
+				busy = journal_find(sp, id, NULL);
+				/* Queued while the journal was read. */
+				found = unlink_msg(sp, WHERE_QUEUE, id);
+			}
 		}
 		if (found) {
 			deleted++;
+		} else if (busy == 0) {
+			fprintf(
+			    stderr,
+			    "petrel queue delete: %s: message is being delivered (from the spool "
+			    "journal); try again when it is queued\n",
+			    id);
+			status = 1;
 		} else {
-			fprintf(stderr, "petrel queue delete: %s: no such message\n", argv[i]);
+			if (busy == 1)
+				fprintf(stderr, "petrel queue delete: %s: no such message\n",
+					argv[i]);
 			status = 1;
 		}
 	}

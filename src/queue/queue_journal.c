@@ -62,9 +62,8 @@ seg_name(char name[SEG_NAME_LEN], uint64_t seq)
 	snprintf(name, SEG_NAME_LEN, "%016" PRIx64, seq);
 }
 
-/* The sequence number of a segment's name, or false for any other name. */
-static bool
-seg_parse(const char *name, uint64_t *seq)
+bool
+journal_seg_name(const char *name, uint64_t *seq)
 {
 	uint64_t v = 0;
 	size_t i;
@@ -166,13 +165,9 @@ cmp_seq(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/*
- * Reads a segment into memory: the whole of it, up to a bound no segment
- * petrel writes comes near (SEG_MAX, one record past it, a mark for each
- * record), so that a stray huge file cannot take the memory.
- */
-static char *
-read_seg(int dir_fd, const char *name, size_t *len)
+/* The bound (SEG_READ_MAX): SEG_MAX, one record past it, a mark for each record. */
+char *
+journal_seg_read(int dir_fd, const char *name, size_t *len)
 {
 	struct stat st;
 	char *buf;
@@ -228,7 +223,7 @@ journal_recover(struct journal *j,
 	while ((de = readdir(d)) != NULL) {
 		uint64_t seq;
 
-		if (!seg_parse(de->d_name, &seq))
+		if (!journal_seg_name(de->d_name, &seq))
 			continue;
 		if (j->found_len == cap) {
 			cap = cap ? 2 * cap : 16;
@@ -248,7 +243,7 @@ journal_recover(struct journal *j,
 		seg_name(name, j->found[i]);
 		if (j->found[i] >= j->next_seq)
 			j->next_seq = j->found[i] + 1;
-		buf = read_seg(j->dir_fd, name, &len);
+		buf = journal_seg_read(j->dir_fd, name, &len);
 		if (buf == NULL) {
 			snprintf(err, err_cap, "journal/%s: %s", name, strerror(errno));
 			free(s.done);

@@ -26,6 +26,7 @@
 #ifndef PETREL_QUEUE_JOURNAL_H
 #define PETREL_QUEUE_JOURNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,18 @@ struct journal *journal_open(int spool_fd, char *err, size_t err_cap);
 long journal_recover(struct journal *j,
 		     int (*fn)(void *arg, const char *id, const char *data, size_t len), void *arg,
 		     char *err, size_t err_cap);
+/* True when name is a segment's (16 lower-case hex digits); *seq: its number. */
+bool journal_seg_name(const char *name, uint64_t *seq);
+/*
+ * Reads segment name below dir_fd into memory (malloc'd; *len octets): the
+ * whole of it, up to a bound no segment petrel writes comes near, so that a
+ * stray huge file cannot take the memory.  A segment shorter than it was a
+ * moment ago is read as it is now.  NULL with errno set when it cannot be
+ * opened or read (EINVAL: not a regular file).  For recovery and readers
+ * such as petrel queue.
+ */
+char *journal_seg_read(int dir_fd, const char *name, size_t *len);
+
 /* After journal_recover's messages are durable elsewhere: removes the segments it read. */
 void journal_clear(struct journal *j);
 

@@ -3,17 +3,26 @@
 
 A message is kept deferred by making the recipient's Maildir path a regular
 file (local delivery fails temporarily); retry_min = retry_max = 1h, so only
-a flush can make a retry happen within a test."""
+a flush can make a retry happen within a test.
+
+A small message acknowledged in the spool journal has no queue file while its
+delivery runs; `queue list` / `show` find it in the journal's segments and
+show it as in delivery.  A relay destination that takes the message and holds
+back its reply to the final dot keeps such a delivery running."""
 import json
+import os
 import re
+import socketserver
 import subprocess
+import threading
 import time
 import warnings
 
 import pytest
 
 from conftest import PETREL_BIN
-from mailtest import send, wait_for
+from mailtest import cli_queue, send, wait_for
+from test_journal import done_rec, journal_dir, msg_rec, new_id, queue_image, write_segment
 
 QUEUED_SIZE_RE = re.compile(r"-- (\d+) Kbytes in (\d+) Requests?\.")
 
@@ -229,6 +238,258 @@ def test_queue_usage(petrel_factory, args):
     r = queue(p, *args)
     assert r.returncode == 2
     assert "usage:" in r.stderr
+
+
+# ---- messages in delivery from the journal ----------------------------------------------------
+
+JOURNAL_NOTE = "(in delivery, held in the spool journal)"
+
+
+def listed_ids(p):
+    r = cli_queue(p, "list", "--json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    return [e["id"] for e in json.loads(r.stdout)]
+
+
+class StallingSmtp:
+    """An SMTP server on 127.0.0.1 that takes a whole message and keeps its reply to the final
+    dot back until release() (then 250): the client's delivery runs until then."""
+
+    def __init__(self):
+        self.release_ev = threading.Event()
+        self.got_data = threading.Event()
+        self.messages = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.request.settimeout(60)
+                self.wfile.write(b"220 stall.test ESMTP\r\n")
+                while True:
+                    line = self.rfile.readline()
+                    if not line:
+                        return
+                    cmd = line[:4].upper()
+                    if cmd in (b"EHLO", b"HELO"):
+                        self.wfile.write(b"250 stall.test\r\n")
+                    elif cmd == b"DATA":
+                        self.wfile.write(b"354 go ahead\r\n")
+                        data = b""
+                        while not data.endswith(b"\r\n.\r\n"):
+                            chunk = self.rfile.readline()
+                            if not chunk:
+                                return
+                            data += chunk
+                        outer.messages.append(data)
+                        outer.got_data.set()
+                        outer.release_ev.wait(60)
+                        self.wfile.write(b"250 2.0.0 taken at last\r\n")
+                    elif cmd == b"QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:  # MAIL, RCPT, RSET, NOOP
+                        self.wfile.write(b"250 ok\r\n")
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self):
+        self.release_ev.set()
+
+    def close(self):
+        self.release_ev.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stalling():
+    s = StallingSmtp()
+    yield s
+    s.close()
+
+
+def test_message_in_delivery_from_the_journal_is_listed(petrel_factory, stalling):
+    """A small relayed message goes through the journal and is delivered from memory: while the
+    remote server holds its reply back, it has no queue file, and list / show still find it."""
+    p = petrel_factory(relayhost=f"[127.0.0.1]:{stalling.port}", retry_min="1h",
+                       retry_max="1h")
+    body = "Subject: slow remote\r\n\r\nheld by the remote server\r\n"
+    qid = send(p, "sender@example.org", ["carol@remote.test"], body)
+    assert stalling.got_data.wait(20), p.log()[-3000:]
+    assert not (p.spool / "queue" / qid).exists(), p.queue_files()  # only the journal has it
+
+    r = cli_queue(p, "list")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    m = re.search(rf"(?m)^{qid} +(\d+) \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d +(.+)\n"
+                  rf" +(.+)\n +(.+)\n", r.stdout)
+    assert m, r.stdout
+    assert int(m.group(1)) == len(body.encode())
+    assert m.group(2) == "sender@example.org"
+    assert m.group(3) == JOURNAL_NOTE
+    assert m.group(4) == "carol@remote.test"
+    assert re.search(r"(?m)^-- 1 Kbytes in 1 Request\.$", r.stdout), r.stdout
+
+    [e] = json.loads(cli_queue(p, "list", "--json").stdout)
+    assert e["id"] == qid and e["status"] == "delivering", e
+    assert e["size"] == len(body.encode()) and e["attempts"] == 0 and e["last_error"] is None
+    assert e["recipients"] == [{"address": "carol@remote.test", "original": "carol@remote.test",
+                                "done": False, "failed": False}]
+
+    r = subprocess.run([str(PETREL_BIN), "queue", "show", qid, "-c", str(p.conf_path)],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert b"status: delivering (held in the spool journal)\n" in r.stdout, r.stdout
+    assert b"recipient: <carol@remote.test> pending\n" in r.stdout
+    assert r.stdout.endswith(f"*** MESSAGE CONTENTS {qid} ***\n".encode() + body.encode())
+
+    r = cli_queue(p, "delete", qid)
+    assert r.returncode == 1, r.stdout
+    assert f"{qid}: message is being delivered" in r.stderr and "try again" in r.stderr, r.stderr
+    assert "Deleted: 0 messages" in r.stdout
+    r = cli_queue(p, "delete", "ALL")
+    assert r.returncode == 0 and "Deleted: 0 messages" in r.stdout, r.stdout
+    assert "1 message being delivered from the spool journal not deleted" in r.stderr, r.stderr
+    assert listed_ids(p) == [qid]  # delete took nothing from the delivery
+
+    stalling.release()
+    assert wait_for(lambda: re.search(rf"{qid}: to=<carol@remote\.test>.*status=sent", p.log())), \
+        p.log()[-3000:]
+    assert wait_for(lambda: listed_ids(p) == []), cli_queue(p, "list").stdout
+    assert cli_queue(p, "list").stdout == "Mail queue is empty\n"
+    r = cli_queue(p, "show", qid)
+    assert r.returncode == 1 and "no such message" in r.stderr
+    assert len(stalling.messages) == 1 and b"held by the remote server" in stalling.messages[0]
+
+
+def _hand_journal(p):
+    """Segments as the server leaves them: messages with and without their finished mark (in
+    the same or a later segment), one that also has a queue file, a torn record at the end;
+    and files that are not segments.  Returns the ids {name: id}."""
+    ids = {k: new_id() for k in ("A", "B", "C", "D", "E", "F")}
+    arrival = int(time.time())
+
+    def rec(k, rcpt=None):
+        return msg_rec(ids[k], queue_image(ids[k], rcpt or f"{k.lower()}@remote.test",
+                                           f"Subject: {k}\r\n\r\nbody {k}\r\n".encode(),
+                                           arrival))
+
+    write_segment(p, 1, rec("A") + rec("B") + done_rec(ids["B"]) + rec("C") + rec("F"))
+    torn = rec("E")
+    write_segment(p, 2, rec("D", ["d1@remote.test", "d2@remote.test"]) + done_rec(ids["C"])
+                  + torn[:len(torn) - 5])
+    (journal_dir(p) / "not-a-segment").write_bytes(rec("E"))
+    (journal_dir(p) / "000000000000000G").write_bytes(rec("E"))
+    q = p.spool / "queue"
+    q.mkdir(parents=True, exist_ok=True)
+    # F was queued (its delivery failed) and the server had not yet written its mark
+    (q / ids["F"]).write_bytes(queue_image(ids["F"], "f@remote.test", b"Subject: F\r\n\r\nx\r\n",
+                                           arrival))
+    return ids
+
+
+def test_hand_written_journal_unfinished_messages_are_listed(petrel_factory):
+    p = petrel_factory(start=False)
+    p.write_conf()
+    ids = _hand_journal(p)
+    r = cli_queue(p, "list", "--json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    entries = json.loads(r.stdout)
+    # queue/ first, then the journal's by id; B and C are finished, E's record is torn
+    assert [(e["id"], e["status"]) for e in entries] == [
+        (ids["F"], "queued"), (ids["A"], "delivering"), (ids["D"], "delivering")], entries
+    d = entries[2]
+    assert [x["address"] for x in d["recipients"]] == ["d1@remote.test", "d2@remote.test"]
+    assert d["size"] == len(b"Subject: D\r\n\r\nbody D\r\n") and d["sender"] == "sender@example.org"
+
+    r = cli_queue(p, "list")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    for k in ("A", "D", "F"):
+        assert re.search(rf"(?m)^{ids[k]} ", r.stdout), (k, r.stdout)
+    for k in ("B", "C", "E"):
+        assert ids[k] not in r.stdout, (k, r.stdout)
+    assert r.stdout.count(JOURNAL_NOTE) == 2, r.stdout
+    assert re.search(r"(?m)^-- 1 Kbytes in 3 Requests\.$", r.stdout), r.stdout
+
+    r = cli_queue(p, "show", ids["A"].lower())
+    assert r.returncode == 0, r.stderr
+    assert "status: delivering (held in the spool journal)\n" in r.stdout
+    assert r.stdout.endswith(f"*** MESSAGE CONTENTS {ids['A']} ***\nSubject: A\n\nbody A\n"), \
+        r.stdout  # (text mode: CRLF read as LF)
+    for k in ("B", "C", "E"):
+        r = cli_queue(p, "show", ids[k])
+        assert r.returncode == 1 and "no such message" in r.stderr, (k, r.stdout, r.stderr)
+
+    r = cli_queue(p, "delete", ids["A"], ids["B"])
+    assert r.returncode == 1
+    assert f"{ids['A']}: message is being delivered" in r.stderr, r.stderr
+    assert f"{ids['B']}: no such message" in r.stderr, r.stderr
+    r = cli_queue(p, "delete", "ALL")
+    assert r.returncode == 0 and "Deleted: 1 message\n" in r.stdout, (r.stdout, r.stderr)  # F
+    assert "2 messages being delivered from the spool journal not deleted" in r.stderr
+    left = listed_ids(p)
+    assert ids["A"] in left and ids["D"] in left, left
+    # the CLI never writes the journal
+    assert sorted(f.name for f in journal_dir(p).iterdir()) == [
+        "0000000000000001", "0000000000000002", "000000000000000G", "not-a-segment"]
+
+
+def test_list_while_segments_come_and_go(petrel_factory):
+    """The server appends to segments (a record half written) and removes finished ones while
+    `queue list` reads them: never an error, never a torn or finished message listed."""
+    p = petrel_factory(start=False)
+    p.write_conf()
+    keep = new_id()
+    arrival = int(time.time())
+    write_segment(p, 1, msg_rec(keep, queue_image(keep, "k@remote.test", b"x\r\n", arrival)))
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        seq = 2
+        try:
+            while not stop.is_set():
+                qid = new_id()
+                rec = msg_rec(qid, queue_image(qid, "c@remote.test", b"y" * 3000 + b"\r\n",
+                                               arrival))
+                path = journal_dir(p) / f"{seq:016x}"
+                with open(path, "wb", buffering=0) as f:
+                    for i in range(0, len(rec), 700):  # appended piece by piece
+                        f.write(rec[i:i + 700])
+                    f.write(done_rec(qid))
+                os.unlink(path)
+                seq += 1
+        except Exception as e:  # noqa: BLE001 (reported by the test)
+            errors.append(e)
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        deadline = time.time() + 3
+        runs = 0
+        while time.time() < deadline:
+            r = cli_queue(p, "list", "--json")
+            assert r.returncode == 0 and r.stderr == "", r.stderr
+            entries = json.loads(r.stdout)
+            assert keep in [e["id"] for e in entries], entries
+            # at most the one whose record is whole and whose mark is not written yet
+            others = [e for e in entries if e["id"] != keep]
+            assert len(others) <= 1, entries
+            for e in others:
+                assert e["status"] == "delivering" and e["size"] == 3002, e
+                assert [x["address"] for x in e["recipients"]] == ["c@remote.test"], e
+            runs += 1
+    finally:
+        stop.set()
+        t.join(10)
+    assert not errors, errors
+    assert runs > 5
 
 
 # ---- petrel passwd ---------------------------------------------------------------------------
