@@ -17,6 +17,8 @@
 
 /* Jobs waiting to run, and the workers that run them. */
 struct lane {
+	pthread_mutex_t lock; /* head, tail (one lock a lane: the lanes' workers and the
+				 completions do not contend with each other) */
 	struct util_pool_job *head, *tail;
 	pthread_cond_t cond;
 	struct util_pool *pool;
@@ -24,10 +26,10 @@ struct lane {
 };
 
 struct util_pool {
-	pthread_mutex_t lock;
 	struct lane lanes[2]; /* util_pool_submit, util_pool_submit_background */
+	pthread_mutex_t lock; /* done_head, done_tail */
 	struct util_pool_job *done_head, *done_tail; /* waiting for util_pool_dispatch */
-	bool stopping;
+	bool stopping;				     /* set under every lane's lock */
 	unsigned nthreads;
 	pthread_t *threads;
 	int efd;
@@ -50,18 +52,18 @@ worker(void *arg)
 	for (;;) {
 		struct util_pool_job *job;
 
-		pthread_mutex_lock(&p->lock);
+		pthread_mutex_lock(&l->lock);
 		while (l->head == NULL && !p->stopping)
-			pthread_cond_wait(&l->cond, &p->lock);
+			pthread_cond_wait(&l->cond, &l->lock);
 		job = l->head;
 		if (job == NULL) {
-			pthread_mutex_unlock(&p->lock);
+			pthread_mutex_unlock(&l->lock);
 			return NULL;
 		}
 		l->head = job->next;
 		if (l->head == NULL)
 			l->tail = NULL;
-		pthread_mutex_unlock(&p->lock);
+		pthread_mutex_unlock(&l->lock);
 		job->next = NULL;
 		job->run(job);
 	}
@@ -74,6 +76,7 @@ util_pool_new(unsigned workers, unsigned bg_workers)
 
 	pthread_mutex_init(&p->lock, NULL);
 	for (int i = 0; i < 2; i++) {
+		pthread_mutex_init(&p->lanes[i].lock, NULL);
 		pthread_cond_init(&p->lanes[i].cond, NULL);
 		p->lanes[i].pool = p;
 	}
@@ -94,11 +97,13 @@ util_pool_new(unsigned workers, unsigned bg_workers)
 void
 util_pool_stop(struct util_pool *p)
 {
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&p->lanes[0].lock);
+	pthread_mutex_lock(&p->lanes[1].lock);
 	p->stopping = true;
 	pthread_cond_broadcast(&p->lanes[0].cond);
 	pthread_cond_broadcast(&p->lanes[1].cond);
-	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_unlock(&p->lanes[1].lock);
+	pthread_mutex_unlock(&p->lanes[0].lock);
 	for (unsigned i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
 	p->nthreads = 0;
@@ -113,35 +118,38 @@ util_pool_free(struct util_pool *p)
 	free(p->threads);
 	close(p->efd);
 	pthread_mutex_destroy(&p->lock);
-	pthread_cond_destroy(&p->lanes[0].cond);
-	pthread_cond_destroy(&p->lanes[1].cond);
+	for (int i = 0; i < 2; i++) {
+		pthread_mutex_destroy(&p->lanes[i].lock);
+		pthread_cond_destroy(&p->lanes[i].cond);
+	}
 	free(p);
 }
 
 static void
-submit(struct util_pool *p, struct lane *l, struct util_pool_job *job)
+submit(struct lane *l, struct util_pool_job *job)
 {
 	job->next = NULL;
-	pthread_mutex_lock(&p->lock);
+	pthread_mutex_lock(&l->lock);
 	if (l->tail != NULL)
 		l->tail->next = job;
 	else
 		l->head = job;
 	l->tail = job;
+	pthread_mutex_unlock(&l->lock);
+	/* After the unlock: the worker woken does not wait for the lock at once. */
 	pthread_cond_signal(&l->cond);
-	pthread_mutex_unlock(&p->lock);
 }
 
 void
 util_pool_submit(struct util_pool *p, struct util_pool_job *job)
 {
-	submit(p, &p->lanes[0], job);
+	submit(&p->lanes[0], job);
 }
 
 void
 util_pool_submit_background(struct util_pool *p, struct util_pool_job *job)
 {
-	submit(p, &p->lanes[1], job);
+	submit(&p->lanes[1], job);
 }
 
 void
