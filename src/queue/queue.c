@@ -440,7 +440,7 @@ msg_journal(struct queue_msg *m, struct msg_op *op)
 	err = journal_append(q->journal, m->id, parts, lens, 2, &op->jwait);
 	if (err == EAGAIN) {
 		if (!atomic_exchange(&q->journal_full, true))
-			log_warn("journal: full of messages still in delivery; messages are queued "
+			log_info("journal: full of messages still in delivery; messages are queued "
 				 "without it until they finish");
 		return false;
 	}

@@ -226,8 +226,8 @@ delivery_fill(struct queue_delivery *d, uint64_t body_len)
 		d->st = *e->jst;
 		free(e->jst);
 		e->jst = NULL;
-	} else if (e->attempts == 0 && !e->recovered) {
-		/* Queued by this process and never attempted: it has no status file. */
+	} else if (e->jmsg != NULL || (e->attempts == 0 && !e->recovered)) {
+		/* Queued by this process and never attempted, or held in memory: no status file. */
 		memset(&d->st, 0, sizeof(d->st));
 		d->st.done = xcalloc(d->env.rcpts_len, sizeof(bool));
 		d->st.failed = xcalloc(d->env.rcpts_len, sizeof(bool));
