@@ -294,9 +294,19 @@ send_ehlo(struct relay_client *c)
 static enum relay_client_action
 on_greeting(struct relay_client *c, const struct smtp_reply *r)
 {
-	if (smtp_reply_class(r) != 2)
-		return refuse_host(c, r);
-	return send_ehlo(c);
+	enum relay_client_action act;
+
+	if (smtp_reply_class(r) == 2)
+		return send_ehlo(c);
+	/*
+	 * A 5xx greeting (RFC 5321 3.1: 554, "no SMTP service here") refuses
+	 * this host, not the recipients: the next MX is tried, and when every
+	 * one refuses the message waits for a retry (as Postfix's default,
+	 * smtp_skip_5xx_greeting).
+	 */
+	act = refuse_host(c, r);
+	c->host_permanent = false;
+	return act;
 }
 
 static enum relay_client_action

@@ -455,6 +455,20 @@ reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
  * (RFC 5321 5.1, as Postfix does), and the last reason it got is the one
  * recorded when no target takes it.
  */
+/* Logs why recipients sub[0..n) still undecided move on from target t, if one is left. */
+static void
+log_next_server(const struct relay_job *j, size_t t, const size_t *sub, size_t n,
+		const bool *undecided, const char *relay_name, const char (*why)[256])
+{
+	if (t + 1 >= j->targets_len)
+		return;
+	for (size_t m = 0; m < n; m++) {
+		if (undecided[sub[m]])
+			log_info("%s: to=<%s>, relay=%s: %s (trying the next server)", j->item->id,
+				 j->item->rcpts[j->rcpts[sub[m]]], relay_name, why[sub[m]]);
+	}
+}
+
 void
 relay_session_run(struct util_pool_job *job)
 {
@@ -532,6 +546,8 @@ relay_session_run(struct util_pool_job *job)
 					util_strlcpy(why_relay[sub[m]], relay_name,
 						     sizeof(why_relay[0]));
 				}
+				log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name,
+						why);
 				continue;
 			}
 			util_strlcpy(c->name, relay_name, sizeof(c->name));
@@ -560,6 +576,9 @@ relay_session_run(struct util_pool_job *job)
 						     sizeof(why_relay[k]));
 				}
 			}
+			if (!permanent)
+				log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name,
+						why);
 			continue;
 		}
 		res = relay_client_results(c->client);
@@ -598,12 +617,8 @@ relay_session_run(struct util_pool_job *job)
 		 * transaction to the same server, on the same connection.
 		 */
 		same_again = rc == 0 && accepted > 0 && undecided_len > 0 && only_452;
-		for (size_t m = 0; m < msg.rcpts_len && !same_again; m++) {
-			if (undecided[sub[m]] && t + 1 < j->targets_len)
-				log_info("%s: to=<%s>, relay=%s: %s (trying the next server)",
-					 it->id, it->rcpts[j->rcpts[sub[m]]], relay_name,
-					 why[sub[m]]);
-		}
+		if (!same_again)
+			log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name, why);
 		if (rc == 0)
 			cache_put(r, c);
 		else

@@ -328,6 +328,38 @@ def test_4xx_at_first_mx_tries_the_next_mx(net):
     assert wait_queue_empty(a)
 
 
+def test_5xx_greeting_at_first_mx_tries_the_next_mx(net):
+    # RFC 5321 3.1: a 554 greeting refuses this server, not the recipient.
+    net.start_dns("--mx-host=b.test,mx1.b.test,10", "--mx-host=b.test,mx2.b.test,20",
+                  "--host-record=mx1.b.test,127.0.0.3", "--host-record=mx2.b.test,127.0.0.2")
+    net.sink("127.0.0.3", "-f", "CONNECT")  # mx1 greets with a 5xx
+    mx2 = net.receiver("127.0.0.2")
+    a = net.sender()
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    msgs = mx2.wait_messages("bob@b.test", 1)
+    assert len(msgs) == 1, a.log()[-3000:]
+    check_relayed(msgs[0], qid, ALICE, "bob@b.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@b.test", "sent", ("mx2.b.test", "127.0.0.2"), net.port))
+    assert re.search(rf"{qid}: to=<bob@b\.test>, relay=mx1\.b\.test\[127\.0\.0\.3\]:{net.port}: "
+                     rf"5\d\d .*\(trying the next server\)$", a.log(), re.M), a.log()
+    assert "status=bounced" not in a.log()
+    assert wait_queue_empty(a)
+    assert a.messages(ALICE) == []
+
+
+def test_5xx_greeting_at_every_mx_defers_not_bounces(net):
+    net.start_dns("--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
+    net.sink("127.0.0.2", "-f", "CONNECT")
+    a = net.sender()
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@b.test", "deferred", ("mx.b.test", "127.0.0.2"), net.port,
+                              r"5\d\d .*")), a.log()[-3000:]
+    assert wait_for(lambda: in_queue(a, qid)), a.queue_files()
+    time.sleep(1)
+    assert "status=bounced" not in a.log()
+    assert a.messages(ALICE) == []  # no bounce: a later attempt may find the server willing
+
+
 def test_receiver_recipient_limit_next_transaction(net):
     # B takes 2 recipients a transaction (452 4.5.3 to the third RCPT): A
     # sends the rest in further transactions on the same connection, in the

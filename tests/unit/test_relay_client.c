@@ -262,12 +262,13 @@ static const struct client_case cases[] = {
 	       TLS(true, CLOSE, NULL)}},
 
     /* ---- failures at each stage ---- */
+    /* A 5xx greeting refuses the host, not the recipients: the next MX, or later. */
     {"greeting 554", .steps = {S("554 5.7.1 no mail here\r\n", CLOSE, "QUIT\r\n"),
-			       HOSTFAIL("", 'P', 554, "no mail here")}},
+			       HOSTFAIL("", 'T', 554, "no mail here")}},
     {"greeting 421",
      .steps = {S("421 4.3.2 busy\r\n", CLOSE, "QUIT\r\n"), HOSTFAIL("", 'T', 421, "busy")}},
     {"greeting multi-line 554", .steps = {S("554-mx.test\r\n554 go away\r\n", CLOSE, "QUIT\r\n"),
-					  HOSTFAIL("", 'P', 554, "mx.test\ngo away")}},
+					  HOSTFAIL("", 'T', 554, "mx.test\ngo away")}},
     {"MAIL 4xx, pipelined: the other replies are drained",
      .steps = {READY(EHLO_PIPE), BEGIN(&msg_three, SEND, MAIL1 RCPT_A RCPT_C RCPT_D "DATA\r\n"),
 	       S("451 4.3.0 local problem\r\n503 need MAIL\r\n503 need MAIL\r\n503 need MAIL\r\n"
