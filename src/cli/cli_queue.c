@@ -216,8 +216,7 @@ id_listed(char (*ids)[UTIL_ID_LEN + 1], size_t n, const char *id)
 struct jscan {
 	const char *want; /* only this id (show, delete), or NULL: all */
 	const char *seg;  /* the segment being read, for warnings */
-	char (*done)[UTIL_ID_LEN + 1];
-	size_t done_len, done_cap;
+	struct jrec_ids done;
 	size_t done_sorted; /* done[0..done_sorted) is sorted */
 	struct msg *msgs;
 	size_t msgs_len, msgs_cap;
@@ -225,24 +224,9 @@ struct jscan {
 };
 
 static bool
-jscan_done(void *arg, const struct jrec *r)
-{
-	struct jscan *s = arg;
-
-	if (r->type != JREC_DONE)
-		return true;
-	if (s->done_len == s->done_cap) {
-		s->done_cap = s->done_cap ? 2 * s->done_cap : 64;
-		s->done = xrealloc(s->done, s->done_cap * sizeof(*s->done));
-	}
-	memcpy(s->done[s->done_len++], r->id, UTIL_ID_LEN + 1);
-	return true;
-}
-
-static bool
 jscan_is_done(const struct jscan *s, const char *id)
 {
-	return id_listed(s->done, s->done_sorted, id);
+	return id_listed(s->done.v, s->done_sorted, id);
 }
 
 static bool
@@ -362,10 +346,10 @@ journal_scan(const struct spool *sp, const char *want, struct jscan *s)
 		if (buf == NULL)
 			continue;
 		s->seg = names[i];
-		jrec_scan(buf, len, jscan_done, s);
-		if (s->done_len > 1)
-			qsort(s->done, s->done_len, sizeof(*s->done), cmp_id);
-		s->done_sorted = s->done_len;
+		jrec_scan(buf, len, jrec_collect_done, &s->done);
+		if (s->done.len > 1)
+			qsort(s->done.v, s->done.len, sizeof(*s->done.v), cmp_id);
+		s->done_sorted = s->done.len;
 		jrec_scan(buf, len, jscan_msg, s);
 		free(buf);
 	}
@@ -395,7 +379,7 @@ jscan_free(struct jscan *s)
 	for (size_t i = 0; i < s->msgs_len; i++)
 		msg_free(&s->msgs[i]);
 	free(s->msgs);
-	free(s->done);
+	free(s->done.v);
 	memset(s, 0, sizeof(*s));
 }
 

@@ -110,8 +110,7 @@ journal_open(int spool_fd, char *err, size_t err_cap)
 /* ---- recovery ------------------------------------------------------------- */
 
 struct scan {
-	char (*done)[UTIL_ID_LEN + 1];
-	size_t done_len, done_cap;
+	struct jrec_ids done;
 	/* the second pass */
 	int (*fn)(void *arg, const char *id, const char *data, size_t len);
 	void *arg;
@@ -120,25 +119,10 @@ struct scan {
 };
 
 static bool
-collect_done(void *arg, const struct jrec *r)
-{
-	struct scan *s = arg;
-
-	if (r->type != JREC_DONE)
-		return true;
-	if (s->done_len == s->done_cap) {
-		s->done_cap = s->done_cap ? 2 * s->done_cap : 64;
-		s->done = xrealloc(s->done, s->done_cap * sizeof(*s->done));
-	}
-	memcpy(s->done[s->done_len++], r->id, UTIL_ID_LEN + 1);
-	return true;
-}
-
-static bool
 is_done(const struct scan *s, const char *id)
 {
-	for (size_t i = 0; i < s->done_len; i++)
-		if (memcmp(s->done[i], id, UTIL_ID_LEN) == 0)
+	for (size_t i = 0; i < s->done.len; i++)
+		if (memcmp(s->done.v[i], id, UTIL_ID_LEN) == 0)
 			return true;
 	return false;
 }
@@ -246,11 +230,11 @@ journal_recover(struct journal *j,
 		buf = journal_seg_read(j->dir_fd, name, &len);
 		if (buf == NULL) {
 			snprintf(err, err_cap, "journal/%s: %s", name, strerror(errno));
-			free(s.done);
+			free(s.done.v);
 			return -1;
 		}
-		s.done_len = 0;
-		whole = jrec_scan(buf, len, collect_done, &s);
+		s.done.len = 0;
+		whole = jrec_scan(buf, len, jrec_collect_done, &s.done);
 		if (whole < len)
 			log_warn("journal/%s: %zu octet(s) after the last whole record ignored (a "
 				 "write a crash cut short is never acknowledged)",
@@ -259,11 +243,11 @@ journal_recover(struct journal *j,
 		free(buf);
 		if (s.err != 0) {
 			snprintf(err, err_cap, "journal/%s: %s", name, strerror(s.err));
-			free(s.done);
+			free(s.done.v);
 			return -1;
 		}
 	}
-	free(s.done);
+	free(s.done.v);
 	return s.taken;
 }
 

@@ -3,6 +3,8 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "util/util_mem.h"
+
 static const char MAGIC_MSG[4] = {'P', 'J', 'M', '1'};
 static const char MAGIC_DONE[4] = {'P', 'J', 'D', '1'};
 
@@ -109,4 +111,19 @@ jrec_scan(const char *buf, size_t len, bool (*fn)(void *arg, const struct jrec *
 			break;
 	}
 	return off;
+}
+
+bool
+jrec_collect_done(void *arg, const struct jrec *r)
+{
+	struct jrec_ids *l = arg;
+
+	if (r->type != JREC_DONE)
+		return true;
+	if (l->len == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 64;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
+	}
+	memcpy(l->v[l->len++], r->id, UTIL_ID_LEN + 1);
+	return true;
 }

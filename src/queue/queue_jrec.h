@@ -58,4 +58,12 @@ struct jrec {
 size_t jrec_scan(const char *buf, size_t len, bool (*fn)(void *arg, const struct jrec *r),
 		 void *arg);
 
+/* Message ids, as the "finished" marks of a scan collect them (free(v) when done). */
+struct jrec_ids {
+	char (*v)[UTIL_ID_LEN + 1];
+	size_t len, cap;
+};
+/* A jrec_scan callback: adds the id of every JREC_DONE record to arg, a struct jrec_ids. */
+bool jrec_collect_done(void *arg, const struct jrec *r);
+
 #endif

@@ -73,7 +73,7 @@ mix(uint64_t h, const void *p, size_t n)
 static char *
 exact_copy(const void *src, size_t len)
 {
-	char *p = malloc(len > 0 ? len : 1);
+	char *p = calloc(1, len > 0 ? len : 1); /* exact size: ASan catches a read past it */
 
 	CHECK(p != NULL);
 	if (len > 0)
@@ -88,6 +88,7 @@ struct walk {
 	size_t len;
 	size_t off;	 /* where the next record must start */
 	size_t n;	 /* records seen */
+	size_t dones;	 /* of them "finished" marks */
 	size_t stop_at;	 /* fn returns false on this record (1-based); 0: never */
 	uint64_t digest; /* of every record seen, offsets included */
 	size_t *ends;	 /* where each record ends, when not NULL (room for all) */
@@ -113,6 +114,7 @@ walk_fn(void *arg, const struct jrec *r)
 		CHECK(r->type == JREC_DONE);
 		CHECK(memcmp(h, "PJD1", 4) == 0);
 		CHECK(r->len == 0);
+		w->dones++;
 	}
 	CHECK(r->id[UTIL_ID_LEN] == '\0');
 	CHECK(memcmp(r->id, h + 12, UTIL_ID_LEN) == 0);
@@ -165,6 +167,26 @@ check_image(const uint8_t *data, size_t size)
 	CHECK(got <= size);
 	CHECK(got == all.off); /* exactly the whole records reported */
 	CHECK(all.n <= size / JREC_HEAD_LEN);
+
+	/* jrec_collect_done: the id of every mark, in order, and nothing else. */
+	{
+		struct jrec_ids ids = {0};
+		char *copy = exact_copy(data, size);
+
+		CHECK(jrec_scan(copy, size, jrec_collect_done, &ids) == got);
+		CHECK(ids.len == all.dones);
+		for (size_t i = 0, k = 0; i < all.n; i++) {
+			const char *h = copy + (i == 0 ? 0 : ends[i - 1]);
+
+			if (memcmp(h, "PJD1", 4) == 0) {
+				CHECK(memcmp(ids.v[k], h + 12, UTIL_ID_LEN) == 0);
+				CHECK(ids.v[k][UTIL_ID_LEN] == '\0');
+				k++;
+			}
+		}
+		free(ids.v);
+		free(copy);
+	}
 
 	/* The covered prefix alone: the same records, the same length. */
 	got2 = walk(data, got, 0, &again, NULL);
