@@ -219,7 +219,8 @@ def test_foreign_recipient_from_relay_network_stays_queued(petrel):
     qid = send(petrel, "sender@example.org", "someone@remote.example", BODY)
     assert wait_log(petrel, rf"{qid}: to=<someone@remote\.example>.*status=deferred"), \
         petrel.log()
-    assert in_queue(petrel, qid), petrel.queue_files()
+    # queued once the attempt is recorded (the journal held it until then)
+    assert wait_for(lambda: in_queue(petrel, qid)), petrel.queue_files()
     assert all_maildir_files(petrel.mail_root) == []
 
 
