@@ -210,7 +210,7 @@ id_listed(char (*ids)[UTIL_ID_LEN + 1], size_t n, const char *id)
 
 /* ---- the journal ------------------------------------------------------------------ */
 
-#define SEG_NAME_LEN 17 /* 16 hex digits and the NUL */
+#define SEG_NAME_LEN JOURNAL_SEG_NAME_LEN
 
 /* The messages of the journal without a "finished" mark. */
 struct jscan {
@@ -280,8 +280,8 @@ seg_read(int dirfd, const char *name, size_t *len, struct jscan *s)
 {
 	char *buf = journal_seg_read(dirfd, name, len);
 
-	/* Gone: every message in it was finished. */
-	if (buf == NULL && errno != ENOENT && errno != EINVAL) {
+	/* Gone: every message in it was finished.  Anything else hides messages: said so. */
+	if (buf == NULL && errno != ENOENT) {
 		fprintf(stderr, "petrel queue: journal/%s: %s\n", name, strerror(errno));
 		s->status = 1;
 	}

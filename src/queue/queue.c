@@ -537,6 +537,7 @@ msg_deliver_later(struct queue_msg *m)
 	struct msg_op *op;
 
 	if (q->closing) {
+		atomic_fetch_add(&q->left, 1);
 		msg_free(m); /* still in the journal: the next start queues it */
 		return;
 	}

@@ -93,7 +93,8 @@ struct queue_item {
 
 /*
  * Reads up to len octets of item's message from offset off (its memory or its
- * queue file): the count read, 0 at the end, or -1 with errno set.
+ * queue file): the count read, 0 at the end, or -1 with errno set.  Any
+ * thread (the relay's, the bounce builder's), while the attempt runs.
  */
 ssize_t queue_item_read(const struct queue_item *item, void *dst, size_t len, uint64_t off);
 

@@ -21,7 +21,7 @@
 /* A segment takes no more messages past this size. */
 #define SEG_MAX	     (4u << 20)
 #define SEG_READ_MAX (4 * SEG_MAX + 2 * (size_t)JREC_PAYLOAD_MAX)
-#define SEG_NAME_LEN 17
+#define SEG_NAME_LEN JOURNAL_SEG_NAME_LEN
 /*
  * Live segments at most: a segment stays while any of its messages is in
  * delivery (a relay that waits out its timeouts keeps one), so this bounds
@@ -156,13 +156,14 @@ journal_seg_read(int dir_fd, const char *name, size_t *len)
 	struct stat st;
 	char *buf;
 	size_t off = 0, size;
-	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int e, fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
 	if (fd < 0)
 		return NULL;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+	e = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : 0;
+	if (e != 0) {
 		close(fd);
-		errno = EINVAL;
+		errno = e;
 		return NULL;
 	}
 	size = (uint64_t)st.st_size > SEG_READ_MAX ? SEG_READ_MAX : (size_t)st.st_size;
@@ -174,8 +175,7 @@ journal_seg_read(int dir_fd, const char *name, size_t *len)
 			continue;
 		if (n < 0) {
 			/* Not the end of the segment: its messages must not be taken for gone. */
-			int e = errno;
-
+			e = errno;
 			free(buf);
 			close(fd);
 			errno = e;
@@ -325,6 +325,11 @@ seg_new(struct journal *j)
 	char name[SEG_NAME_LEN];
 	int fd, e;
 
+	/* The current one takes no more (full or sealed): it may go now, making room. */
+	if (j->cur != NULL) {
+		j->cur->sealed = true;
+		maybe_retire(j, j->cur);
+	}
 	if (j->segs_len >= SEGS_MAX) {
 		errno = EAGAIN;
 		return NULL;
@@ -346,10 +351,6 @@ seg_new(struct journal *j)
 	seg->next = j->segs;
 	j->segs = seg;
 	j->segs_len++;
-	if (j->cur != NULL) {
-		j->cur->sealed = true;
-		maybe_retire(j, j->cur);
-	}
 	j->cur = seg;
 	return seg;
 }

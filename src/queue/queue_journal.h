@@ -47,7 +47,9 @@ struct journal *journal_open(int spool_fd, char *err, size_t err_cap);
 long journal_recover(struct journal *j,
 		     int (*fn)(void *arg, const char *id, const char *data, size_t len), void *arg,
 		     char *err, size_t err_cap);
-/* True when name is a segment's (16 lower-case hex digits); *seq: its number. */
+/* A segment's name: 16 lower-case hex digits (and the NUL). */
+#define JOURNAL_SEG_NAME_LEN 17
+/* True when name is a segment's; *seq: its number. */
 bool journal_seg_name(const char *name, uint64_t *seq);
 /*
  * Reads segment name below dir_fd into memory (malloc'd; *len octets): the

@@ -537,6 +537,21 @@ delivery_recorded(struct util_pool_job *job)
 	delivery_end((struct queue_delivery *)job);
 }
 
+/* Worker: a journaled message whose header cannot be read from memory goes to queue/. */
+static void
+jmsg_spool_run(struct util_pool_job *job)
+{
+	struct queue_delivery *d = (struct queue_delivery *)job;
+	int err = queue_jmsg_spool(d->entry->jmsg);
+
+	if (err == 0)
+		d->jspooled = true;
+	else
+		log_err("%s: cannot queue (%s); kept in the journal, trying again later",
+			d->entry->id, strerror(err));
+	util_pool_complete(d->q->pool, job);
+}
+
 void
 queue_delivery_finish(struct queue_delivery *d)
 {
@@ -653,6 +668,13 @@ queue_start_due(struct queue *q)
 		q->running++;
 		if (d->entry->jmsg != NULL) {
 			jmsg_load(d);
+			if (!d->loaded) {
+				/* Not to be delivered from memory: queued as after a crash. */
+				d->job.run = jmsg_spool_run;
+				d->job.done = delivery_recorded;
+				util_pool_submit(q->pool, &d->job);
+				continue;
+			}
 			delivery_loaded(&d->job);
 			continue;
 		}

@@ -448,19 +448,12 @@ reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
 	}
 }
 
-/*
- * Order of work: the targets in turn while recipients are undecided.  A
- * recipient is decided by a 2xx (sent) or 5xx (bounced); a 4xx, a dropped
- * connection or an unreachable target leaves it to the next target
- * (RFC 5321 5.1, as Postfix does), and the last reason it got is the one
- * recorded when no target takes it.
- */
 /* Logs why recipients sub[0..n) still undecided move on from target t, if one is left. */
 static void
 log_next_server(const struct relay_job *j, size_t t, const size_t *sub, size_t n,
 		const bool *undecided, const char *relay_name, const char (*why)[256])
 {
-	if (t + 1 >= j->targets_len)
+	if (t + 1 >= j->targets_len || j->relay->stopping)
 		return;
 	for (size_t m = 0; m < n; m++) {
 		if (undecided[sub[m]])
@@ -469,6 +462,13 @@ log_next_server(const struct relay_job *j, size_t t, const size_t *sub, size_t n
 	}
 }
 
+/*
+ * Order of work: the targets in turn while recipients are undecided.  A
+ * recipient is decided by a 2xx (sent) or 5xx (bounced); a 4xx, a dropped
+ * connection or an unreachable target leaves it to the next target
+ * (RFC 5321 5.1, as Postfix does), and the last reason it got is the one
+ * recorded when no target takes it.
+ */
 void
 relay_session_run(struct util_pool_job *job)
 {

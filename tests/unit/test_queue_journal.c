@@ -1035,10 +1035,29 @@ test_full_journal_refuses_until_a_segment_goes(void **state)
 	assert_int_equal(x.calls, 0);
 	assert_int_equal(list_journal(&s, names), LIVE);
 
+	/* The oldest one finished: it goes, and there is room again. */
 	journal_done(j, segs[0], ids[0]);
 	assert_false(journal_has(&s, "0000000000000001"));
 	append_ok(j, ids[LIVE], "x", 1);
 	assert_int_equal(list_journal(&s, names), LIVE);
+	journal_close(j);
+
+	/*
+	 * Sixteen again, the current one full and all its messages finished: it
+	 * is not current for long — a new message retires it and takes its room.
+	 */
+	spool_done(&s);
+	spool_new(&s);
+	j = open_ok(&s);
+	for (size_t i = 0; i < LIVE; i++) {
+		make_id(ids[i], 900 + i);
+		segs[i] = append_ok(j, ids[i], big, big_len);
+	}
+	journal_done(j, segs[LIVE - 1], ids[LIVE - 1]);
+	assert_int_equal(list_journal(&s, names), LIVE); /* current: stays for now */
+	append_ok(j, ids[LIVE], "x", 1);
+	assert_int_equal(list_journal(&s, names), LIVE);
+	assert_false(journal_has(&s, "0000000000000010"));
 	journal_close(j);
 	free(big);
 	spool_done(&s);
