@@ -897,6 +897,25 @@ journal_open_recover(struct queue *q, int spool_fd, char *err, size_t err_cap)
 	return 0;
 }
 
+/*
+ * True for "ID.st" without queue/ID: the progress of a journaled message
+ * whose queue file was never written, left by a crash after the message was
+ * finished.  (One whose message was still in the journal has its queue file
+ * again by now: journal_open_recover runs first.)
+ */
+static bool
+status_orphaned(const struct queue *q, const char *name)
+{
+	char id[UTIL_ID_LEN + 1];
+
+	if (strlen(name) != UTIL_ID_LEN + 3 || strcmp(name + UTIL_ID_LEN, ".st") != 0)
+		return false;
+	memcpy(id, name, UTIL_ID_LEN);
+	id[UTIL_ID_LEN] = '\0';
+	return util_id_valid(id) && faccessat(q->queue_fd, id, F_OK, AT_SYMLINK_NOFOLLOW) != 0 &&
+	       errno == ENOENT;
+}
+
 /* Removes what a crash left in tmp/ (never acknowledged) and schedules queue/. */
 static void
 recover(struct queue *q)
@@ -923,6 +942,8 @@ recover(struct queue *q)
 				unlinkat(q->queue_fd, de->d_name, 0);
 			else if (strncmp(de->d_name, SPARE_PREFIX, strlen(SPARE_PREFIX)) == 0)
 				spare_found(q, de->d_name);
+			else if (status_orphaned(q, de->d_name))
+				unlinkat(q->queue_fd, de->d_name, 0);
 			continue;
 		}
 		e = xcalloc(1, sizeof(*e));

@@ -548,6 +548,41 @@ def test_record_whose_queue_file_exists_is_not_queued_twice(stopped):
     assert maildir_names(p, "alice@localhost") == [f"{arrival}.P{qid}R0T0.{HOSTNAME}"]
 
 
+def test_progress_file_without_its_message_is_used_when_the_journal_requeues_it(stopped):
+    """A crash after a journaled message's progress (queue/ID.st: recipient 0 done) was
+    written and before queue/ID was: the journal's copy is queued at the start and the
+    progress applies — recipient 0 gets no second copy."""
+    p = stopped
+    qid = new_id()
+    arrival = int(time.time())
+    img = queue_image(qid, ["alice@localhost", "bob@localhost"], marked_message("HALF-DONE"),
+                      arrival)
+    (p.spool / "queue").mkdir(parents=True)
+    (p.spool / "queue" / f"{qid}.st").write_text("attempts 1\ndone 0\nerror \n")
+    write_segment(p, 1, msg_rec(qid, img))
+    p.start()
+    assert wait_for(lambda: copies_of(p.mail_root, b"HALF-DONE"), timeout=20), log_lines(p, qid)
+    assert wait_queue_empty(p), p.queue_files()
+    assert len(p.messages("bob@localhost")) == 1
+    assert p.messages("alice@localhost") == []  # done before the crash: not again
+    assert sent_lines(p, qid, "alice@localhost") == []
+
+
+def test_orphaned_progress_file_is_removed_at_start(stopped):
+    """queue/ID.st with neither queue/ID nor a journal record (its message was finished
+    after a failed spool, then a crash): removed at the start; other names are left."""
+    p = stopped
+    orphan = new_id()
+    (p.spool / "queue").mkdir(parents=True)
+    (p.spool / "queue" / f"{orphan}.st").write_text("attempts 1\nerror \n")
+    (p.spool / "queue" / "notes.st").write_text("not petrel's\n")
+    p.start()
+    assert wait_for(lambda: not (p.spool / "queue" / f"{orphan}.st").exists())
+    assert (p.spool / "queue" / "notes.st").exists()
+    qid = send(p, "sender@example.org", "alice@localhost", BODY)
+    assert wait_for(lambda: sent_lines(p, qid, "alice@localhost")), log_lines(p, qid)
+
+
 # ---- the Maildir directory cache --------------------------------------------------------------
 
 def _first_delivery(p, marker=b"CACHE-FIRST"):
