@@ -219,6 +219,25 @@ def wait_attempted(p, qid):
 
 
 
+def flush_delivers_once(p, qid, addr, body_lf):
+    """Once what blocked qid's delivery to addr is gone: `petrel queue flush` delivers it,
+    byte for byte, the queue and spool/tmp empty, and a second flush brings no second copy
+    (one status=sent line, no bounce)."""
+    r = cli_queue(p, "flush")
+    assert r.returncode == 0, r.stderr
+    msgs = p.wait_messages(addr, 1, timeout=20)
+    assert len(msgs) == 1, log_lines(p, qid)
+    assert split_prepended(msgs[0])[1] == body_lf
+    assert wait_queue_empty(p), p.queue_files()
+    assert spool_tmp_files(p) == []
+    assert cli_queue(p, "flush").returncode == 0  # another flush: nothing more
+    time.sleep(1.5)
+    assert len(p.messages(addr)) == 1
+    assert len(re.findall(rf"{qid}: to=<{re.escape(addr)}>.*status=sent", p.log())) == 1, \
+        log_lines(p, qid)
+    assert "status=bounced" not in p.log()
+
+
 def block_maildir(p, addr):
     """Makes addr's Maildir unwritable for root too: its new/ is a regular file."""
     md = p.maildir(addr)
