@@ -469,6 +469,21 @@ bounce_built(struct util_pool_job *job)
  * copy is queued at the next start).  Only then does the journal forget it.
  * When that fails it stays in memory and in the journal, progress and all.
  */
+/* Worker: unless err (an earlier step's) is set, a journaled message goes to queue/. */
+static bool
+jmsg_to_queue(struct queue_delivery *d, int err)
+{
+	if (err == 0)
+		err = queue_jmsg_spool(d->entry->jmsg);
+	if (err == 0) {
+		d->jspooled = true;
+		return true;
+	}
+	log_err("%s: cannot queue (%s); kept in the journal, trying again later", d->entry->id,
+		strerror(err));
+	return false;
+}
+
 static void
 record_journaled(struct queue_delivery *d)
 {
@@ -479,14 +494,8 @@ record_journaled(struct queue_delivery *d)
 	d->st.attempts = e->attempts + 1;
 	if (queue_file_status_write(q->queue_fd, e->id, d->env.rcpts_len, &d->st) != 0)
 		err = errno;
-	if (err == 0)
-		err = queue_jmsg_spool(e->jmsg);
-	if (err == 0) {
-		d->jspooled = true;
+	if (jmsg_to_queue(d, err))
 		return;
-	}
-	log_err("%s: cannot queue (%s); kept in the journal, trying again later", e->id,
-		strerror(err));
 	e->jst = xmalloc(sizeof(*e->jst));
 	*e->jst = d->st;
 	memset(&d->st, 0, sizeof(d->st)); /* the entry owns it now */
@@ -542,13 +551,8 @@ static void
 jmsg_spool_run(struct util_pool_job *job)
 {
 	struct queue_delivery *d = (struct queue_delivery *)job;
-	int err = queue_jmsg_spool(d->entry->jmsg);
 
-	if (err == 0)
-		d->jspooled = true;
-	else
-		log_err("%s: cannot queue (%s); kept in the journal, trying again later",
-			d->entry->id, strerror(err));
+	jmsg_to_queue(d, 0);
 	util_pool_complete(d->q->pool, job);
 }
 
@@ -668,15 +672,13 @@ queue_start_due(struct queue *q)
 		q->running++;
 		if (d->entry->jmsg != NULL) {
 			jmsg_load(d);
-			if (!d->loaded) {
-				/* Not to be delivered from memory: queued as after a crash. */
-				d->job.run = jmsg_spool_run;
-				d->job.done = delivery_recorded;
-				util_pool_submit(q->pool, &d->job);
+			if (d->loaded) {
+				delivery_loaded(&d->job);
 				continue;
 			}
-			delivery_loaded(&d->job);
-			continue;
+			/* Not to be delivered from memory: queued as after a crash. */
+			d->job.run = jmsg_spool_run;
+			d->job.done = delivery_recorded;
 		}
 		util_pool_submit(q->pool, &d->job);
 	}
