@@ -4,7 +4,7 @@
  * Maildir.
  *
  * struct deliver_db is immutable after deliver_db_load() and may be read
- * from several threads.  deliver_maildir_write() is blocking file I/O: call
+ * from several threads.  Writing into a Maildir is blocking file I/O: call
  * it from a worker thread, never from the event loop.
  */
 #ifndef PETREL_DELIVER_H
@@ -85,29 +85,43 @@ struct deliver_msg {
 };
 
 /*
- * Writes m into <mail_root>/<domain>/<user>/ (creating the Maildir with mode
- * 0700 when missing): the headers, then the message with CRLF turned into LF,
- * into tmp/<name>, fdatasync, rename to new/<name>, fsync of new/ (shared with
- * concurrent deliveries to the same Maildir).  Unless m->first_copy (a
- * redelivery after a crash), a cur/<name>:* (moved there by a reader) means
- * nothing is written and 0 is returned, while a new/<name> is written again
- * over itself (the same message: the rename replaces it in one step).  On
- * failure returns -1, removes the
- * tmp file, and writes the reason to err; *permanent is set when retrying
- * cannot help (unsafe user name), clear for disk full, permissions and the
- * like.  Files are created O_EXCL|O_NOFOLLOW, mode 0600.
+ * A batch of Maildir copies made durable together.  deliver_batch_add()
+ * writes m into <mail_root>/<domain>/<user>/tmp/<name> (creating the Maildir
+ * with mode 0700 when missing): the headers, then the message with CRLF
+ * turned into LF; nothing is flushed and nothing is visible yet.  Unless
+ * m->first_copy (a redelivery after a crash), a cur/<name>:* (moved there by
+ * a reader) means nothing is written and 0 is returned, while a new/<name> is
+ * written again over itself (the same message: the rename replaces it in one
+ * step).  On failure it returns -1, leaves no file, and writes the reason to
+ * err; *permanent is set when retrying cannot help (unsafe user name), clear
+ * for disk full, permissions and the like.  Files are created
+ * O_EXCL|O_NOFOLLOW, mode 0600.
+ *
+ * deliver_batch_commit() flushes every file written (one syncfs(2) per
+ * filesystem; fdatasync for a lone file), renames each into new/ and flushes
+ * new/ (fsync shared with concurrent deliveries to the same Maildir, or one
+ * syncfs for several Maildirs).  0: every copy is delivered.  -1 (err
+ * filled): none is — copies already renamed are removed from new/ again.
+ *
+ * deliver_batch_rollback() removes the copies added after the first len
+ * (deliver_batch_len() before them); deliver_batch_free() those not
+ * committed.  Blocking file I/O: worker threads only.  A batch holds the
+ * directories of up to every Maildir it names open until it is freed.
  */
+struct deliver_batch;
+
+struct deliver_batch *deliver_batch_new(void);
+int deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *domain,
+		      const char *user, const char *name, const struct deliver_msg *m,
+		      bool *permanent, char *err, size_t err_cap);
+size_t deliver_batch_len(const struct deliver_batch *b);
+void deliver_batch_rollback(struct deliver_batch *b, size_t len);
+int deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap);
+void deliver_batch_free(struct deliver_batch *b);
+
+/* One copy, on its own: a batch of one. */
 int deliver_maildir_write(const char *mail_root, const char *domain, const char *user,
 			  const char *name, const struct deliver_msg *m, bool *permanent, char *err,
 			  size_t err_cap);
-
-/*
- * Removes new/<name> from <mail_root>/<domain>/<user>/ (a copy that must be
- * taken back).  Missing already (read and moved to cur/ by a mail reader) is
- * not an error: that copy stays, and a later delivery under the same name
- * finds it.  0, or -1 with err filled.
- */
-int deliver_maildir_remove(const char *mail_root, const char *domain, const char *user,
-			   const char *name, char *err, size_t err_cap);
 
 #endif

@@ -17,9 +17,12 @@
 
 /*
  * Maildir delivery (https://cr.yp.to/proto/maildir.html): write tmp/<name>,
- * flush it, rename it into new/, flush new/ (one flush shared by the deliveries
- * that reach the same new/ together: util_dirsync): a name in new/ always
- * stands for a whole message.  Every path component below
+ * flush it, rename it into new/, flush new/: a name in new/ always stands for
+ * a whole message.  Copies are written in batches (struct deliver_batch)
+ * so that many of them share the flushes: all tmp/ files of a batch are
+ * written, flushed together (one syncfs(2) per filesystem; fdatasync for a
+ * lone file), renamed, and new/ flushed (util_dirsync, shared with other
+ * threads, for one Maildir; syncfs for several).  Every path component below
  * mail_root is opened relative to its parent with O_NOFOLLOW, so a symlink
  * planted in a mailbox cannot redirect a delivery elsewhere.
  */
@@ -271,7 +274,8 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 	return 0;
 }
 
-/* Writes tmp/<name> and flushes it; the caller removes it on failure. */
+/* Writes tmp/<name> (not flushed: the batch's commit does that); the caller removes it on failure.
+ */
 static int
 write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 {
@@ -285,14 +289,7 @@ write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 	buf = xmalloc(2 * BLOCK_LEN + 1);
 	rc = copy_body(fd, m, buf, err, err_cap);
 	free(buf);
-	if (rc < 0)
-		return -1;
-	/* The data must be on disk before the rename makes the message visible. */
-	if (fdatasync(fd) < 0) {
-		fail(err, err_cap, "fdatasync: %s", strerror(errno));
-		return -1;
-	}
-	return 0;
+	return rc;
 }
 
 /* ---- open Maildirs kept for the next delivery ---------------------------- */
@@ -404,18 +401,21 @@ cache_get(const char *mail_root, const char *domain, const char *user)
 	return NULL;
 }
 
-/* Keeps md (just opened, used successfully) for later; md is the cache's, or closed. */
-static void
-cache_add(const char *mail_root, const char *domain, const char *user, struct maildir *md)
+/*
+ * Keeps md (just opened) for later.  Returns the slot now holding it (or
+ * another slot already holding the same Maildir: md is closed), in use by the
+ * caller until cache_put(); or NULL when every slot is in use: md stays the
+ * caller's.
+ */
+static struct cached *
+cache_keep(const char *mail_root, const char *domain, const char *user, struct maildir *md)
 {
 	struct cached *slot = NULL;
 	struct stat ids[3];
 
 	if (fstat(md->domain, &ids[0]) != 0 || fstat(md->box, &ids[1]) != 0 ||
-	    fstat(md->new_dir, &ids[2]) != 0) {
-		maildir_close(md);
-		return;
-	}
+	    fstat(md->new_dir, &ids[2]) != 0)
+		return NULL;
 	pthread_mutex_lock(&cache_lock);
 	for (size_t i = 0; i < CACHE_SLOTS; i++) {
 		struct cached *e = &cache[i];
@@ -426,90 +426,165 @@ cache_add(const char *mail_root, const char *domain, const char *user, struct ma
 			continue;
 		}
 		if (!e->stale && same_file(&e->ids[2], &ids[2])) {
-			slot = NULL; /* kept already (another thread was first) */
-			break;
+			slot = e; /* kept already (another thread was first) */
+			maildir_close(md);
+			goto use;
 		}
 		if (e->users == 0 &&
 		    (slot == NULL || (slot->mail_root != NULL && e->used < slot->used)))
 			slot = e; /* else the one unused for the longest */
 	}
-	if (slot != NULL) {
-		if (slot->mail_root != NULL)
-			cache_drop(slot);
-		slot->mail_root = xstrdup(mail_root);
-		slot->domain = xstrdup(domain);
-		slot->user = xstrdup(user);
-		slot->md = *md;
-		memcpy(slot->ids, ids, sizeof(ids));
-		slot->used = ++cache_clock;
-	} else {
-		maildir_close(md);
-	}
+	if (slot == NULL)
+		goto out;
+	if (slot->mail_root != NULL)
+		cache_drop(slot);
+	slot->mail_root = xstrdup(mail_root);
+	slot->domain = xstrdup(domain);
+	slot->user = xstrdup(user);
+	slot->md = *md;
+	*md = (struct maildir){-1, -1, -1, -1, -1, -1}; /* the slot's now */
+	memcpy(slot->ids, ids, sizeof(ids));
+use:
+	slot->users++;
+	slot->used = ++cache_clock;
+out:
 	pthread_mutex_unlock(&cache_lock);
+	return slot;
 }
 
-/* Writes m as <name> into the open Maildir md. */
-static int
-write_into(const struct maildir *md, const char *name, const struct deliver_msg *m, char *err,
-	   size_t err_cap)
-{
-	bool found = false, tmp_exists = false;
-	int fd = -1, rc = -1;
+/* ---- batches: many copies, one flush ------------------------------------ */
 
-	if (!m->first_copy && already_delivered(md, name, &found, err, err_cap) < 0)
-		goto out;
-	if (found) {
-		rc = 0;
-		goto out;
+/* A Maildir the batch writes into: the cache's (in use until the batch ends) or its own. */
+struct box {
+	char *mail_root, *domain, *user;
+	struct cached *c;   /* NULL: own holds the directories */
+	struct maildir own; /* opened for this batch only (every cache slot was in use) */
+	dev_t dev;	    /* the filesystem of its tmp/ */
+	bool retired;	    /* a write failed: later copies look the Maildir up afresh */
+	bool stale;	    /* ... and c must not be used again */
+};
+
+enum copy_state { COPY_TMP, COPY_NEW, COPY_GONE };
+
+struct pending {
+	size_t box;
+	enum copy_state state;
+	char name[NAME_MAX_LEN + 1];
+};
+
+struct deliver_batch {
+	struct box *boxes;
+	size_t nboxes, boxes_cap;
+	struct pending *v;
+	size_t len, cap;
+};
+
+static const struct maildir *
+box_md(const struct deliver_batch *b, size_t i)
+{
+	return b->boxes[i].c != NULL ? &b->boxes[i].c->md : &b->boxes[i].own;
+}
+
+/* The batch's box for this Maildir, looked up (cache, or opened) on first use; or -1. */
+static long
+box_get(struct deliver_batch *b, const char *mail_root, const char *domain, const char *user,
+	bool fresh, char *err, size_t err_cap)
+{
+	struct box bx = {0};
+	struct stat st;
+
+	for (size_t i = 0; i < b->nboxes; i++) {
+		const struct box *e = &b->boxes[i];
+
+		if (!e->retired && strcmp(e->user, user) == 0 && strcmp(e->domain, domain) == 0 &&
+		    strcmp(e->mail_root, mail_root) == 0)
+			return (long)i;
 	}
+	bx.own = (struct maildir){-1, -1, -1, -1, -1, -1};
+	bx.c = fresh ? NULL : cache_get(mail_root, domain, user);
+	if (bx.c == NULL) {
+		if (maildir_open(&bx.own, mail_root, domain, user, err, err_cap) < 0) {
+			maildir_close(&bx.own);
+			return -1;
+		}
+		/* A Maildir found not to be the cached one (fresh) is not cached either. */
+		if (!fresh)
+			bx.c = cache_keep(mail_root, domain, user, &bx.own);
+	}
+	if (fstat(bx.c != NULL ? bx.c->md.tmp : bx.own.tmp, &st) != 0) {
+		fail(err, err_cap, "tmp/: %s", strerror(errno));
+		if (bx.c != NULL)
+			cache_put(bx.c, false);
+		maildir_close(&bx.own);
+		return -1;
+	}
+	bx.dev = st.st_dev;
+	bx.mail_root = xstrdup(mail_root);
+	bx.domain = xstrdup(domain);
+	bx.user = xstrdup(user);
+	if (b->nboxes == b->boxes_cap) {
+		b->boxes_cap = b->boxes_cap ? 2 * b->boxes_cap : 4;
+		b->boxes = xrealloc(b->boxes, b->boxes_cap * sizeof(*b->boxes));
+	}
+	b->boxes[b->nboxes] = bx;
+	return (long)b->nboxes++;
+}
+
+/*
+ * Writes m into tmp/<name> of md, unflushed.  *skip: a reader already moved
+ * this message into cur/ (a redelivery): nothing was written.
+ */
+static int
+write_tmp_file(const struct maildir *md, const char *name, const struct deliver_msg *m, bool *skip,
+	       char *err, size_t err_cap)
+{
+	int fd, rc;
+
+	*skip = false;
+	if (!m->first_copy && already_delivered(md, name, skip, err, err_cap) < 0)
+		return -1;
+	if (*skip)
+		return 0;
 	/* A tmp/<name> left by a crash during an earlier attempt is ours to replace. */
 	if (!m->first_copy && unlinkat(md->tmp, name, 0) < 0 && errno != ENOENT) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
-		goto out;
+		return -1;
 	}
 	fd = openat(md->tmp, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_WRONLY, 0600);
 	if (fd < 0) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
-		goto out;
+		return -1;
 	}
-	tmp_exists = true;
-	if (write_tmp(fd, m, err, err_cap) < 0)
-		goto out;
+	rc = write_tmp(fd, m, err, err_cap);
 	/* close() can report a late write error (NFS, quota). */
-	rc = close(fd);
-	fd = -1;
-	if (rc < 0) {
+	if (close(fd) < 0 && rc == 0) {
 		fail(err, err_cap, "close tmp/%s: %s", name, strerror(errno));
-		goto out;
+		rc = -1;
 	}
-	rc = -1;
-	if (renameat(md->tmp, name, md->new_dir, name) < 0) {
-		fail(err, err_cap, "rename to new/%s: %s", name, strerror(errno));
-		goto out;
-	}
-	tmp_exists = false;
-	/* The rename is durable only once new/ itself is flushed. */
-	if (util_dirsync(md->new_dir) < 0) {
-		fail(err, err_cap, "fsync new/: %s", strerror(errno));
-		/* Not delivered: the next attempt must not find this copy as well. */
-		unlinkat(md->new_dir, name, 0);
-		goto out;
-	}
-	rc = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (tmp_exists)
+	if (rc < 0)
 		unlinkat(md->tmp, name, 0);
 	return rc;
 }
 
-int
-deliver_maildir_write(const char *mail_root, const char *domain, const char *user, const char *name,
-		      const struct deliver_msg *m, bool *permanent, char *err, size_t err_cap)
+struct deliver_batch *
+deliver_batch_new(void)
 {
-	struct maildir md = {-1, -1, -1, -1, -1, -1};
-	struct cached *c;
+	return xcalloc(1, sizeof(struct deliver_batch));
+}
+
+size_t
+deliver_batch_len(const struct deliver_batch *b)
+{
+	return b->len;
+}
+
+int
+deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *domain,
+		  const char *user, const char *name, const struct deliver_msg *m, bool *permanent,
+		  char *err, size_t err_cap)
+{
+	bool skip = false;
+	long i;
 
 	*permanent = false;
 	if (!deliver_local_part_is_safe(user, strlen(user))) {
@@ -523,45 +598,165 @@ deliver_maildir_write(const char *mail_root, const char *domain, const char *use
 		fail(err, err_cap, "unsafe domain or file name");
 		return -1;
 	}
-	c = cache_get(mail_root, domain, user);
-	if (c != NULL) {
-		if (write_into(&c->md, name, m, err, err_cap) == 0) {
-			cache_put(c, false);
-			return 0;
-		}
-		/* Whatever went wrong, once more with the directories looked up afresh. */
-		cache_put(c, true);
-	}
-	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0 ||
-	    write_into(&md, name, m, err, err_cap) < 0) {
-		maildir_close(&md);
+	if ((i = box_get(b, mail_root, domain, user, false, err, err_cap)) < 0)
 		return -1;
+	if (write_tmp_file(box_md(b, (size_t)i), name, m, &skip, err, err_cap) < 0) {
+		if (b->boxes[i].c == NULL)
+			return -1;
+		/* Whatever went wrong, once more with the directories looked up afresh. */
+		b->boxes[i].retired = b->boxes[i].stale = true;
+		if ((i = box_get(b, mail_root, domain, user, true, err, err_cap)) < 0 ||
+		    write_tmp_file(box_md(b, (size_t)i), name, m, &skip, err, err_cap) < 0)
+			return -1;
 	}
-	cache_add(mail_root, domain, user, &md);
+	if (skip)
+		return 0;
+	if (b->len == b->cap) {
+		b->cap = b->cap ? 2 * b->cap : 8;
+		b->v = xrealloc(b->v, b->cap * sizeof(*b->v));
+	}
+	b->v[b->len].box = (size_t)i;
+	b->v[b->len].state = COPY_TMP;
+	util_strlcpy(b->v[b->len].name, name, sizeof(b->v[b->len].name));
+	b->len++;
 	return 0;
 }
 
-int
-deliver_maildir_remove(const char *mail_root, const char *domain, const char *user,
-		       const char *name, char *err, size_t err_cap)
+void
+deliver_batch_rollback(struct deliver_batch *b, size_t len)
 {
-	struct maildir md = {-1, -1, -1, -1, -1, -1};
-	int rc = -1;
+	for (size_t k = len; k < b->len; k++)
+		if (b->v[k].state == COPY_TMP)
+			unlinkat(box_md(b, b->v[k].box)->tmp, b->v[k].name, 0);
+	if (len < b->len)
+		b->len = len;
+}
 
-	if (!deliver_local_part_is_safe(user, strlen(user)) ||
-	    !component_is_safe(domain, DOMAIN_MAX, true) ||
-	    !component_is_safe(name, NAME_MAX_LEN, false)) {
-		fail(err, err_cap, "unsafe mailbox, domain or file name");
+/*
+ * One syncfs(2) for each filesystem holding a copy: the data and inodes of
+ * every file written there, or every name renamed there, reach the disk with
+ * one flush of the disk's cache instead of one per file or directory.
+ */
+static int
+sync_filesystems(const struct deliver_batch *b, bool new_dirs)
+{
+	for (size_t k = 0; k < b->len; k++) {
+		const struct box *bx = &b->boxes[b->v[k].box];
+		bool seen = false;
+
+		for (size_t j = 0; j < k && !seen; j++)
+			seen = b->boxes[b->v[j].box].dev == bx->dev;
+		if (!seen && syncfs(new_dirs ? box_md(b, b->v[k].box)->new_dir
+					     : box_md(b, b->v[k].box)->tmp) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The data of every tmp/ file on disk: fdatasync of a lone file, else syncfs. */
+static int
+flush_files(const struct deliver_batch *b, char *err, size_t err_cap)
+{
+	const struct pending *p = &b->v[0];
+	int fd, rc;
+
+	if (b->len > 1) {
+		if (sync_filesystems(b, false) == 0)
+			return 0;
+		fail(err, err_cap, "syncfs: %s", strerror(errno));
 		return -1;
 	}
-	if (maildir_open(&md, mail_root, domain, user, err, err_cap) < 0)
-		goto out;
-	if (unlinkat(md.new_dir, name, 0) < 0 && errno != ENOENT) {
-		fail(err, err_cap, "new/%s: %s", name, strerror(errno));
-		goto out;
+	fd = openat(box_md(b, p->box)->tmp, p->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		fail(err, err_cap, "tmp/%s: %s", p->name, strerror(errno));
+		return -1;
 	}
-	rc = 0;
-out:
-	maildir_close(&md);
+	rc = fdatasync(fd);
+	if (rc < 0)
+		fail(err, err_cap, "fdatasync: %s", strerror(errno));
+	close(fd);
+	return rc;
+}
+
+/* The renames durable: one (shared) fsync of new/ when all copies went into one Maildir. */
+static int
+flush_new_dirs(const struct deliver_batch *b, char *err, size_t err_cap)
+{
+	bool one = true;
+
+	for (size_t k = 1; k < b->len && one; k++)
+		one = b->v[k].box == b->v[0].box;
+	if (one ? util_dirsync(box_md(b, b->v[0].box)->new_dir) == 0
+		: sync_filesystems(b, true) == 0)
+		return 0;
+	fail(err, err_cap, "%s new/: %s", one ? "fsync" : "syncfs", strerror(errno));
+	return -1;
+}
+
+int
+deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap)
+{
+	if (b->len == 0)
+		return 0;
+	/* The data must be on disk before a rename makes a message visible. */
+	if (flush_files(b, err, err_cap) < 0)
+		return -1;
+	for (size_t k = 0; k < b->len; k++) {
+		struct pending *p = &b->v[k];
+		const struct maildir *md = box_md(b, p->box);
+
+		if (renameat(md->tmp, p->name, md->new_dir, p->name) < 0) {
+			fail(err, err_cap, "rename to new/%s: %s", p->name, strerror(errno));
+			goto undo;
+		}
+		p->state = COPY_NEW;
+	}
+	/* The renames are durable only once new/ itself is flushed. */
+	if (flush_new_dirs(b, err, err_cap) < 0)
+		goto undo;
+	for (size_t k = 0; k < b->len; k++)
+		b->v[k].state = COPY_GONE; /* delivered: the batch's no more */
+	return 0;
+undo:
+	/* Not delivered: the next attempt must not find these copies as well. */
+	for (size_t k = 0; k < b->len; k++)
+		if (b->v[k].state == COPY_NEW) {
+			unlinkat(box_md(b, b->v[k].box)->new_dir, b->v[k].name, 0);
+			b->v[k].state = COPY_GONE;
+		}
+	return -1;
+}
+
+void
+deliver_batch_free(struct deliver_batch *b)
+{
+	if (b == NULL)
+		return;
+	deliver_batch_rollback(b, 0);
+	for (size_t i = 0; i < b->nboxes; i++) {
+		struct box *bx = &b->boxes[i];
+
+		if (bx->c != NULL)
+			cache_put(bx->c, bx->stale);
+		maildir_close(&bx->own);
+		free(bx->mail_root);
+		free(bx->domain);
+		free(bx->user);
+	}
+	free(b->boxes);
+	free(b->v);
+	free(b);
+}
+
+int
+deliver_maildir_write(const char *mail_root, const char *domain, const char *user, const char *name,
+		      const struct deliver_msg *m, bool *permanent, char *err, size_t err_cap)
+{
+	struct deliver_batch *b = deliver_batch_new();
+	int rc = deliver_batch_add(b, mail_root, domain, user, name, m, permanent, err, err_cap);
+
+	if (rc == 0)
+		rc = deliver_batch_commit(b, err, err_cap);
+	deliver_batch_free(b);
 	return rc;
 }

@@ -32,7 +32,7 @@
 #define MEM_MSG_MAX   (256u * 1024)
 #define MEM_TOTAL_MAX (64u * 1024 * 1024)
 
-enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT, OP_DELIVER };
+enum op_kind { OP_APPEND, OP_COMMIT, OP_ABORT };
 
 struct msg_op {
 	struct util_pool_job job; /* first: a job is an op */
@@ -43,7 +43,7 @@ struct msg_op {
 	queue_done_fn done;
 	void *arg;
 	int err;
-	struct queue_delivery *preloaded; /* OP_COMMIT, OP_DELIVER: the delivery, ready to start */
+	struct queue_delivery *preloaded; /* OP_COMMIT: the delivery, ready to start */
 	struct journal_wait jwait;	  /* OP_COMMIT into the journal */
 	struct msg_op *next;
 };
@@ -63,11 +63,11 @@ struct queue_msg {
 	bool no_journal;	  /* the journal's flush failed for it: commit without */
 	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
 	unsigned direct_tries;	  /* offers to q->direct so far */
-	struct queue_msg *next_stuck;
-	int err;	/* first write error; sticks */
-	size_t pending; /* octets appended, not yet written */
-	bool busy;	/* an op is on the pool */
-	bool detached;	/* callbacks dropped */
+	struct queue_msg *next_stuck; /* on q->stuck, or waiting for a direct batch */
+	int err;		      /* first write error; sticks */
+	size_t pending;		      /* octets appended, not yet written */
+	bool busy;		      /* an op is on the pool */
+	bool detached;		      /* callbacks dropped */
 	struct msg_op *ops_head, *ops_tail;
 };
 
@@ -89,46 +89,59 @@ msg_create(struct queue_msg *m)
 	return 0;
 }
 
+/* The message held in memory as a queue item for the direct deliverer; env is to be freed. */
+static int
+msg_item(struct queue_msg *m, struct queue_file_env *env, struct queue_item *it)
+{
+	char err[200];
+
+	if (queue_file_parse(m->header.data, m->header.len, env, err, sizeof(err)) != 0) {
+		log_err("%s: %s", m->id, err);
+		return -1;
+	}
+	memset(it, 0, sizeof(*it));
+	memcpy(it->id, m->id, sizeof(it->id));
+	it->arrival = env->arrival;
+	it->sender = env->sender;
+	it->rcpts_len = env->rcpts_len;
+	it->rcpts = env->rcpts;
+	it->orcpts = env->orcpts;
+	it->done = NULL;
+	it->helo = env->helo;
+	it->client_addr = env->client_addr;
+	it->client_name = env->client_name;
+	it->protocol = env->protocol;
+	it->body_8bit = env->body_8bit;
+	it->smtputf8 = env->smtputf8;
+	it->fd = -1;
+	it->body_mem = m->mem != NULL ? m->mem : "";
+	it->attempts = m->direct_tries++; /* a stuck message's retry looks for earlier copies */
+	it->body_len = m->mem_len;
+	return 0;
+}
+
+/* After the 250 the queue takes it: the line the commit would have logged. */
+static void
+log_queued_after_all(const struct queue_msg *m, const struct queue_item *it)
+{
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", m->id, it->sender,
+		 (unsigned long long)m->mem_len, it->rcpts_len);
+}
+
 /*
- * Offers a message held in memory to the direct deliverer.  True when every
- * recipient got it: then nothing of it goes to the spool.
+ * Offers one message held in memory to the direct deliverer, at its commit.
+ * True when every recipient got it: then nothing of it goes to the spool.
  */
 static bool
 msg_deliver_direct(struct queue_msg *m)
 {
-	struct queue *q = m->q;
 	struct queue_file_env env;
 	struct queue_item it;
-	char err[200];
-	bool ok;
+	bool ok = false;
 
-	if (queue_file_parse(m->header.data, m->header.len, &env, err, sizeof(err)) != 0) {
-		log_err("%s: %s", m->id, err);
+	if (msg_item(m, &env, &it) != 0)
 		return false;
-	}
-	memset(&it, 0, sizeof(it));
-	memcpy(it.id, m->id, sizeof(it.id));
-	it.arrival = env.arrival;
-	it.sender = env.sender;
-	it.rcpts_len = env.rcpts_len;
-	it.rcpts = env.rcpts;
-	it.orcpts = env.orcpts;
-	it.done = NULL;
-	it.helo = env.helo;
-	it.client_addr = env.client_addr;
-	it.client_name = env.client_name;
-	it.protocol = env.protocol;
-	it.body_8bit = env.body_8bit;
-	it.smtputf8 = env.smtputf8;
-	it.fd = -1;
-	it.body_mem = m->mem != NULL ? m->mem : "";
-	it.attempts = m->direct_tries++; /* a stuck message's retry looks for earlier copies */
-	it.body_len = m->mem_len;
-	ok = q->direct(m->direct_ctx, &it);
-	if (!ok && m->jseg != NULL)
-		/* After the 250 the queue takes it: the line the commit would have logged. */
-		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", m->id, env.sender,
-			 (unsigned long long)m->mem_len, env.rcpts_len);
+	m->q->direct(&m->direct_ctx, &it, 1, &ok);
 	queue_file_env_free(&env);
 	return ok;
 }
@@ -423,7 +436,7 @@ journal_flushed(struct journal_wait *w)
  * Worker, at the commit: puts a message held in memory into the journal.
  * True when it is written there: the op completes once the shared flush
  * has made it durable (journal_flushed), and its delivery follows the 250
- * (OP_DELIVER).  False when the journal cannot take it: the commit goes on
+ * (msg_deliver_later).  False when the journal cannot take it: the commit goes on
  * the way it would without a journal.
  */
 static bool
@@ -484,27 +497,6 @@ op_run(struct util_pool_job *job)
 			op->preloaded =
 			    queue_delivery_preload(q, m->id, m->header.data, m->header.len);
 		break;
-	case OP_DELIVER:
-		/* After the 250: into the Maildirs, or else into the queue. */
-		if (atomic_load(&q->stopping)) {
-			/* Stopping: the journal keeps it for the next start. */
-			atomic_fetch_add(&q->left, 1);
-			op->err = ESHUTDOWN;
-		} else if (msg_deliver_direct(m)) {
-			m->delivered = true;
-		} else {
-			op->err = msg_spool(m);
-			if (op->err == 0)
-				op->preloaded =
-				    queue_delivery_preload(q, m->id, m->header.data, m->header.len);
-			else
-				log_err("%s: cannot deliver or queue (%s); kept in the journal, "
-					"trying again in %us",
-					m->id, strerror(op->err), q->limits.retry_min_s);
-		}
-		if (op->err == 0)
-			journal_done(q->journal, m->jseg, m->id);
-		break;
 	case OP_ABORT:
 		if (m->fd >= 0)
 			close(m->fd);
@@ -529,12 +521,146 @@ msg_free(struct queue_msg *m)
 	free(m);
 }
 
+/* ---- the direct way after the 250: batches ------------------------------- */
+
+/*
+ * Journaled messages whose recipients are all local are delivered in
+ * batches on the background workers: at most DIRECT_BATCHES at a time, each
+ * taking up to DIRECT_BATCH_MAX of the messages waiting, whose copies the
+ * deliverer flushes together.  When deliveries keep up, a batch holds the one
+ * message that just came; under load the messages that arrive while the
+ * batches run make the next ones larger, and fewer flushes carry more mail.
+ */
+#define DIRECT_BATCHES	 4
+#define DIRECT_BATCH_MAX 16
+
+struct direct_batch {
+	struct util_pool_job job; /* first: a job is a batch */
+	struct queue *q;
+	size_t n;
+	struct queue_msg *m[DIRECT_BATCH_MAX];
+	int err[DIRECT_BATCH_MAX];
+	struct queue_delivery *preloaded[DIRECT_BATCH_MAX];
+};
+
+/* Worker: k was not delivered: into the queue, or stuck (err) with the journal keeping it. */
+static void
+batch_spool(struct direct_batch *b, size_t k)
+{
+	struct queue_msg *m = b->m[k];
+	struct queue *q = b->q;
+
+	b->err[k] = msg_spool(m);
+	if (b->err[k] == 0)
+		b->preloaded[k] = queue_delivery_preload(q, m->id, m->header.data, m->header.len);
+	else
+		log_err(
+		    "%s: cannot deliver or queue (%s); kept in the journal, trying again in %us",
+		    m->id, strerror(b->err[k]), q->limits.retry_min_s);
+}
+
+static void
+batch_run(struct util_pool_job *job)
+{
+	struct direct_batch *b = (struct direct_batch *)job;
+	struct queue *q = b->q;
+	struct queue_file_env env[DIRECT_BATCH_MAX];
+	struct queue_item items[DIRECT_BATCH_MAX];
+	void *ctx[DIRECT_BATCH_MAX];
+	bool parsed[DIRECT_BATCH_MAX], delivered[DIRECT_BATCH_MAX];
+	size_t n = 0;
+
+	if (atomic_load(&q->stopping)) {
+		/* Stopping: the journal keeps them for the next start. */
+		atomic_fetch_add(&q->left, (unsigned)b->n);
+		for (size_t k = 0; k < b->n; k++)
+			b->err[k] = ESHUTDOWN;
+		util_pool_complete(q->pool, job);
+		return;
+	}
+	for (size_t k = 0; k < b->n; k++) {
+		parsed[k] = msg_item(b->m[k], &env[n], &items[n]) == 0;
+		if (parsed[k])
+			ctx[n++] = b->m[k]->direct_ctx;
+	}
+	if (n > 0)
+		q->direct(ctx, items, n, delivered);
+	for (size_t k = 0, i = 0; k < b->n; k++) {
+		bool ok = parsed[k] && delivered[i];
+
+		if (parsed[k] && !ok)
+			log_queued_after_all(b->m[k], &items[i]);
+		if (parsed[k])
+			queue_file_env_free(&env[i++]);
+		if (ok)
+			b->m[k]->delivered = true;
+		else
+			batch_spool(b, k);
+		if (b->err[k] == 0)
+			journal_done(q->journal, b->m[k]->jseg, b->m[k]->id);
+	}
+	util_pool_complete(q->pool, job);
+}
+
+static void direct_kick(struct queue *q);
+static void msg_stuck(struct queue_msg *m);
+
+/* Loop: the batch is over; each message is delivered, queued, or stuck. */
+static void
+batch_done(struct util_pool_job *job)
+{
+	struct direct_batch *b = (struct direct_batch *)job;
+	struct queue *q = b->q;
+
+	for (size_t k = 0; k < b->n; k++) {
+		if (b->preloaded[k] != NULL)
+			queue_delivery_start_preloaded(q, b->preloaded[k]);
+		if (b->err[k] != 0)
+			msg_stuck(b->m[k]);
+		else
+			msg_free(b->m[k]);
+	}
+	q->direct_batches--;
+	free(b);
+	direct_kick(q);
+	queue_start_due(q);
+}
+
+/* Loop: the waiting messages go out in batches, while fewer than DIRECT_BATCHES run. */
+static void
+direct_kick(struct queue *q)
+{
+	while (q->direct_head != NULL && q->direct_batches < DIRECT_BATCHES) {
+		struct direct_batch *b;
+
+		if (q->closing) {
+			struct queue_msg *m = q->direct_head;
+
+			q->direct_head = m->next_stuck;
+			atomic_fetch_add(&q->left, 1);
+			msg_free(m); /* still in the journal: the next start queues it */
+			continue;
+		}
+		b = xcalloc(1, sizeof(*b));
+		b->job.run = batch_run;
+		b->job.done = batch_done;
+		b->q = q;
+		while (q->direct_head != NULL && b->n < DIRECT_BATCH_MAX) {
+			b->m[b->n++] = q->direct_head;
+			q->direct_head = q->direct_head->next_stuck;
+		}
+		q->direct_batches++;
+		util_pool_submit_background(q->pool, &b->job);
+	}
+	if (q->direct_head == NULL)
+		q->direct_tail = NULL;
+}
+
 /* Loop: a journaled message waits for a worker that has nothing more urgent to do. */
 static void
 msg_deliver_later(struct queue_msg *m)
 {
 	struct queue *q = m->q;
-	struct msg_op *op;
 
 	if (q->closing) {
 		atomic_fetch_add(&q->left, 1);
@@ -552,14 +678,13 @@ msg_deliver_later(struct queue_msg *m)
 		queue_schedule_journaled(q, m);
 		return;
 	}
-	op = xcalloc(1, sizeof(*op));
-	op->job.run = op_run;
-	op->job.done = op_done;
-	op->kind = OP_DELIVER;
-	op->msg = m;
-	m->ops_head = m->ops_tail = op;
-	m->busy = true;
-	util_pool_submit_background(q->pool, &op->job);
+	m->next_stuck = NULL;
+	if (q->direct_tail != NULL)
+		q->direct_tail->next_stuck = m;
+	else
+		q->direct_head = m;
+	q->direct_tail = m;
+	direct_kick(q);
 }
 
 const char *
@@ -672,8 +797,6 @@ op_done(struct util_pool_job *job)
 		msg_kick(m);
 	else if (kind == OP_COMMIT && err == 0 && m->jseg != NULL)
 		msg_deliver_later(m);
-	else if (kind == OP_DELIVER && err != 0)
-		msg_stuck(m);
 	else
 		msg_free(m); /* the message is delivered, queued, or aborted */
 	queue_start_due(q);
@@ -1033,6 +1156,7 @@ queue_close(struct queue *q)
 		free(e);
 	}
 	free(q->heap);
+	direct_kick(q); /* closing: the messages still waiting for a batch are left */
 	while (q->stuck != NULL) {
 		struct queue_msg *m = q->stuck;
 

@@ -137,19 +137,21 @@ typedef char *(*queue_bounce_fn)(void *ctx, const struct queue_item *item,
 void queue_set_bounce(struct queue *q, queue_bounce_fn fn, void *ctx);
 
 /*
- * The direct way, on a worker thread, before any spool file exists: a
- * message received whole in memory (a small one) is offered to fn first
- * (item->body_mem set, item->done NULL) — after its 250 when the journal
- * holds it, else before.  fn returns true only when every
- * recipient has the message on stable storage; the message is then finished
- * and never spooled.  Otherwise it is spooled as usual and its delivery runs
- * from the queue, so fn must leave nothing a later attempt would duplicate
- * (Maildir file names are stable per message and recipient).  A crash after
- * fn made a copy and before that was recorded leaves the copy; the message
- * is then delivered again from the journal or by the client (at least once,
- * never lost), under the same names.
+ * The direct way, on a worker thread, before any spool file exists:
+ * messages received whole in memory (small ones) are offered to fn first
+ * (items[k].body_mem set, items[k].done NULL, msg_ctx[k] as given to
+ * queue_msg_direct) — after their 250 when the journal holds them, several
+ * at a time, else one before its 250.  fn sets delivered[k] only when every
+ * recipient of items[k] has the message on stable storage; the message is
+ * then finished and never spooled.  Otherwise it is spooled as usual and
+ * its delivery runs from the queue, so fn must leave nothing a later attempt
+ * would duplicate (Maildir file names are stable per message and
+ * recipient).  A crash after fn made a copy and before that was recorded
+ * leaves the copy; the message is then delivered again from the journal or
+ * by the client (at least once, never lost), under the same names.
  */
-typedef bool (*queue_direct_fn)(void *msg_ctx, const struct queue_item *item);
+typedef void (*queue_direct_fn)(void *const *msg_ctx, const struct queue_item *items, size_t n,
+				bool *delivered);
 /* release(msg_ctx) runs on the loop thread once the queue is done with a message's msg_ctx. */
 void queue_set_direct(struct queue *q, queue_direct_fn fn, void (*release)(void *msg_ctx));
 

@@ -40,8 +40,11 @@ struct queue {
 	struct spares *spares;
 	queue_direct_fn direct;
 	void (*direct_release)(void *msg_ctx);
-	struct journal *journal;  /* NULL: small messages are committed without it */
-	struct queue_msg *stuck;  /* journaled, could be neither delivered nor queued */
+	struct journal *journal; /* NULL: small messages are committed without it */
+	struct queue_msg *stuck; /* journaled, could be neither delivered nor queued */
+	/* Journaled, all local: waiting for a batch of the direct way (queue.c). */
+	struct queue_msg *direct_head, *direct_tail;
+	size_t direct_batches;	  /* batches on the background workers */
 	atomic_bool stopping;	  /* queue_close(): background deliveries leave their messages */
 	atomic_uint left;	  /* ... in the journal, this many, for the next start */
 	atomic_bool journal_full; /* the journal refused messages: logged once */

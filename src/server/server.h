@@ -49,7 +49,8 @@ struct queue_delivery;
 void server_deliver(void *ctx, struct queue_delivery *d);
 /* The direct way (queue_set_direct); msg_ctx is a reference to a struct server_cfg. */
 struct queue_item;
-bool server_deliver_direct(void *msg_ctx, const struct queue_item *item);
+void server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size_t n,
+			   bool *delivered);
 /* Drops the session's reference to msg_ctx (a struct server_cfg) taken for the direct way. */
 void server_direct_release(void *msg_ctx);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */

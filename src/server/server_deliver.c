@@ -47,44 +47,38 @@ is_local(const struct conf *conf, const char *rcpt)
 	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
 }
 
-/* The copies one delivery at the commit made, so that they can be taken back. */
-struct copy {
-	char *domain, *user;
-	char name[256];
-};
-
-struct copies {
-	struct copy *v;
+/* Log lines held back until the batch they describe is committed. */
+struct lines {
+	char **v;
 	size_t len, cap;
 };
 
 static void
-copies_add(struct copies *c, const char *domain, const char *user, const char *name)
+lines_add(struct lines *l, char *line)
 {
-	if (c->len == c->cap) {
-		c->cap = c->cap ? 2 * c->cap : 4;
-		c->v = xrealloc(c->v, c->cap * sizeof(*c->v));
+	if (l->len == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 8;
+		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
 	}
-	c->v[c->len].domain = xstrdup(domain);
-	c->v[c->len].user = xstrdup(user);
-	util_strlcpy(c->v[c->len].name, name, sizeof(c->v[c->len].name));
-	c->len++;
+	l->v[l->len++] = line;
 }
 
 static void
-copies_free(struct copies *c)
+lines_truncate(struct lines *l, size_t len)
 {
-	for (size_t i = 0; i < c->len; i++) {
-		free(c->v[i].domain);
-		free(c->v[i].user);
-	}
-	free(c->v);
+	while (l->len > len)
+		free(l->v[--l->len]);
 }
 
-/* copies: NULL, or where each copy written is recorded. */
+/*
+ * A local recipient's copies: written and flushed now (batch NULL, the
+ * queue's deliverer), or added to batch (the direct way), their "sent" lines
+ * then kept in sent until the batch is committed.
+ */
 static void
 deliver_one(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
-	    size_t i, struct queue_rcpt_result *res, struct copies *copies)
+	    size_t i, struct queue_rcpt_result *res, struct deliver_batch *batch,
+	    struct lines *sent)
 {
 	const char *rcpt = item->rcpts[i];
 	char addr[600];
@@ -112,8 +106,9 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 	for (size_t t = 0; t < ntargets; t++) {
 		struct deliver_target *tg = &targets[t];
 		struct deliver_msg m;
-		char name[256];
+		char name[256], line[1024];
 		bool permanent = false;
+		int rc;
 
 		if (!tg->is_local) {
 			/* A remote alias target waits for relaying, like any foreign recipient. */
@@ -139,8 +134,13 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 		/* A stable name: a redelivery after a crash finds the first copy and skips. */
 		snprintf(name, sizeof(name), "%lld.P%sR%zuT%zu.%s", (long long)item->arrival,
 			 item->id, i, t, conf->hostname);
-		if (deliver_maildir_write(conf->mail_root, tg->domain, tg->user, name, &m,
-					  &permanent, err, sizeof(err)) != 0) {
+		if (batch != NULL)
+			rc = deliver_batch_add(batch, conf->mail_root, tg->domain, tg->user, name,
+					       &m, &permanent, err, sizeof(err));
+		else
+			rc = deliver_maildir_write(conf->mail_root, tg->domain, tg->user, name, &m,
+						   &permanent, err, sizeof(err));
+		if (rc != 0) {
 			if (permanent) {
 				res->status = QUEUE_RCPT_FAIL;
 				snprintf(res->reason, sizeof(res->reason), "5.2.0 %s", err);
@@ -155,16 +155,20 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 				 item->id, tg->addr, delay, err);
 			continue;
 		}
-		if (copies != NULL)
-			copies_add(copies, tg->domain, tg->user, name);
 		if (strcmp(tg->addr, addr) == 0)
-			log_info("%s: to=<%s>, relay=local, delay=%.0f, status=sent (delivered to "
+			snprintf(line, sizeof(line),
+				 "%s: to=<%s>, relay=local, delay=%.0f, status=sent (delivered to "
 				 "maildir)",
 				 item->id, tg->addr, delay);
 		else
-			log_info("%s: to=<%s>, orig_to=<%s>, relay=local, delay=%.0f, status=sent "
+			snprintf(line, sizeof(line),
+				 "%s: to=<%s>, orig_to=<%s>, relay=local, delay=%.0f, status=sent "
 				 "(delivered to maildir)",
 				 item->id, tg->addr, rcpt, delay);
+		if (sent != NULL)
+			lines_add(sent, xstrdup(line));
+		else
+			log_info("%s", line);
 	}
 	res->status = deferred ? QUEUE_RCPT_DEFER : QUEUE_RCPT_DONE;
 out:
@@ -172,23 +176,10 @@ out:
 	deliver_targets_free(targets, ntargets);
 }
 
-/*
- * The direct way, on a worker thread (queue_set_direct): a message whose
- * recipients all expand to local mailboxes is written into them — right
- * after its 250 when the journal holds it, or before the
- * 250 when the journal could not take it.  Anything else (a foreign or
- * unknown recipient, an alias error) is left to the queue untouched; after
- * a failed write the copies already made are removed again and the whole
- * message is queued.
- */
-bool
-server_deliver_direct(void *msg_ctx, const struct queue_item *item)
+/* Every recipient expands to local mailboxes only. */
+static bool
+all_local(const struct server_cfg *cfg, const struct queue_item *item)
 {
-	const struct server_cfg *cfg = msg_ctx;
-	struct queue_rcpt_result res;
-	struct copies copies = {0};
-	bool ok = true;
-
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		struct deliver_target *targets = NULL;
 		size_t n = 0;
@@ -206,34 +197,75 @@ server_deliver_direct(void *msg_ctx, const struct queue_item *item)
 		if (!local)
 			return false;
 	}
-	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (delivering at once)", item->id, item->sender,
-		 (unsigned long long)item->body_len, item->rcpts_len);
-	for (size_t i = 0; i < item->rcpts_len && ok; i++) {
-		memset(&res, 0, sizeof(res));
-		deliver_one(cfg->conf, cfg->db, item, i, &res, &copies);
-		ok = res.status == QUEUE_RCPT_DONE;
-	}
-	if (!ok) {
-		/*
-		 * All or nothing: the message goes to the queue whole, and if the spool
-		 * refuses it too the client gets a 4xx and sends it again; neither may
-		 * find a copy already made.
-		 */
-		for (size_t k = 0; k < copies.len; k++) {
-			struct copy *cp = &copies.v[k];
-			char err[200];
+	return true;
+}
 
-			if (deliver_maildir_remove(cfg->conf->mail_root, cp->domain, cp->user,
-						   cp->name, err, sizeof(err)) != 0)
-				log_warn("%s: cannot take back the copy for %s@%s: %s", item->id,
-					 cp->user, cp->domain, err);
+/*
+ * The direct way, on a worker thread (queue_set_direct): messages whose
+ * recipients all expand to local mailboxes are written into them — right
+ * after their 250 when the journal holds them, or before the 250 when the
+ * journal could not take one.  All their copies go into one batch and are
+ * flushed together.  Anything else (a foreign or unknown recipient, an alias
+ * error) is left to the queue untouched; a message one of whose copies
+ * cannot be written has its copies taken back and is queued whole, and when
+ * the batch cannot be committed every message of it is.
+ */
+void
+server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size_t n,
+		      bool *delivered)
+{
+	struct deliver_batch *batch = deliver_batch_new();
+	struct lines sent = {0};
+	size_t taken = 0;
+	char err[200];
+
+	for (size_t k = 0; k < n; k++) {
+		const struct server_cfg *cfg = msg_ctx[k];
+		const struct queue_item *item = &items[k];
+		size_t mark = deliver_batch_len(batch), lines_mark = sent.len;
+		bool ok = all_local(cfg, item);
+
+		delivered[k] = false;
+		if (!ok)
+			continue;
+		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (delivering at once)", item->id,
+			 item->sender, (unsigned long long)item->body_len, item->rcpts_len);
+		for (size_t i = 0; i < item->rcpts_len && ok; i++) {
+			struct queue_rcpt_result res;
+
+			memset(&res, 0, sizeof(res));
+			deliver_one(cfg->conf, cfg->db, item, i, &res, batch, &sent);
+			ok = res.status == QUEUE_RCPT_DONE;
 		}
-		log_info("%s: delivery at once failed for a recipient; %zu copy(ies) taken back, "
-			 "the message goes to the queue",
-			 item->id, copies.len);
+		if (!ok) {
+			/*
+			 * All or nothing: the message goes to the queue whole, and if the
+			 * spool refuses it too the client gets a 4xx and sends it again;
+			 * neither may find a copy already made.
+			 */
+			log_info("%s: delivery at once failed for a recipient; %zu copy(ies) taken "
+				 "back, the message goes to the queue",
+				 item->id, sent.len - lines_mark);
+			deliver_batch_rollback(batch, mark);
+			lines_truncate(&sent, lines_mark);
+			continue;
+		}
+		delivered[k] = true;
+		taken++;
 	}
-	copies_free(&copies);
-	return ok;
+	if (deliver_batch_commit(batch, err, sizeof(err)) != 0) {
+		log_warn("delivery at once of %zu message(s) failed (%s); copies taken back, they "
+			 "go to the queue",
+			 taken, err);
+		for (size_t k = 0; k < n; k++)
+			delivered[k] = false;
+		lines_truncate(&sent, 0);
+	}
+	for (size_t l = 0; l < sent.len; l++)
+		log_info("%s", sent.v[l]);
+	lines_truncate(&sent, 0);
+	free(sent.v);
+	deliver_batch_free(batch);
 }
 
 void
@@ -271,7 +303,7 @@ local_run(void *arg)
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		if (!item->done[i] && is_local(a->cfg->conf, item->rcpts[i]))
-			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i], NULL);
+			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i], NULL, NULL);
 	}
 }
 

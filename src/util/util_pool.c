@@ -47,6 +47,8 @@ worker(void *arg)
 	struct lane *l = arg;
 	struct util_pool *p = l->pool;
 
+	/* Named for top -H and perf: which kind of work takes the CPU. */
+	pthread_setname_np(pthread_self(), l->nice != 0 ? "petrel-bg" : "petrel-worker");
 	if (l->nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), l->nice) != 0)
 		log_warn("worker priority: %s", strerror(errno));
 	for (;;) {

@@ -438,6 +438,148 @@ def test_partly_unwritable_no_recipient_gets_two_copies(petrel_factory, watch):
     assert len(p.messages("bob@localhost")) == 1
 
 
+def test_batches_with_a_broken_maildir_deliver_the_rest_and_queue_its_messages(petrel_factory):
+    """Ten sessions send 200 messages each at once, each to one recipient, so that many
+    journaled all-local messages wait at a time and the direct way takes them in batches
+    of several.  A few go to broken@localhost, whose Maildir cannot be opened (its tmp/ is a
+    regular file): each of those is taken out of its batch and queued whole, while the rest
+    of its batch is delivered; alice and bob get every message of theirs exactly once.
+    Once the Maildir is repaired, a flush delivers the queued ones, once each."""
+    p = petrel_factory(retry_min="1h", retry_max="1h")  # queue retries only when flushed
+    broken = "broken@localhost"
+    good = ("alice@localhost", "bob@example.test")
+    blocker = p.maildir(broken) / "tmp"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory\n")
+    nthreads, per = 10, 200
+    sent, errors = {}, []  # marker -> (recipient, queue id)
+    lock = threading.Lock()
+
+    def rcpt_for(t, i):
+        return broken if i % 40 == 3 + t else good[(t + i) % 2]
+
+    def body_for(marker):
+        return (f"Subject: {marker}\r\nMessage-ID: <{marker}@client.example>\r\n"
+                f"X-Marker: {marker}\r\n\r\nbody of {marker}\r\n..dot\r\nend\r\n").encode()
+
+    def run(t):
+        try:
+            with smtp(p, timeout=120) as s:
+                s.ehlo("client.example")
+                for i in range(per):
+                    marker, rcpt = f"BATCH-{t}-{i}", rcpt_for(t, i)
+                    assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
+                    assert s.docmd(f"RCPT TO:<{rcpt}>")[0] == 250
+                    code, resp = s.data(body_for(marker))
+                    assert code == 250, resp
+                    with lock:
+                        sent[marker] = (rcpt, queue_id(resp))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=600)
+    assert not any(th.is_alive() for th in threads)
+    assert not errors, errors[:3]
+    assert len(sent) == nthreads * per
+    want = {a: {m for m, (r, _q) in sent.items() if r == a} for a in (*good, broken)}
+    assert len(want[broken]) == nthreads * 5 and all(len(want[a]) > 900 for a in good)
+    broken_ids = {sent[m][1] for m in want[broken]}
+    good_ids = {sent[m][1]: sent[m][0] for a in good for m in want[a]}
+    assert len(broken_ids) + len(good_ids) == len(sent)
+    sent_re = re.compile(r"(\w+): to=<([^>]*)>, relay=local, delay=\d+, "
+                         r"status=sent \(delivered to maildir\)$", re.M)
+
+    def sent_lines():
+        return collections.Counter(sent_re.findall(p.log()))
+
+    def copies(addr):
+        """{marker: number of files} in addr's new/ and cur/, each checked byte for byte."""
+        c = collections.Counter()
+        for sub in ("new", "cur"):
+            d = p.maildir(addr) / sub
+            for f in (sorted(d.iterdir()) if d.is_dir() else []):
+                head, body = split_prepended(f.read_bytes())
+                marker = re.search(rb"^X-Marker: (\S+)$", body, re.M).group(1).decode()
+                assert f"Delivered-To: {addr}\n".encode() in head, (f, head)
+                assert f" id {sent[marker][1]}\n".encode() in head, (f, head)
+                assert body == body_for(marker).replace(b"\r\n", b"\n"), (f, body)
+                c[marker] += 1
+        return c
+
+    # the direct way is over for every message: each good one logged as sent, each broken one
+    # queued (queue/ID and ID.st) after its failure at once
+    assert wait_for(lambda: sum(n for (q, _a), n in sent_lines().items() if q in good_ids)
+                    >= len(good_ids), timeout=180, interval=0.5), \
+        f"{len(good_ids) - len(sent_lines())} not logged as sent"
+    assert wait_for(lambda: {n.split(".")[0] for n in p.queue_files()} >= broken_ids,
+                    timeout=60, interval=0.2), sorted(broken_ids - set(p.queue_files()))[:5]
+    log = p.log()
+    for qid in broken_ids:
+        assert re.search(rf"{qid}: delivery at once failed for a recipient; 0 copy\(ies\) taken "
+                         r"back, the message goes to the queue$", log, re.M), log_lines(p, qid)
+        assert re.search(rf"{qid}: from=<[^>]*>, size=\d+, nrcpt=1 \(queue active\)$", log,
+                         re.M), log_lines(p, qid)
+    assert "delivery at once of" not in log  # no commit of a batch failed
+    assert "status=bounced" not in log
+
+    # alice and bob: each message exactly once, delivered at once, nothing left in tmp/
+    lines = sent_lines()
+    assert {q: n for (q, a), n in lines.items() if q in good_ids} == {q: 1 for q in good_ids}
+    assert all(good_ids[q] == a for (q, a) in lines if q in good_ids)
+    assert not any(q in broken_ids for q, _a in lines), "a broken-user message was sent"
+    for a in good:
+        got = copies(a)
+        assert got == collections.Counter({m: 1 for m in want[a]}), (
+            f"{a}: missing {sorted(set(want[a]) - set(got))[:5]}, "
+            f"twice {[m for m, n in got.items() if n > 1][:5]}, "
+            f"foreign {sorted(set(got) - want[a])[:5]}")
+        assert maildir_names(p, a, "tmp") == []
+    assert {n.split(".")[0] for n in p.queue_files()} == broken_ids, p.queue_files()
+    assert blocker.read_text() == "not a directory\n"
+    assert not (p.maildir(broken) / "new").exists()
+
+    # the server is still up and serving
+    assert p.proc.poll() is None
+    with smtp(p) as s:
+        assert s.ehlo("client.example")[0] == 250
+        assert s.noop()[0] == 250
+
+    # every queued message had its first queue attempt (deferred: tmp/ is still a file) ...
+    def attempted():
+        r = cli_queue(p, "list", "--json")
+        if r.returncode != 0:
+            return False
+        done = {e["id"] for e in json.loads(r.stdout) if e.get("attempts", 0) >= 1}
+        return done >= broken_ids
+
+    assert wait_for(attempted, timeout=60, interval=0.2), cli_queue(p, "list").stdout
+    time.sleep(0.3)  # the attempts' ends reach the event loop (as in wait_attempted)
+    assert copies(broken) == collections.Counter()
+
+    # ... then the Maildir is repaired (petrel makes tmp/ itself) and a flush delivers each once
+    blocker.unlink()
+    r = cli_queue(p, "flush")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: set(copies(broken)) >= want[broken], timeout=60, interval=0.2), \
+        sorted(want[broken] - set(copies(broken)))[:5]
+    assert wait_queue_empty(p, timeout=30), p.queue_files()
+    # the queue is empty: nothing can deliver another copy now
+    assert copies(broken) == collections.Counter({m: 1 for m in want[broken]})
+    assert maildir_names(p, broken, "tmp") == []
+    lines = sent_lines()
+    assert {q: n for (q, a), n in lines.items() if q in broken_ids} == {q: 1 for q in broken_ids}
+    for a in good:
+        assert copies(a) == collections.Counter({m: 1 for m in want[a]})
+        assert maildir_names(p, a, "tmp") == []
+    assert spool_tmp_files(p) == []
+    assert "status=bounced" not in p.log()
+    assert p.proc.poll() is None
+
+
 # ---- a full spool ----------------------------------------------------------------------
 
 @pytest.fixture

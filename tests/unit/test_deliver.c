@@ -1237,6 +1237,506 @@ test_maildir_empty_body(void **state)
 	free(dir);
 }
 
+/* ---- batches (deliver_batch_*) ---- */
+
+/* <dir>/<domain>/<user>/<sub>, into buf. */
+static const char *
+box_path(char *buf, size_t cap, const char *dir, const char *domain, const char *user,
+	 const char *sub)
+{
+	snprintf(buf, cap, "%s/%s/%s/%s", dir, domain, user, sub);
+	return buf;
+}
+
+/* Adds one copy, which must succeed; returns the batch's length after it. */
+static size_t
+batch_add_ok(struct deliver_batch *b, const char *dir, const char *domain, const char *user,
+	     const char *name, const struct deliver_msg *m)
+{
+	bool permanent = true;
+	char err[256] = "";
+
+	if (deliver_batch_add(b, dir, domain, user, name, m, &permanent, err, sizeof(err)) != 0)
+		fail_msg("adding %s/%s/%s: %s", domain, user, name, err);
+	assert_false(permanent);
+	return deliver_batch_len(b);
+}
+
+/* The copies of one batch, written and made visible together. */
+struct batch_copy {
+	const char *domain, *user, *name;
+	const char *body;
+	size_t len;
+	bool spooled; /* body from a spool file, else in memory */
+};
+
+/*
+ * Every copy is in tmp/ (byte for byte, mode 0600) and none in new/ until the
+ * commit; after it, each is in new/ and tmp/ is empty; freeing the committed
+ * batch takes nothing back.
+ */
+static void
+run_batch(const struct batch_copy *cp, size_t n)
+{
+	char *dir = fresh_dir();
+	struct deliver_msg *m = xcalloc(n, sizeof(*m));
+	char **blocks = xcalloc(n, sizeof(*blocks));
+	struct deliver_batch *b = deliver_batch_new();
+	char err[256] = "";
+	char p[512], rel[512];
+
+	assert_int_equal(deliver_batch_len(b), 0);
+	for (size_t i = 0; i < n; i++) {
+		if (cp[i].spooled)
+			m[i] = spool_msg(dir, "junk before\r\n", cp[i].body, cp[i].len);
+		else
+			m[i] = mem_msg(cp[i].body, cp[i].len, 5, true, &blocks[i]);
+		assert_int_equal(batch_add_ok(b, dir, cp[i].domain, cp[i].user, cp[i].name, &m[i]),
+				 i + 1);
+	}
+	for (size_t i = 0; i < n; i++) {
+		snprintf(rel, sizeof(rel), "%s/%s/tmp/%s", cp[i].domain, cp[i].user, cp[i].name);
+		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "new")), 0);
+	}
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(rel, sizeof(rel), "%s/%s/new/%s", cp[i].domain, cp[i].user, cp[i].name);
+		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "tmp")), 0);
+	}
+	deliver_batch_free(b);
+	for (size_t i = 0; i < n; i++) {
+		size_t in_box = 0;
+
+		for (size_t j = 0; j < n; j++)
+			in_box += strcmp(cp[i].domain, cp[j].domain) == 0 &&
+				  strcmp(cp[i].user, cp[j].user) == 0;
+		snprintf(rel, sizeof(rel), "%s/%s/new/%s", cp[i].domain, cp[i].user, cp[i].name);
+		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "new")),
+		    in_box);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "cur")), 0);
+		if (m[i].body_fd >= 0)
+			close(m[i].body_fd);
+		free(blocks[i]);
+	}
+	free(blocks);
+	free(m);
+	free(dir);
+}
+
+static const char batch_body_a[] = "Subject: a\r\n\r\nline 1\r\nbare\rcr\r\n";
+static const char batch_body_b[] = "Subject: b\r\n\r\n.dot\r\nlast\r";
+static const char batch_body_c[] = "";
+
+/* Several copies into one Maildir (new/ flushed once); a batch of one (fdatasync). */
+static void
+test_batch_one_maildir(void **state)
+{
+	const struct batch_copy several[] = {
+	    {"example.org", "amy", "B1", batch_body_a, sizeof(batch_body_a) - 1, false},
+	    {"example.org", "amy", "B2", batch_body_b, sizeof(batch_body_b) - 1, true},
+	    {"example.org", "amy", "B3", batch_body_c, 0, false},
+	    {"example.org", "amy", "B4", batch_body_a, sizeof(batch_body_a) - 1, true},
+	};
+	const struct batch_copy one[] = {
+	    {"example.org", "amy", "B5", batch_body_b, sizeof(batch_body_b) - 1, false},
+	};
+
+	run_batch(several, sizeof(several) / sizeof(several[0]));
+	run_batch(one, 1);
+}
+
+/* Copies into several Maildirs of two domains, several into some of them. */
+static void
+test_batch_several_maildirs(void **state)
+{
+	const struct batch_copy cp[] = {
+	    {"example.org", "amy", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
+	    {"example.org", "ben", "S2", batch_body_b, sizeof(batch_body_b) - 1, true},
+	    {"example.net", "amy", "S3", batch_body_b, sizeof(batch_body_b) - 1, false},
+	    {"example.org", "amy", "S4", batch_body_c, 0, true},
+	    {"example.net", "cat", "S5", batch_body_a, sizeof(batch_body_a) - 1, true},
+	    {"example.org", "ben", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
+	};
+
+	run_batch(cp, sizeof(cp) / sizeof(cp[0]));
+}
+
+/* rollback(mark) takes back only what was added after mark; the batch goes on from there. */
+static void
+test_batch_rollback(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3);
+	struct deliver_batch *b = deliver_batch_new();
+	char err[256] = "";
+	char p[512];
+	size_t mark;
+
+	/* Nothing added: a rollback to 0 is harmless. */
+	deliver_batch_rollback(b, 0);
+	assert_int_equal(deliver_batch_len(b), 0);
+	batch_add_ok(b, dir, "example.org", "amy", "R1", &a);
+	mark = batch_add_ok(b, dir, "example.org", "amy", "R2", &s);
+	assert_int_equal(mark, 2);
+	batch_add_ok(b, dir, "example.org", "amy", "R3", &a);
+	batch_add_ok(b, dir, "example.org", "ben", "R4", &s);
+	assert_int_equal(batch_add_ok(b, dir, "example.net", "cat", "R5", &a), 5);
+	/* A mark at or past the end changes nothing. */
+	deliver_batch_rollback(b, 5);
+	deliver_batch_rollback(b, 9);
+	assert_int_equal(deliver_batch_len(b), 5);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 3);
+
+	deliver_batch_rollback(b, mark);
+	assert_int_equal(deliver_batch_len(b), mark);
+	check_delivered(dir, "example.org/amy/tmp/R1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/tmp/R2", &s, "S\r\n", 3);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "tmp")),
+			 0);
+
+	/* Added after the rollback (one name again): in the batch like the others. */
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "R4", &a), 3);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	check_delivered(dir, "example.org/amy/new/R1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/new/R2", &s, "S\r\n", 3);
+	check_delivered(dir, "example.org/ben/new/R4", &a, "A\r\n", 3);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "new")),
+			 1);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "new")),
+			 0);
+	deliver_batch_free(b);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "new")),
+			 1);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "tmp")),
+			 0);
+
+	/* Rolled back to nothing, the commit delivers nothing. */
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "R6", &a);
+	deliver_batch_rollback(b, 0);
+	assert_int_equal(deliver_batch_len(b), 0);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 0);
+	close(s.body_fd);
+	free(block);
+	free(dir);
+}
+
+/* A batch freed without its commit leaves nothing, in tmp/ or new/; an empty one commits. */
+static void
+test_batch_free_without_commit(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3);
+	struct deliver_batch *b = deliver_batch_new();
+	char err[256] = "";
+	char p[512];
+
+	batch_add_ok(b, dir, "example.org", "amy", "F1", &a);
+	batch_add_ok(b, dir, "example.org", "amy", "F2", &s);
+	assert_int_equal(batch_add_ok(b, dir, "example.net", "ben", "F3", &a), 3);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")),
+			 1);
+	deliver_batch_free(b);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "new")),
+			 0);
+
+	/* Nothing added at all. */
+	b = deliver_batch_new();
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	deliver_batch_free(NULL);
+	close(s.body_fd);
+	free(block);
+	free(dir);
+}
+
+/*
+ * The commit cannot rename into the second Maildir (its new/ removed, or
+ * replaced by a file, under the batch): -1, and the copy already renamed
+ * into the first Maildir's new/ is taken back; freeing the batch leaves no
+ * tmp/ file.  Afterwards the second Maildir, repaired, is written again.
+ */
+static void
+test_batch_commit_fails_part_way(void **state)
+{
+	for (int how = 0; how < 2; how++) {
+		char *dir = fresh_dir();
+		char *block;
+		struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+		struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3);
+		struct deliver_batch *b = deliver_batch_new();
+		bool permanent = true;
+		char err[256] = "";
+		char p[512];
+
+		batch_add_ok(b, dir, "example.org", "amy", "C1", &a);
+		batch_add_ok(b, dir, "example.net", "ben", "C2", &s);
+		assert_int_equal(batch_add_ok(b, dir, "example.org", "amy", "C3", &a), 3);
+		box_path(p, sizeof(p), dir, "example.net", "ben", "new");
+		assert_int_equal(rmdir(p), 0);
+		if (how == 1)
+			write_bytes(p, "not a directory\n", 16);
+
+		assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), -1);
+		if (err[0] == '\0')
+			fail_msg("how %d: no error text", how);
+		assert_non_null(strstr(err, "C2"));
+		/* amy's C1 was renamed before ben's failed: not left in new/ */
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")), 0);
+		if (how == 1) {
+			size_t len;
+			char *got = read_all(
+			    box_path(p, sizeof(p), dir, "example.net", "ben", "new"), &len);
+
+			assert_non_null(got);
+			assert_int_equal(len, 16);
+			assert_memory_equal(got, "not a directory\n", 16);
+			free(got);
+		}
+		deliver_batch_free(b);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")), 0);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")), 0);
+		assert_int_equal(
+		    count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")), 0);
+
+		/* Repaired, ben's Maildir (looked up afresh) takes the message again. */
+		box_path(p, sizeof(p), dir, "example.net", "ben", "new");
+		if (how == 1)
+			assert_int_equal(unlink(p), 0);
+		assert_int_equal(deliver_maildir_write(dir, "example.net", "ben", "C2", &s,
+						       &permanent, err, sizeof(err)),
+				 0);
+		check_delivered(dir, "example.net/ben/new/C2", &s, "S\r\n", 3);
+		close(s.body_fd);
+		free(block);
+		free(dir);
+	}
+}
+
+/*
+ * A redelivery (first_copy false) of a copy the user already moved to cur/
+ * as NAME:2,S adds nothing (0, the length unchanged, nothing written); a
+ * first copy of the same name is not looked for there and is written.
+ */
+static void
+test_batch_skips_copy_already_read(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_msg redo = spool_msg(dir, "", "R\r\n", 3);
+	struct deliver_batch *b = deliver_batch_new();
+	bool permanent = true;
+	char err[256] = "";
+	char p[512], seen[512];
+	size_t len;
+	char *got;
+
+	batch_add_ok(b, dir, "example.org", "amy", "K0", &a);
+	snprintf(seen, sizeof(seen), "%s/example.org/amy/cur/K1:2,S", dir);
+	write_bytes(seen, "read before\n", 12);
+	assert_int_equal(deliver_batch_add(b, dir, "example.org", "amy", "K1", &redo, &permanent,
+					   err, sizeof(err)),
+			 0);
+	assert_false(permanent);
+	assert_int_equal(deliver_batch_len(b), 1);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 1);
+	/* Also in a batch of its own. */
+	{
+		struct deliver_batch *b2 = deliver_batch_new();
+
+		assert_int_equal(deliver_batch_add(b2, dir, "example.org", "amy", "K1", &redo,
+						   &permanent, err, sizeof(err)),
+				 0);
+		assert_int_equal(deliver_batch_len(b2), 0);
+		assert_int_equal(deliver_batch_commit(b2, err, sizeof(err)), 0);
+		deliver_batch_free(b2);
+	}
+	/* A first copy of the same name does not look there. */
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "amy", "K1", &a), 2);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	check_delivered(dir, "example.org/amy/new/K0", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/new/K1", &a, "A\r\n", 3);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "cur")),
+			 1);
+	got = read_all(seen, &len);
+	assert_non_null(got);
+	assert_int_equal(len, 12);
+	assert_memory_equal(got, "read before\n", 12);
+	free(got);
+	close(redo.body_fd);
+	free(block);
+	free(dir);
+}
+
+/* Unsafe names: -1 with *permanent set, the length unchanged, no directory made. */
+static void
+test_batch_unsafe_names(void **state)
+{
+	const struct {
+		const char *domain, *user, *name;
+	} cases[] = {
+	    {"example.org", ".x", "M"},
+	    {"example.org", "..", "M"},
+	    {"example.org", "a/b", "M"},
+	    {"example.org", "", "M"},
+	    {"example.org", "a\nb", "M"},
+	    {"../etc", "x", "M"},
+	    {".", "x", "M"},
+	    {"", "x", "M"},
+	    {"a/b", "x", "M"},
+	    {"exa\x01mple", "x", "M"},
+	    {"example.org", "x", "../M"},
+	    {"example.org", "x", ".M"},
+	    {"example.org", "x", "M:2,S"},
+	    {"example.org", "x", ""},
+	    {"example.org", "x", "a/b"},
+	};
+	char *dir = fresh_dir();
+	char *root = path_join(dir, "mail");
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_batch *b = deliver_batch_new();
+	char err[256] = "";
+	char p[512];
+
+	batch_add_ok(b, root, "example.org", "amy", "U0", &a);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool permanent = false;
+
+		err[0] = '\0';
+		if (deliver_batch_add(b, root, cases[i].domain, cases[i].user, cases[i].name, &a,
+				      &permanent, err, sizeof(err)) != -1 ||
+		    !permanent || err[0] == '\0')
+			fail_msg("case %zu: accepted or not permanent", i);
+		assert_int_equal(deliver_batch_len(b), 1);
+	}
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	check_delivered(root, "example.org/amy/new/U0", &a, "A\r\n", 3);
+	/* Only the one Maildir below mail_root. */
+	assert_int_equal(count_entries(root), 1);
+	snprintf(p, sizeof(p), "%s/example.org", root);
+	assert_int_equal(count_entries(p), 1);
+	assert_int_equal(count_entries(dir), 1);
+	free(block);
+	free(root);
+	free(dir);
+}
+
+/*
+ * A copy that cannot be written (its Maildir's tmp/ is a file; a leftover
+ * tmp/ file of its name) fails alone: -1, not permanent, the length
+ * unchanged, and the rest of the batch — also later copies into the same
+ * Maildir — is committed.
+ */
+static void
+test_batch_failed_add_leaves_the_rest(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_batch *b = deliver_batch_new();
+	bool permanent;
+	char err[256] = "";
+	char p[512], left[512];
+	size_t len;
+	char *got;
+
+	snprintf(p, sizeof(p), "%s/example.org", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/dan", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "dan", "tmp"), "", 0);
+
+	batch_add_ok(b, dir, "example.org", "amy", "E1", &a);
+	permanent = true;
+	assert_int_equal(
+	    deliver_batch_add(b, dir, "example.org", "dan", "E2", &a, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "Not a directory"));
+	assert_int_equal(deliver_batch_len(b), 1);
+
+	/* A file of that name already in amy's tmp/ (first_copy: not ours to replace). */
+	snprintf(left, sizeof(left), "%s/example.org/amy/tmp/E3", dir);
+	write_bytes(left, "someone else's\n", 15);
+	permanent = true;
+	assert_int_equal(
+	    deliver_batch_add(b, dir, "example.org", "amy", "E3", &a, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "tmp/E3"));
+	assert_int_equal(deliver_batch_len(b), 1);
+	/* amy's Maildir still takes the next copy. */
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "amy", "E4", &a), 2);
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "E5", &a), 3);
+
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	check_delivered(dir, "example.org/amy/new/E1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/new/E4", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/ben/new/E5", &a, "A\r\n", 3);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 2);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 1);
+	got = read_all(left, &len);
+	assert_non_null(got);
+	assert_int_equal(len, 15);
+	assert_memory_equal(got, "someone else's\n", 15);
+	free(got);
+	assert_false(exists(box_path(p, sizeof(p), dir, "example.org", "dan", "new")));
+	free(block);
+	free(dir);
+}
+
 int
 main(void)
 {
@@ -1261,6 +1761,14 @@ main(void)
 	    cmocka_unit_test(test_maildir_unsafe_names),
 	    cmocka_unit_test(test_maildir_transient_failures),
 	    cmocka_unit_test(test_maildir_empty_body),
+	    cmocka_unit_test(test_batch_one_maildir),
+	    cmocka_unit_test(test_batch_several_maildirs),
+	    cmocka_unit_test(test_batch_rollback),
+	    cmocka_unit_test(test_batch_free_without_commit),
+	    cmocka_unit_test(test_batch_commit_fails_part_way),
+	    cmocka_unit_test(test_batch_skips_copy_already_read),
+	    cmocka_unit_test(test_batch_unsafe_names),
+	    cmocka_unit_test(test_batch_failed_add_leaves_the_rest),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
