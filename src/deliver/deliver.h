@@ -97,16 +97,21 @@ struct deliver_msg {
  * for disk full, permissions and the like.  Files are created
  * O_EXCL|O_NOFOLLOW, mode 0600.
  *
+ * Copies belong to the group last set with deliver_batch_group() (0 at
+ * first): a caller's unit of all or nothing, such as one message.
  * deliver_batch_commit() flushes every file written (one syncfs(2) per
  * filesystem; fdatasync for a lone file), renames each into new/ and flushes
  * new/ (fsync shared with concurrent deliveries to the same Maildir, or one
- * syncfs for several Maildirs).  0: every copy is delivered.  -1 (err
- * filled): none is — copies already renamed are removed from new/ again.
+ * syncfs for several Maildirs).  0: every copy is delivered.  -1 (err: the
+ * first reason): not every — a copy that could not be renamed takes its
+ * group's other copies back with it (deliver_batch_failed() tells which
+ * groups), and a failed flush takes back every copy.
  *
  * deliver_batch_rollback() removes the copies added after the first len
  * (deliver_batch_len() before them); deliver_batch_free() those not
  * committed.  Blocking file I/O: worker threads only.  A batch holds the
- * directories of up to every Maildir it names open until it is freed.
+ * directories of every Maildir it names (deliver_batch_maildirs()) open
+ * until it is freed: up to three descriptors each.
  */
 struct deliver_batch;
 
@@ -115,6 +120,9 @@ int deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char
 		      const char *user, const char *name, const struct deliver_msg *m,
 		      bool *permanent, char *err, size_t err_cap);
 size_t deliver_batch_len(const struct deliver_batch *b);
+size_t deliver_batch_maildirs(const struct deliver_batch *b);
+void deliver_batch_group(struct deliver_batch *b, size_t group);
+bool deliver_batch_failed(const struct deliver_batch *b, size_t group);
 void deliver_batch_rollback(struct deliver_batch *b, size_t len);
 int deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap);
 void deliver_batch_free(struct deliver_batch *b);

@@ -464,10 +464,12 @@ struct box {
 	bool stale;	    /* ... and c must not be used again */
 };
 
-enum copy_state { COPY_TMP, COPY_NEW, COPY_GONE };
+/* A copy: in tmp/, renamed into new/, delivered, or taken back (its group failed). */
+enum copy_state { COPY_TMP, COPY_NEW, COPY_DONE, COPY_FAILED };
 
 struct pending {
 	size_t box;
+	size_t group;
 	enum copy_state state;
 	char name[NAME_MAX_LEN + 1];
 };
@@ -477,6 +479,8 @@ struct deliver_batch {
 	size_t nboxes, boxes_cap;
 	struct pending *v;
 	size_t len, cap;
+	size_t group;	 /* of the copies added next */
+	bool failed_all; /* the last commit's flush failed: no copy was delivered */
 };
 
 static const struct maildir *
@@ -510,6 +514,10 @@ box_get(struct deliver_batch *b, const char *mail_root, const char *domain, cons
 		/* A Maildir found not to be the cached one (fresh) is not cached either. */
 		if (!fresh)
 			bx.c = cache_keep(mail_root, domain, user, &bx.own);
+		/* Kept by the batch alone: only what writing and renaming need. */
+		close_fd(&bx.own.root);
+		close_fd(&bx.own.domain);
+		close_fd(&bx.own.box);
 	}
 	if (fstat(bx.c != NULL ? bx.c->md.tmp : bx.own.tmp, &st) != 0) {
 		fail(err, err_cap, "tmp/: %s", strerror(errno));
@@ -578,6 +586,29 @@ deliver_batch_len(const struct deliver_batch *b)
 	return b->len;
 }
 
+size_t
+deliver_batch_maildirs(const struct deliver_batch *b)
+{
+	return b->nboxes;
+}
+
+void
+deliver_batch_group(struct deliver_batch *b, size_t group)
+{
+	b->group = group;
+}
+
+bool
+deliver_batch_failed(const struct deliver_batch *b, size_t group)
+{
+	if (b->failed_all)
+		return true;
+	for (size_t k = 0; k < b->len; k++)
+		if (b->v[k].group == group && b->v[k].state == COPY_FAILED)
+			return true;
+	return false;
+}
+
 int
 deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *domain,
 		  const char *user, const char *name, const struct deliver_msg *m, bool *permanent,
@@ -616,6 +647,7 @@ deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *do
 		b->v = xrealloc(b->v, b->cap * sizeof(*b->v));
 	}
 	b->v[b->len].box = (size_t)i;
+	b->v[b->len].group = b->group;
 	b->v[b->len].state = COPY_TMP;
 	util_strlcpy(b->v[b->len].name, name, sizeof(b->v[b->len].name));
 	b->len++;
@@ -633,21 +665,24 @@ deliver_batch_rollback(struct deliver_batch *b, size_t len)
 }
 
 /*
- * One syncfs(2) for each filesystem holding a copy: the data and inodes of
- * every file written there, or every name renamed there, reach the disk with
- * one flush of the disk's cache instead of one per file or directory.
+ * One syncfs(2) for each filesystem holding a copy in state: the data and
+ * inodes of every file written there (COPY_TMP), or every name renamed there
+ * (COPY_NEW), reach the disk with one flush of the disk's cache instead of one
+ * per file or directory.
  */
 static int
-sync_filesystems(const struct deliver_batch *b, bool new_dirs)
+sync_filesystems(const struct deliver_batch *b, enum copy_state state)
 {
 	for (size_t k = 0; k < b->len; k++) {
 		const struct box *bx = &b->boxes[b->v[k].box];
+		const struct maildir *md = box_md(b, b->v[k].box);
 		bool seen = false;
 
+		if (b->v[k].state != state)
+			continue;
 		for (size_t j = 0; j < k && !seen; j++)
-			seen = b->boxes[b->v[j].box].dev == bx->dev;
-		if (!seen && syncfs(new_dirs ? box_md(b, b->v[k].box)->new_dir
-					     : box_md(b, b->v[k].box)->tmp) < 0)
+			seen = b->v[j].state == state && b->boxes[b->v[j].box].dev == bx->dev;
+		if (!seen && syncfs(state == COPY_NEW ? md->new_dir : md->tmp) < 0)
 			return -1;
 	}
 	return 0;
@@ -661,7 +696,7 @@ flush_files(const struct deliver_batch *b, char *err, size_t err_cap)
 	int fd, rc;
 
 	if (b->len > 1) {
-		if (sync_filesystems(b, false) == 0)
+		if (sync_filesystems(b, COPY_TMP) == 0)
 			return 0;
 		fail(err, err_cap, "syncfs: %s", strerror(errno));
 		return -1;
@@ -678,52 +713,81 @@ flush_files(const struct deliver_batch *b, char *err, size_t err_cap)
 	return rc;
 }
 
-/* The renames durable: one (shared) fsync of new/ when all copies went into one Maildir. */
+/* The renames durable: one (shared) fsync of new/ when all went into one Maildir. */
 static int
 flush_new_dirs(const struct deliver_batch *b, char *err, size_t err_cap)
 {
+	size_t first = SIZE_MAX;
 	bool one = true;
 
-	for (size_t k = 1; k < b->len && one; k++)
-		one = b->v[k].box == b->v[0].box;
-	if (one ? util_dirsync(box_md(b, b->v[0].box)->new_dir) == 0
-		: sync_filesystems(b, true) == 0)
+	for (size_t k = 0; k < b->len; k++) {
+		if (b->v[k].state != COPY_NEW)
+			continue;
+		if (first == SIZE_MAX)
+			first = b->v[k].box;
+		one = one && b->v[k].box == first;
+	}
+	if (first == SIZE_MAX)
+		return 0; /* nothing renamed */
+	if (one ? util_dirsync(box_md(b, first)->new_dir) == 0 : sync_filesystems(b, COPY_NEW) == 0)
 		return 0;
 	fail(err, err_cap, "%s new/: %s", one ? "fsync" : "syncfs", strerror(errno));
 	return -1;
 }
 
+/* Takes back a copy: from new/ or tmp/ (the next attempt must not find it as well). */
+static void
+take_back(struct deliver_batch *b, struct pending *p)
+{
+	const struct maildir *md = box_md(b, p->box);
+
+	if (p->state == COPY_NEW)
+		unlinkat(md->new_dir, p->name, 0);
+	else if (p->state == COPY_TMP)
+		unlinkat(md->tmp, p->name, 0);
+	p->state = COPY_FAILED;
+}
+
 int
 deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap)
 {
+	bool failed = false;
+
+	b->failed_all = false;
 	if (b->len == 0)
 		return 0;
 	/* The data must be on disk before a rename makes a message visible. */
 	if (flush_files(b, err, err_cap) < 0)
-		return -1;
+		goto fail_all;
 	for (size_t k = 0; k < b->len; k++) {
 		struct pending *p = &b->v[k];
 		const struct maildir *md = box_md(b, p->box);
 
-		if (renameat(md->tmp, p->name, md->new_dir, p->name) < 0) {
-			fail(err, err_cap, "rename to new/%s: %s", p->name, strerror(errno));
-			goto undo;
+		if (p->state != COPY_TMP)
+			continue; /* its group failed already */
+		if (renameat(md->tmp, p->name, md->new_dir, p->name) == 0) {
+			p->state = COPY_NEW;
+			continue;
 		}
-		p->state = COPY_NEW;
+		/* That copy's group (its message) fails whole; the others go on. */
+		if (!failed)
+			fail(err, err_cap, "rename to new/%s: %s", p->name, strerror(errno));
+		failed = true;
+		for (size_t j = 0; j < b->len; j++)
+			if (b->v[j].group == p->group)
+				take_back(b, &b->v[j]);
 	}
 	/* The renames are durable only once new/ itself is flushed. */
 	if (flush_new_dirs(b, err, err_cap) < 0)
-		goto undo;
+		goto fail_all;
 	for (size_t k = 0; k < b->len; k++)
-		b->v[k].state = COPY_GONE; /* delivered: the batch's no more */
-	return 0;
-undo:
-	/* Not delivered: the next attempt must not find these copies as well. */
+		if (b->v[k].state == COPY_NEW)
+			b->v[k].state = COPY_DONE;
+	return failed ? -1 : 0;
+fail_all:
 	for (size_t k = 0; k < b->len; k++)
-		if (b->v[k].state == COPY_NEW) {
-			unlinkat(box_md(b, b->v[k].box)->new_dir, b->v[k].name, 0);
-			b->v[k].state = COPY_GONE;
-		}
+		take_back(b, &b->v[k]);
+	b->failed_all = true;
 	return -1;
 }
 

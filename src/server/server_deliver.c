@@ -48,26 +48,33 @@ is_local(const struct conf *conf, const char *rcpt)
 }
 
 /* Log lines held back until the batch they describe is committed. */
+struct line {
+	size_t msg; /* the message (its index in the batch) the line is about */
+	char *text;
+};
+
 struct lines {
-	char **v;
+	struct line *v;
 	size_t len, cap;
+	size_t msg; /* of the lines added next */
 };
 
 static void
-lines_add(struct lines *l, char *line)
+lines_add(struct lines *l, const char *text)
 {
 	if (l->len == l->cap) {
 		l->cap = l->cap ? 2 * l->cap : 8;
 		l->v = xrealloc(l->v, l->cap * sizeof(*l->v));
 	}
-	l->v[l->len++] = line;
+	l->v[l->len].msg = l->msg;
+	l->v[l->len++].text = xstrdup(text);
 }
 
 static void
 lines_truncate(struct lines *l, size_t len)
 {
 	while (l->len > len)
-		free(l->v[--l->len]);
+		free(l->v[--l->len].text);
 }
 
 /*
@@ -166,7 +173,7 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 				 "(delivered to maildir)",
 				 item->id, tg->addr, rcpt, delay);
 		if (sent != NULL)
-			lines_add(sent, xstrdup(line));
+			lines_add(sent, line);
 		else
 			log_info("%s", line);
 	}
@@ -176,10 +183,20 @@ out:
 	deliver_targets_free(targets, ntargets);
 }
 
-/* Every recipient expands to local mailboxes only. */
+/*
+ * A message for more mailboxes than this goes the queue's way, whose
+ * deliverer writes one copy at a time: a batch holds its Maildirs open.
+ */
+#define DIRECT_TARGETS_MAX 64
+/* A batch is committed before the next message once it names this many Maildirs. */
+#define BATCH_MAILDIRS_MAX 16
+
+/* Every recipient expands to local mailboxes only, and not too many of them. */
 static bool
 all_local(const struct server_cfg *cfg, const struct queue_item *item)
 {
+	size_t total = 0;
+
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		struct deliver_target *targets = NULL;
 		size_t n = 0;
@@ -194,21 +211,50 @@ all_local(const struct server_cfg *cfg, const struct queue_item *item)
 		for (size_t t = 0; t < n; t++)
 			local = local && targets[t].is_local;
 		deliver_targets_free(targets, n);
-		if (!local)
+		total += n;
+		if (!local || total > DIRECT_TARGETS_MAX)
 			return false;
 	}
 	return true;
 }
 
 /*
+ * Commits the batch holding messages from..to-1 (those with delivered[k]
+ * set wrote every copy): a message whose copies were taken back goes to
+ * the queue after all.  Then the "sent" lines of the messages delivered.
+ */
+static void
+commit_batch(struct deliver_batch *batch, struct lines *sent, const struct queue_item *items,
+	     bool *delivered, size_t from, size_t to)
+{
+	char err[200];
+
+	if (deliver_batch_commit(batch, err, sizeof(err)) != 0) {
+		for (size_t k = from; k < to; k++) {
+			if (!delivered[k] || !deliver_batch_failed(batch, k))
+				continue;
+			delivered[k] = false;
+			log_warn("%s: delivery at once failed (%s); copies taken back, the message "
+				 "goes to the queue",
+				 items[k].id, err);
+		}
+	}
+	for (size_t l = 0; l < sent->len; l++)
+		if (delivered[sent->v[l].msg])
+			log_info("%s", sent->v[l].text);
+	lines_truncate(sent, 0);
+	deliver_batch_free(batch);
+}
+
+/*
  * The direct way, on a worker thread (queue_set_direct): messages whose
  * recipients all expand to local mailboxes are written into them — right
  * after their 250 when the journal holds them, or before the 250 when the
- * journal could not take one.  All their copies go into one batch and are
- * flushed together.  Anything else (a foreign or unknown recipient, an alias
- * error) is left to the queue untouched; a message one of whose copies
- * cannot be written has its copies taken back and is queued whole, and when
- * the batch cannot be committed every message of it is.
+ * journal could not take one.  Their copies go into batches and are flushed
+ * together.  Anything else (a foreign or unknown recipient, an alias error)
+ * is left to the queue untouched; a message one of whose copies cannot be
+ * written has its copies taken back and is queued whole, while the rest of
+ * its batch is delivered (all of it is queued when the batch's flush fails).
  */
 void
 server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size_t n,
@@ -216,20 +262,29 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 {
 	struct deliver_batch *batch = deliver_batch_new();
 	struct lines sent = {0};
-	size_t taken = 0;
-	char err[200];
+	size_t from = 0; /* the batch's first message */
 
 	for (size_t k = 0; k < n; k++) {
 		const struct server_cfg *cfg = msg_ctx[k];
 		const struct queue_item *item = &items[k];
-		size_t mark = deliver_batch_len(batch), lines_mark = sent.len;
-		bool ok = all_local(cfg, item);
+		size_t mark, lines_mark;
+		bool ok;
 
 		delivered[k] = false;
-		if (!ok)
+		if (!all_local(cfg, item))
 			continue;
+		if (deliver_batch_maildirs(batch) >= BATCH_MAILDIRS_MAX) {
+			commit_batch(batch, &sent, items, delivered, from, k);
+			batch = deliver_batch_new();
+			from = k;
+		}
 		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (delivering at once)", item->id,
 			 item->sender, (unsigned long long)item->body_len, item->rcpts_len);
+		mark = deliver_batch_len(batch);
+		lines_mark = sent.len;
+		deliver_batch_group(batch, k);
+		sent.msg = k;
+		ok = true;
 		for (size_t i = 0; i < item->rcpts_len && ok; i++) {
 			struct queue_rcpt_result res;
 
@@ -251,21 +306,9 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 			continue;
 		}
 		delivered[k] = true;
-		taken++;
 	}
-	if (deliver_batch_commit(batch, err, sizeof(err)) != 0) {
-		log_warn("delivery at once of %zu message(s) failed (%s); copies taken back, they "
-			 "go to the queue",
-			 taken, err);
-		for (size_t k = 0; k < n; k++)
-			delivered[k] = false;
-		lines_truncate(&sent, 0);
-	}
-	for (size_t l = 0; l < sent.len; l++)
-		log_info("%s", sent.v[l]);
-	lines_truncate(&sent, 0);
+	commit_batch(batch, &sent, items, delivered, from, n);
 	free(sent.v);
-	deliver_batch_free(batch);
 }
 
 void

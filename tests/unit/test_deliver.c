@@ -1554,6 +1554,50 @@ test_batch_commit_fails_part_way(void **state)
 }
 
 /*
+ * Groups: a copy that cannot be renamed takes back its own group's copies
+ * only.  Group 1 (amy C2, ben C3) fails at ben's rename; group 0 (amy C1)
+ * and group 2 (cal C4) are delivered; deliver_batch_failed tells them apart.
+ */
+static void
+test_batch_failed_group_leaves_the_others(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_batch *b = deliver_batch_new();
+	char err[256] = "";
+	char p[512];
+
+	batch_add_ok(b, dir, "example.org", "amy", "C1", &a);
+	deliver_batch_group(b, 1);
+	batch_add_ok(b, dir, "example.org", "amy", "C2", &a);
+	batch_add_ok(b, dir, "example.org", "ben", "C3", &a);
+	deliver_batch_group(b, 2);
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "cal", "C4", &a), 4);
+	assert_int_equal(rmdir(box_path(p, sizeof(p), dir, "example.org", "ben", "new")), 0);
+
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "C3"));
+	assert_false(deliver_batch_failed(b, 0));
+	assert_true(deliver_batch_failed(b, 1));
+	assert_false(deliver_batch_failed(b, 2));
+	check_delivered(dir, "example.org/amy/new/C1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/cal/new/C4", &a, "A\r\n", 3);
+	/* amy's C2 was renamed before ben's C3 failed: taken back. */
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 1);
+	deliver_batch_free(b);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
+			 0);
+	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
+			 1);
+	free(block);
+	free(dir);
+}
+
+/*
  * A redelivery (first_copy false) of a copy the user already moved to cur/
  * as NAME:2,S adds nothing (0, the length unchanged, nothing written); a
  * first copy of the same name is not looked for there and is written.
@@ -1766,6 +1810,7 @@ main(void)
 	    cmocka_unit_test(test_batch_rollback),
 	    cmocka_unit_test(test_batch_free_without_commit),
 	    cmocka_unit_test(test_batch_commit_fails_part_way),
+	    cmocka_unit_test(test_batch_failed_group_leaves_the_others),
 	    cmocka_unit_test(test_batch_skips_copy_already_read),
 	    cmocka_unit_test(test_batch_unsafe_names),
 	    cmocka_unit_test(test_batch_failed_add_leaves_the_rest),
