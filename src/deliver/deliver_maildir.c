@@ -208,6 +208,50 @@ write_all(int fd, const char *p, size_t n)
 }
 
 /*
+ * Turns CRLF into LF from in (n octets) to out (room for n + 1), returning
+ * the octets written.  *held_cr: the previous block ended in a CR, not yet
+ * written (an LF first in this block makes it a line end); on return, set
+ * when this block ends in one.  Whole runs between CRs are copied at once.
+ */
+static size_t
+crlf_to_lf(const char *in, size_t n, char *out, bool *held_cr)
+{
+	size_t i = 0, o = 0;
+
+	if (*held_cr && n > 0) {
+		*held_cr = false;
+		if (in[0] == '\n') {
+			out[o++] = '\n';
+			i = 1;
+		} else {
+			out[o++] = '\r';
+		}
+	}
+	while (i < n) {
+		const char *cr = memchr(in + i, '\r', n - i);
+		size_t run = (cr != NULL ? (size_t)(cr - in) : n) - i;
+
+		memcpy(out + o, in + i, run);
+		o += run;
+		i += run;
+		if (cr == NULL)
+			break;
+		if (i + 1 == n) {
+			*held_cr = true; /* the next block tells */
+			break;
+		}
+		if (in[i + 1] == '\n') {
+			out[o++] = '\n';
+			i += 2;
+		} else {
+			out[o++] = '\r';
+			i++;
+		}
+	}
+	return o;
+}
+
+/*
  * Copies the message from the spool file into fd with CRLF turned into LF.
  * A CR that ends one block is held until the next block shows whether an LF
  * follows; a CR not followed by LF is copied as is.  buf holds 2 * BLOCK_LEN
@@ -224,7 +268,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 	while (left > 0) {
 		size_t want = left < BLOCK_LEN ? (size_t)left : BLOCK_LEN;
 		ssize_t n;
-		size_t o = 0;
+		size_t o;
 
 		if (m->body_mem != NULL) {
 			in = (char *)m->body_mem + (m->body_len - left);
@@ -244,22 +288,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 			     (unsigned long long)left);
 			return -1;
 		}
-		for (size_t i = 0; i < (size_t)n; i++) {
-			char ch = in[i];
-
-			if (held_cr) {
-				held_cr = false;
-				if (ch == '\n') {
-					out[o++] = '\n';
-					continue;
-				}
-				out[o++] = '\r';
-			}
-			if (ch == '\r')
-				held_cr = true;
-			else
-				out[o++] = ch;
-		}
+		o = crlf_to_lf(in, (size_t)n, out, &held_cr);
 		if (write_all(fd, out, o) < 0) {
 			fail(err, err_cap, "writing message: %s", strerror(errno));
 			return -1;

@@ -33,7 +33,10 @@ enum jrec_type {
 	JREC_DONE, /* the message with this id needs the journal no more */
 };
 
+/* CRC-32C of data, continuing from crc (0 to start): by the CPU's instruction where it has one. */
 uint32_t jrec_crc32c(uint32_t crc, const void *data, size_t len);
+/* The same in portable C (what jrec_crc32c falls back to; tests compare the two). */
+uint32_t jrec_crc32c_sw(uint32_t crc, const void *data, size_t len);
 
 /*
  * Fills head (JREC_HEAD_LEN octets) for a record whose payload is the
