@@ -252,21 +252,25 @@ crlf_to_lf(const char *in, size_t n, char *out, bool *held_cr)
 }
 
 /*
- * Copies the message from the spool file into fd with CRLF turned into LF.
- * A CR that ends one block is held until the next block shows whether an LF
- * follows; a CR not followed by LF is copied as is.  buf holds 2 * BLOCK_LEN
- * + 1 bytes: one block in, at most one block plus a held CR out.
+ * Writes the headers and then the message (from memory, or read from the
+ * spool file block by block) into fd with CRLF turned into LF; the headers
+ * go out with the first block, in one write.  A CR that ends one block is
+ * held until the next block shows whether an LF follows; a CR not followed
+ * by LF is copied as is.  buf holds block octets in, then the headers
+ * (hlen) and at most one block plus a held CR out.
  */
 static int
-copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_cap)
+copy_body(int fd, const struct deliver_msg *m, char *buf, size_t block, size_t hlen, char *err,
+	  size_t err_cap)
 {
-	char *in = buf, *out = buf + BLOCK_LEN;
+	char *in = buf, *out = buf + block;
 	uint64_t left = m->body_len;
 	off_t off = m->body_off;
 	bool held_cr = false;
+	size_t pre = hlen; /* octets already in out: the headers, before the first block */
 
 	while (left > 0) {
-		size_t want = left < BLOCK_LEN ? (size_t)left : BLOCK_LEN;
+		size_t want = left < block ? (size_t)left : block;
 		ssize_t n;
 		size_t o;
 
@@ -288,15 +292,18 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 			     (unsigned long long)left);
 			return -1;
 		}
-		o = crlf_to_lf(in, (size_t)n, out, &held_cr);
+		o = pre + crlf_to_lf(in, (size_t)n, out + pre, &held_cr);
 		if (write_all(fd, out, o) < 0) {
 			fail(err, err_cap, "writing message: %s", strerror(errno));
 			return -1;
 		}
+		pre = 0;
 		off += n;
 		left -= (uint64_t)n;
 	}
-	if (held_cr && write_all(fd, "\r", 1) < 0) {
+	if (held_cr)
+		out[pre++] = '\r';
+	if (pre > 0 && write_all(fd, out, pre) < 0) {
 		fail(err, err_cap, "writing message: %s", strerror(errno));
 		return -1;
 	}
@@ -308,15 +315,14 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, char *err, size_t err_
 static int
 write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 {
-	char *buf;
+	size_t hlen = m->headers != NULL ? strlen(m->headers) : 0;
+	size_t block = m->body_len < BLOCK_LEN ? (size_t)m->body_len : BLOCK_LEN;
+	char *buf = xmalloc(block + hlen + block + 1);
 	int rc;
 
-	if (m->headers != NULL && write_all(fd, m->headers, strlen(m->headers)) < 0) {
-		fail(err, err_cap, "writing headers: %s", strerror(errno));
-		return -1;
-	}
-	buf = xmalloc(2 * BLOCK_LEN + 1);
-	rc = copy_body(fd, m, buf, err, err_cap);
+	if (hlen > 0)
+		memcpy(buf + block, m->headers, hlen);
+	rc = copy_body(fd, m, buf, block, hlen, err, err_cap);
 	free(buf);
 	return rc;
 }
