@@ -54,7 +54,13 @@ struct journal {
 	struct journal_seg *dead; /* retired, to be removed by reap() */
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
+	int spare_fd;	   /* SPARE_NAME, filled and flushed, for the next segment; or -1 */
+	bool spare_wanted; /* a worker is to make it once out of the lock */
+	bool spare_making; /* one is making it */
 };
+
+/* The next segment, made ahead; not a segment's name, so recovery and readers pass it by. */
+#define SPARE_NAME ".next"
 
 static void
 seg_name(char name[SEG_NAME_LEN], uint64_t seq)
@@ -104,6 +110,8 @@ journal_open(int spool_fd, char *err, size_t err_cap)
 	pthread_cond_init(&j->cond, NULL);
 	j->dir_fd = fd;
 	j->next_seq = 1;
+	j->spare_fd = -1;
+	unlinkat(fd, SPARE_NAME, 0); /* perhaps half made when petrel stopped */
 	return j;
 }
 
@@ -317,6 +325,36 @@ reap(struct journal *j)
 		log_warn("journal: fsync of the directory: %s", strerror(errno));
 }
 
+/*
+ * A new segment is written full of zeros (SEG_MAX octets) and flushed before
+ * it takes a message: its blocks are then allocated and its size is on disk,
+ * so the flush of each record writes that record's pages and nothing else (an
+ * appended file's flush also writes the inode, the block bitmap and the
+ * group's descriptor, one synchronous write after the other).  Zeros are
+ * where a scan stops (queue_jrec), as at the end of a file.
+ */
+static int
+seg_prefill(int fd)
+{
+	static const char zeros[64 * 1024];
+	struct iovec iov[16];
+
+	for (int i = 0; i < 16; i++) {
+		iov[i].iov_base = (void *)zeros;
+		iov[i].iov_len = sizeof(zeros);
+	}
+	for (off_t off = 0; off < SEG_MAX;) {
+		ssize_t n = pwritev(fd, iov, 16, off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		off += n; /* a short write: the rest from the next turn (zeros are zeros) */
+	}
+	return fdatasync(fd);
+}
+
 /* Lock held.  A new current segment, its name durable before any message goes in. */
 static struct journal_seg *
 seg_new(struct journal *j)
@@ -335,7 +373,25 @@ seg_new(struct journal *j)
 		return NULL;
 	}
 	seg_name(name, j->next_seq);
-	fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (j->spare_fd >= 0 && renameat(j->dir_fd, SPARE_NAME, j->dir_fd, name) == 0) {
+		fd = j->spare_fd; /* made ahead: no wait for zeros to be written */
+	} else {
+		fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+			    0600);
+		if (fd >= 0 && seg_prefill(fd) != 0) {
+			e = errno;
+			close(fd);
+			unlinkat(j->dir_fd, name, 0);
+			errno = e;
+			fd = -1;
+		}
+		if (j->spare_fd >= 0) {
+			close(j->spare_fd); /* could not be renamed: made again */
+			unlinkat(j->dir_fd, SPARE_NAME, 0);
+		}
+	}
+	j->spare_fd = -1;
+	j->spare_wanted = !j->spare_making; /* journal_append makes the next, out of the lock */
 	if (fd < 0)
 		return NULL;
 	if (fsync(j->dir_fd) != 0) {
@@ -473,6 +529,29 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 	maybe_retire(j, seg);
 }
 
+/*
+ * Lock not held: makes the spare segment a new one will be (seg_new), so
+ * that no commit waits for 4 MiB of zeros to be written.  One thread at a
+ * time: the one that found spare_wanted set.
+ */
+static void
+spare_make(struct journal *j)
+{
+	int fd = openat(j->dir_fd, SPARE_NAME,
+			O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+
+	if (fd >= 0 && seg_prefill(fd) != 0) {
+		log_warn("journal: cannot make the next segment ahead: %s", strerror(errno));
+		close(fd);
+		unlinkat(j->dir_fd, SPARE_NAME, 0);
+		fd = -1;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->spare_fd = fd;
+	j->spare_making = false;
+	pthread_mutex_unlock(&j->lock);
+}
+
 int
 journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
 	       size_t nparts, struct journal_wait *w)
@@ -481,6 +560,7 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 	struct iovec iov[1 + PARTS_MAX];
 	struct journal_seg *seg;
 	size_t total = 0;
+	bool make_spare;
 	int err;
 
 	if (nparts > PARTS_MAX)
@@ -528,8 +608,13 @@ journal_append(struct journal *j, const char *id, const void *const *parts, cons
 		seg->syncing = true;
 		seg_flush(j, seg);
 	}
+	make_spare = j->spare_wanted;
+	j->spare_making = j->spare_making || make_spare;
+	j->spare_wanted = false;
 	pthread_mutex_unlock(&j->lock);
 	reap(j);
+	if (make_spare)
+		spare_make(j);
 	return 0;
 }
 
@@ -567,6 +652,10 @@ journal_close(struct journal *j)
 		maybe_retire(j, seg);
 	}
 	reap(j);
+	if (j->spare_fd >= 0) {
+		close(j->spare_fd);
+		unlinkat(j->dir_fd, SPARE_NAME, 0);
+	}
 	close(j->dir_fd);
 	free(j->found);
 	pthread_mutex_destroy(&j->lock);

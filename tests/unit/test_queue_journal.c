@@ -157,7 +157,10 @@ cmp_name(const void *a, const void *b)
 	return strcmp(a, b);
 }
 
-/* The entries of spool/journal (but . and ..), sorted; returns how many. */
+/*
+ * The entries of spool/journal (but . and .., and ".next": the next
+ * segment, made ahead, which holds no record), sorted; returns how many.
+ */
 static size_t
 list_journal(const struct spool *s, char names[NAMES_MAX][64])
 {
@@ -167,7 +170,8 @@ list_journal(const struct spool *s, char names[NAMES_MAX][64])
 
 	assert_non_null(d);
 	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+		    strcmp(e->d_name, ".next") == 0)
 			continue;
 		assert_true(n < NAMES_MAX);
 		assert_true(strlen(e->d_name) < 64);
@@ -293,7 +297,9 @@ scan_segment(const struct spool *s, const char *name, struct recs *rs)
 
 	snprintf(path, sizeof(path), "%s/%s", s->jdir, name);
 	buf = read_whole(path, &len);
-	assert_int_equal(jrec_scan(buf, len, recs_fn, rs), len);
+	/* Records, then nothing but the zeros the segment was made with. */
+	for (size_t off = jrec_scan(buf, len, recs_fn, rs); off < len; off++)
+		assert_int_equal(buf[off], 0);
 	free(buf);
 }
 
@@ -537,7 +543,8 @@ test_append_one(void **state)
 
 		snprintf(path, sizeof(path), "%s/%s", s.jdir, names[0]);
 		assert_int_equal(stat(path, &st), 0);
-		assert_int_equal(st.st_size, 2 * JREC_HEAD_LEN + sizeof(msg) - 1);
+		/* Made full of zeros (4 MiB) before the first record: no growth, no allocation. */
+		assert_int_equal(st.st_size, 4 << 20);
 	}
 
 	/* Still the current segment until the close, which removes it. */
@@ -953,6 +960,55 @@ fill_first_segment(struct journal *j, struct journal_seg **segs, char ids[][UTIL
 }
 
 /*
+ * The next segment is made ahead (".next": 4 MiB of zeros) by the append
+ * that took a new one, and becomes the segment after it by a rename; a
+ * ".next" left by a stop is removed at open, the one unused at close.
+ */
+static void
+test_next_segment_made_ahead(void **state)
+{
+	enum { MAX = 16 };
+	size_t big_len = 1u << 20, n, len;
+	char *big = malloc(big_len), *buf;
+	struct spool s;
+	struct journal *j;
+	struct journal_seg *segs[MAX];
+	char ids[MAX][UTIL_ID_LEN + 1], names[NAMES_MAX][64], path[400];
+
+	assert_non_null(big);
+	memset(big, 'N', big_len);
+	spool_new(&s);
+	j = open_ok(&s);
+	snprintf(path, sizeof(path), "%s/.next", s.jdir);
+	assert_false(journal_has(&s, ".next")); /* the first segment was made when needed */
+	n = fill_first_segment(j, segs, ids, MAX, big, big_len);
+	assert_true(journal_has(&s, ".next")); /* made by the append that took the second */
+	buf = read_whole(path, &len);
+	assert_int_equal(len, 4u << 20);
+	for (size_t i = 0; i < len; i++)
+		assert_int_equal(buf[i], 0);
+	free(buf);
+	/* Fill the second: the third is the spare, renamed; a new spare follows. */
+	for (size_t i = n; i < MAX; i++) {
+		make_id(ids[i], 700 + i);
+		segs[i] = append_ok(j, ids[i], big, big_len);
+		if (segs[i] != segs[n - 1])
+			break;
+	}
+	assert_int_equal(list_journal(&s, names), 3);
+	assert_string_equal(names[2], "0000000000000003");
+	assert_true(journal_has(&s, ".next"));
+	journal_close(j);
+	assert_false(journal_has(&s, ".next"));
+
+	write_whole(&s, ".next", "stale", 5);
+	j = open_ok(&s);
+	assert_false(journal_has(&s, ".next"));
+	journal_close(j);
+	free(big);
+}
+
+/*
  * A full segment, then every message in it marked finished: it is removed
  * at the last mark, while the current segment stays.
  */
@@ -1345,6 +1401,7 @@ main(void)
 	    cmocka_unit_test(test_recover_unreadable_segment),
 	    cmocka_unit_test(test_recover_read_error),
 	    cmocka_unit_test(test_sealed_segment_goes_at_last_mark),
+	    cmocka_unit_test(test_next_segment_made_ahead),
 	    cmocka_unit_test(test_finished_segment_goes_when_sealed),
 	    cmocka_unit_test(test_full_journal_refuses_until_a_segment_goes),
 	    cmocka_unit_test(test_many_threads),
