@@ -207,6 +207,34 @@ def unread_octets(port):
 
 # ---- all-local: at the commit, no spool ---------------------------------------------
 
+def send_from_sessions(p, nthreads, per, send, timeout=120):
+    """nthreads SMTP sessions at once, each calling send(session, t, i) for i < per; returns
+    {key: value} of what send returned as (key, value); every session must end cleanly."""
+    got, errors = {}, []
+    lock = threading.Lock()
+
+    def run(t):
+        try:
+            with smtp(p, timeout=timeout) as s:
+                s.ehlo("client.example")
+                for i in range(per):
+                    key, value = send(s, t, i)
+                    with lock:
+                        got[key] = value
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=5 * timeout)
+    assert not any(th.is_alive() for th in threads)
+    assert not errors, errors[:3]
+    assert len(got) == nthreads * per
+    return got
+
+
 def test_all_local_message_is_delivered_right_after_the_250(petrel, watch):
     w = watch(petrel)
     qid = send(petrel, "sender@example.org", "alice@localhost", BODY)
@@ -267,33 +295,18 @@ def test_several_local_recipients_and_an_alias_one_copy_each(petrel_factory, tmp
 def test_many_sessions_at_once_each_message_once(petrel, watch):
     """Parallel commits into the same Maildirs (sharing new/ flushes): none lost or doubled."""
     w = watch(petrel)
+
+    def send(s, t, i):
+        marker = f"PAR-{t}-{i}"
+        assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
+        for r in ("alice@localhost", f"user{i % 3}@localhost"):
+            assert s.docmd(f"RCPT TO:<{r}>")[0] == 250
+        code, resp = s.data(f"Subject: {marker}\r\n\r\n{marker}\r\n".encode())
+        assert code == 250, resp
+        return marker, queue_id(resp)
+
     nthreads, per = 8, 10
-    acked, errors = {}, []
-    lock = threading.Lock()
-
-    def run(t):
-        try:
-            with smtp(petrel) as s:
-                s.ehlo("client.example")
-                for i in range(per):
-                    marker = f"PAR-{t}-{i}"
-                    assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
-                    for r in ("alice@localhost", f"user{i % 3}@localhost"):
-                        assert s.docmd(f"RCPT TO:<{r}>")[0] == 250
-                    code, resp = s.data(f"Subject: {marker}\r\n\r\n{marker}\r\n".encode())
-                    assert code == 250, resp
-                    with lock:
-                        acked[marker] = queue_id(resp)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not errors, errors
-    assert len(acked) == nthreads * per
+    acked = send_from_sessions(petrel, nthreads, per, send)
     assert wait_for(lambda: len(petrel.messages("alice@localhost")) >= len(acked))
     for qid in acked.values():
         assert wait_log(petrel, rf"{qid}: to=<user\d@localhost>, relay=local, .*status=sent")
@@ -452,8 +465,6 @@ def test_batches_with_a_broken_maildir_deliver_the_rest_and_queue_its_messages(p
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a directory\n")
     nthreads, per = 10, 200
-    sent, errors = {}, []  # marker -> (recipient, queue id)
-    lock = threading.Lock()
 
     def rcpt_for(t, i):
         return broken if i % 40 == 3 + t else good[(t + i) % 2]
@@ -462,29 +473,15 @@ def test_batches_with_a_broken_maildir_deliver_the_rest_and_queue_its_messages(p
         return (f"Subject: {marker}\r\nMessage-ID: <{marker}@client.example>\r\n"
                 f"X-Marker: {marker}\r\n\r\nbody of {marker}\r\n..dot\r\nend\r\n").encode()
 
-    def run(t):
-        try:
-            with smtp(p, timeout=120) as s:
-                s.ehlo("client.example")
-                for i in range(per):
-                    marker, rcpt = f"BATCH-{t}-{i}", rcpt_for(t, i)
-                    assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
-                    assert s.docmd(f"RCPT TO:<{rcpt}>")[0] == 250
-                    code, resp = s.data(body_for(marker))
-                    assert code == 250, resp
-                    with lock:
-                        sent[marker] = (rcpt, queue_id(resp))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
+    def send(s, t, i):
+        marker, rcpt = f"BATCH-{t}-{i}", rcpt_for(t, i)
+        assert s.docmd("MAIL FROM:<load@example.org>")[0] == 250
+        assert s.docmd(f"RCPT TO:<{rcpt}>")[0] == 250
+        code, resp = s.data(body_for(marker))
+        assert code == 250, resp
+        return marker, (rcpt, queue_id(resp))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=600)
-    assert not any(th.is_alive() for th in threads)
-    assert not errors, errors[:3]
-    assert len(sent) == nthreads * per
+    sent = send_from_sessions(p, nthreads, per, send)  # marker -> (recipient, queue id)
     want = {a: {m for m, (r, _q) in sent.items() if r == a} for a in (*good, broken)}
     assert len(want[broken]) == nthreads * 5 and all(len(want[a]) > 900 for a in good)
     broken_ids = {sent[m][1] for m in want[broken]}

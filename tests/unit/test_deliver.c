@@ -23,7 +23,8 @@
 #include "deliver/deliver.h"
 #include "util/util_mem.h"
 
-#define BLOCK (64 * 1024) /* deliver_maildir.c reads the spool file in blocks of this size */
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define BLOCK	     (64 * 1024) /* deliver_maildir.c reads the spool file in blocks of this size */
 
 static char tmp_root[] = "/tmp/petrel-test-deliver-XXXXXX";
 #include "unit_tmpdir.h"
@@ -1106,32 +1107,35 @@ test_maildir_cache_follows_the_path(void **state)
 	free(dir);
 }
 
+/* Mailbox, domain and file names a delivery must refuse (permanently). */
+static const struct unsafe_case {
+	const char *domain, *user, *name;
+} unsafe_cases[] = {
+    {"example.org", ".x", "M"},
+    {"example.org", "..", "M"},
+    {"example.org", "a/b", "M"},
+    {"example.org", "", "M"},
+    {"example.org", "a\nb", "M"},
+    {"../etc", "x", "M"},
+    {".", "x", "M"},
+    {"", "x", "M"},
+    {"a/b", "x", "M"},
+    {"exa\x01mple", "x", "M"},
+    {"example.org", "x", "../M"},
+    {"example.org", "x", ".M"},
+    {"example.org", "x", "M:2,S"},
+    {"example.org", "x", ""},
+    {"example.org", "x", "a/b"},
+};
+
 static void
 test_maildir_unsafe_names(void **state)
 {
-	const struct {
-		const char *domain, *user, *name;
-	} cases[] = {
-	    {"example.org", ".x", "M"},
-	    {"example.org", "..", "M"},
-	    {"example.org", "a/b", "M"},
-	    {"example.org", "", "M"},
-	    {"example.org", "a\nb", "M"},
-	    {"../etc", "x", "M"},
-	    {".", "x", "M"},
-	    {"", "x", "M"},
-	    {"a/b", "x", "M"},
-	    {"exa\x01mple", "x", "M"},
-	    {"example.org", "x", "../M"},
-	    {"example.org", "x", ".M"},
-	    {"example.org", "x", "M:2,S"},
-	    {"example.org", "x", ""},
-	    {"example.org", "x", "a/b"},
-	};
+	const struct unsafe_case *cases = unsafe_cases;
 	char *dir = fresh_dir();
 	struct deliver_msg m = spool_msg(dir, "", "x\r\n", 3);
 
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+	for (size_t i = 0; i < ARRAY_LEN(unsafe_cases); i++) {
 		bool permanent = false;
 		char err[256] = "";
 
@@ -1663,25 +1667,7 @@ test_batch_skips_copy_already_read(void **state)
 static void
 test_batch_unsafe_names(void **state)
 {
-	const struct {
-		const char *domain, *user, *name;
-	} cases[] = {
-	    {"example.org", ".x", "M"},
-	    {"example.org", "..", "M"},
-	    {"example.org", "a/b", "M"},
-	    {"example.org", "", "M"},
-	    {"example.org", "a\nb", "M"},
-	    {"../etc", "x", "M"},
-	    {".", "x", "M"},
-	    {"", "x", "M"},
-	    {"a/b", "x", "M"},
-	    {"exa\x01mple", "x", "M"},
-	    {"example.org", "x", "../M"},
-	    {"example.org", "x", ".M"},
-	    {"example.org", "x", "M:2,S"},
-	    {"example.org", "x", ""},
-	    {"example.org", "x", "a/b"},
-	};
+	const struct unsafe_case *cases = unsafe_cases;
 	char *dir = fresh_dir();
 	char *root = path_join(dir, "mail");
 	char *block;
@@ -1691,7 +1677,7 @@ test_batch_unsafe_names(void **state)
 	char p[512];
 
 	batch_add_ok(b, root, "example.org", "amy", "U0", &a);
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+	for (size_t i = 0; i < ARRAY_LEN(unsafe_cases); i++) {
 		bool permanent = false;
 
 		err[0] = '\0';
