@@ -509,9 +509,23 @@ struct pending {
 	char name[NAME_MAX_LEN + 1];
 };
 
+/*
+ * A filesystem the batch writes to, with a descriptor of its own for
+ * syncfs(2): a write-back error is reported once per open file, so a
+ * descriptor shared with other threads (the cache's) could let another
+ * batch's syncfs take the error this one must see.  Opened before the
+ * batch's first copy there, it sees every error since.
+ */
+struct filesystem {
+	dev_t dev;
+	int fd;
+};
+
 struct deliver_batch {
 	struct box *boxes;
 	size_t nboxes, boxes_cap;
+	struct filesystem *fss;
+	size_t nfss, fss_cap;
 	struct pending *v;
 	size_t len, cap;
 	size_t group;	 /* of the copies added next */
@@ -522,6 +536,27 @@ static const struct maildir *
 box_md(const struct deliver_batch *b, size_t i)
 {
 	return b->boxes[i].c != NULL ? &b->boxes[i].c->md : &b->boxes[i].own;
+}
+
+/* Registers the filesystem dev (dir_fd is a directory on it) unless known already. */
+static int
+fs_add(struct deliver_batch *b, dev_t dev, int dir_fd)
+{
+	int fd;
+
+	for (size_t i = 0; i < b->nfss; i++)
+		if (b->fss[i].dev == dev)
+			return 0;
+	fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (b->nfss == b->fss_cap) {
+		b->fss_cap = b->fss_cap ? 2 * b->fss_cap : 2;
+		b->fss = xrealloc(b->fss, b->fss_cap * sizeof(*b->fss));
+	}
+	b->fss[b->nfss].dev = dev;
+	b->fss[b->nfss++].fd = fd;
+	return 0;
 }
 
 /* The batch's box for this Maildir, looked up (cache, or opened) on first use; or -1. */
@@ -562,6 +597,13 @@ box_get(struct deliver_batch *b, const char *mail_root, const char *domain, cons
 		return -1;
 	}
 	bx.dev = st.st_dev;
+	if (fs_add(b, bx.dev, bx.c != NULL ? bx.c->md.tmp : bx.own.tmp) < 0) {
+		fail(err, err_cap, "tmp/: %s", strerror(errno));
+		if (bx.c != NULL)
+			cache_put(bx.c, false);
+		maildir_close(&bx.own);
+		return -1;
+	}
 	bx.mail_root = xstrdup(mail_root);
 	bx.domain = xstrdup(domain);
 	bx.user = xstrdup(user);
@@ -708,16 +750,12 @@ deliver_batch_rollback(struct deliver_batch *b, size_t len)
 static int
 sync_filesystems(const struct deliver_batch *b, enum copy_state state)
 {
-	for (size_t k = 0; k < b->len; k++) {
-		const struct box *bx = &b->boxes[b->v[k].box];
-		const struct maildir *md = box_md(b, b->v[k].box);
-		bool seen = false;
+	for (size_t i = 0; i < b->nfss; i++) {
+		bool used = false;
 
-		if (b->v[k].state != state)
-			continue;
-		for (size_t j = 0; j < k && !seen; j++)
-			seen = b->v[j].state == state && b->boxes[b->v[j].box].dev == bx->dev;
-		if (!seen && syncfs(state == COPY_NEW ? md->new_dir : md->tmp) < 0)
+		for (size_t k = 0; k < b->len && !used; k++)
+			used = b->v[k].state == state && b->boxes[b->v[k].box].dev == b->fss[i].dev;
+		if (used && syncfs(b->fss[i].fd) < 0)
 			return -1;
 	}
 	return 0;
@@ -842,6 +880,9 @@ deliver_batch_free(struct deliver_batch *b)
 		free(bx->domain);
 		free(bx->user);
 	}
+	for (size_t i = 0; i < b->nfss; i++)
+		close(b->fss[i].fd);
+	free(b->fss);
 	free(b->boxes);
 	free(b->v);
 	free(b);

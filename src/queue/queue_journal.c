@@ -243,6 +243,9 @@ journal_recover(struct journal *j,
 		}
 		s.done.len = 0;
 		whole = jrec_scan(buf, len, jrec_collect_done, &s.done);
+		/* The zeros of a segment's allocated room (seg_prefill) are no torn write. */
+		while (len > whole && buf[len - 1] == '\0')
+			len--;
 		if (whole < len)
 			log_warn("journal/%s: %zu octet(s) after the last whole record ignored (a "
 				 "write a crash cut short is never acknowledged)",
@@ -326,32 +329,21 @@ reap(struct journal *j)
 }
 
 /*
- * A new segment is written full of zeros (SEG_MAX octets) and flushed before
- * it takes a message: its blocks are then allocated and its size is on disk,
- * so the flush of each record writes that record's pages and nothing else (an
- * appended file's flush also writes the inode, the block bitmap and the
- * group's descriptor, one synchronous write after the other).  Zeros are
- * where a scan stops (queue_jrec), as at the end of a file.
+ * A new segment has its SEG_MAX octets allocated (fallocate) and flushed
+ * before it takes a message: its size and blocks are then on disk, so the
+ * flush of each record no longer writes the block bitmap and the group's
+ * descriptor and grows no size (an appended file's flush on ext4 without a
+ * journal writes them one synchronous write after the other).  Allocated
+ * blocks read as zeros, where a scan stops (queue_jrec), as at the end of a
+ * file.  (Writing the zeros out saved a little more per flush but doubled
+ * the journal's writes: 64 KiB messages lost more than 1 KiB ones gained.)
+ * A filesystem without fallocate gets a plain file, as before.
  */
 static int
 seg_prefill(int fd)
 {
-	static const char zeros[64 * 1024];
-	struct iovec iov[16];
-
-	for (int i = 0; i < 16; i++) {
-		iov[i].iov_base = (void *)zeros;
-		iov[i].iov_len = sizeof(zeros);
-	}
-	for (off_t off = 0; off < SEG_MAX;) {
-		ssize_t n = pwritev(fd, iov, 16, off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		off += n; /* a short write: the rest from the next turn (zeros are zeros) */
-	}
+	if (fallocate(fd, 0, 0, SEG_MAX) != 0 && errno != EOPNOTSUPP)
+		return -1;
 	return fdatasync(fd);
 }
 
@@ -374,7 +366,7 @@ seg_new(struct journal *j)
 	}
 	seg_name(name, j->next_seq);
 	if (j->spare_fd >= 0 && renameat(j->dir_fd, SPARE_NAME, j->dir_fd, name) == 0) {
-		fd = j->spare_fd; /* made ahead: no wait for zeros to be written */
+		fd = j->spare_fd; /* made ahead: no wait for its allocation to be flushed */
 	} else {
 		fd = openat(j->dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
 			    0600);
@@ -531,7 +523,7 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 
 /*
  * Lock not held: makes the spare segment a new one will be (seg_new), so
- * that no commit waits for 4 MiB of zeros to be written.  One thread at a
+ * that no commit waits for its allocation to be flushed.  One thread at a
  * time: the one that found spare_wanted set.
  */
 static void

@@ -187,7 +187,7 @@ out:
  * A message for more mailboxes than this goes the queue's way, whose
  * deliverer writes one copy at a time: a batch holds its Maildirs open.
  */
-#define DIRECT_TARGETS_MAX 64
+#define DIRECT_TARGETS_MAX 16
 /* A batch is committed before the next message once it names this many Maildirs. */
 #define BATCH_MAILDIRS_MAX 16
 

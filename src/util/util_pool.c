@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +36,10 @@ struct util_pool {
 };
 
 /*
- * A worker runs its lane's jobs in order.  The background lane's run at the
- * lowest CPU priority there is (SCHED_IDLE; nice 19 should that be refused),
- * so that work someone waits on (a client's 250) goes first when the CPU is
- * short and takes the CPU back at once when it wakes: only ever lowered, so
- * no privilege is needed and none is kept.
+ * A worker runs its lane's jobs in order.  The background lane's run at a
+ * lower CPU priority, so that work someone waits on (a client's 250) goes
+ * first when the CPU is short: only ever lowered, so no privilege is needed
+ * and none is kept.
  */
 static void *
 worker(void *arg)
@@ -51,14 +49,8 @@ worker(void *arg)
 
 	/* Named for top -H and perf: which kind of work takes the CPU. */
 	pthread_setname_np(pthread_self(), l->nice != 0 ? "petrel-bg" : "petrel-worker");
-	if (l->nice != 0) {
-		struct sched_param sp = {0};
-
-		if (setpriority(PRIO_PROCESS, (id_t)gettid(), l->nice) != 0)
-			log_warn("worker priority: %s", strerror(errno));
-		if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0)
-			log_warn("background worker SCHED_IDLE: %s", strerror(errno));
-	}
+	if (l->nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), l->nice) != 0)
+		log_warn("worker priority: %s", strerror(errno));
 	for (;;) {
 		struct util_pool_job *job;
 

@@ -33,7 +33,7 @@ void util_pool_free(struct util_pool *p);
 void util_pool_submit(struct util_pool *p, struct util_pool_job *job);
 /*
  * Work that may wait: runs, in order, on the background workers, which run
- * at the lowest CPU priority (SCHED_IDLE).  util_pool_stop() runs these too.
+ * at a lower CPU priority than the others.  util_pool_stop() runs these too.
  */
 void util_pool_submit_background(struct util_pool *p, struct util_pool_job *job);
 /* Any thread: the job's work is over; its done function runs at the next util_pool_dispatch(). */

@@ -543,7 +543,7 @@ test_append_one(void **state)
 
 		snprintf(path, sizeof(path), "%s/%s", s.jdir, names[0]);
 		assert_int_equal(stat(path, &st), 0);
-		/* Made full of zeros (4 MiB) before the first record: no growth, no allocation. */
+		/* Allocated (4 MiB, reading as zeros) before the first record: no growth. */
 		assert_int_equal(st.st_size, 4 << 20);
 	}
 
@@ -960,7 +960,7 @@ fill_first_segment(struct journal *j, struct journal_seg **segs, char ids[][UTIL
 }
 
 /*
- * The next segment is made ahead (".next": 4 MiB of zeros) by the append
+ * The next segment is made ahead (".next": 4 MiB allocated, zeros) by the append
  * that took a new one, and becomes the segment after it by a rename; a
  * ".next" left by a stop is removed at open, the one unused at close.
  */
