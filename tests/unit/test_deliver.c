@@ -1252,6 +1252,15 @@ box_path(char *buf, size_t cap, const char *dir, const char *domain, const char 
 	return buf;
 }
 
+/* How many entries <dir>/<domain>/<user>/<sub> has. */
+static size_t
+box_count(const char *dir, const char *domain, const char *user, const char *sub)
+{
+	char p[512];
+
+	return count_entries(box_path(p, sizeof(p), dir, domain, user, sub));
+}
+
 /* Adds one copy, which must succeed; returns the batch's length after it. */
 static size_t
 batch_add_ok(struct deliver_batch *b, const char *dir, const char *domain, const char *user,
@@ -1382,7 +1391,6 @@ test_batch_rollback(void **state)
 	struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3);
 	struct deliver_batch *b = deliver_batch_new();
 	char err[256] = "";
-	char p[512];
 	size_t mark;
 
 	/* Nothing added: a rollback to 0 is harmless. */
@@ -1398,19 +1406,15 @@ test_batch_rollback(void **state)
 	deliver_batch_rollback(b, 5);
 	deliver_batch_rollback(b, 9);
 	assert_int_equal(deliver_batch_len(b), 5);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 3);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 3);
 
 	deliver_batch_rollback(b, mark);
 	assert_int_equal(deliver_batch_len(b), mark);
 	check_delivered(dir, "example.org/amy/tmp/R1", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/tmp/R2", &s, "S\r\n", 3);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "tmp")),
-			 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 2);
+	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "cat", "tmp"), 0);
 
 	/* Added after the rollback (one name again): in the batch like the others. */
 	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "R4", &a), 3);
@@ -1418,23 +1422,15 @@ test_batch_rollback(void **state)
 	check_delivered(dir, "example.org/amy/new/R1", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/new/R2", &s, "S\r\n", 3);
 	check_delivered(dir, "example.org/ben/new/R4", &a, "A\r\n", 3);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "new")),
-			 1);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "new")),
-			 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 1);
+	assert_int_equal(box_count(dir, "example.net", "cat", "new"), 0);
 	deliver_batch_free(b);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "new")),
-			 1);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "cat", "tmp")),
-			 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "cat", "tmp"), 0);
 
 	/* Rolled back to nothing, the commit delivers nothing. */
 	b = deliver_batch_new();
@@ -1443,10 +1439,8 @@ test_batch_rollback(void **state)
 	assert_int_equal(deliver_batch_len(b), 0);
 	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
 	deliver_batch_free(b);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
 	close(s.body_fd);
 	free(block);
 	free(dir);
@@ -1462,24 +1456,17 @@ test_batch_free_without_commit(void **state)
 	struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3);
 	struct deliver_batch *b = deliver_batch_new();
 	char err[256] = "";
-	char p[512];
 
 	batch_add_ok(b, dir, "example.org", "amy", "F1", &a);
 	batch_add_ok(b, dir, "example.org", "amy", "F2", &s);
 	assert_int_equal(batch_add_ok(b, dir, "example.net", "ben", "F3", &a), 3);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 2);
+	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 1);
 	deliver_batch_free(b);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "new")),
-			 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
 
 	/* Nothing added at all. */
 	b = deliver_batch_new();
@@ -1523,8 +1510,7 @@ test_batch_commit_fails_part_way(void **state)
 			fail_msg("how %d: no error text", how);
 		assert_non_null(strstr(err, "C2"));
 		/* amy's C1 was renamed before ben's failed: not left in new/ */
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")), 0);
+		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
 		if (how == 1) {
 			size_t len;
 			char *got = read_all(
@@ -1536,12 +1522,9 @@ test_batch_commit_fails_part_way(void **state)
 			free(got);
 		}
 		deliver_batch_free(b);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")), 0);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")), 0);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, "example.net", "ben", "tmp")), 0);
+		assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+		assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
 
 		/* Repaired, ben's Maildir (looked up afresh) takes the message again. */
 		box_path(p, sizeof(p), dir, "example.net", "ben", "new");
@@ -1588,15 +1571,11 @@ test_batch_failed_group_leaves_the_others(void **state)
 	check_delivered(dir, "example.org/amy/new/C1", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/cal/new/C4", &a, "A\r\n", 3);
 	/* amy's C2 was renamed before ben's C3 failed: taken back. */
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 1);
 	deliver_batch_free(b);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "ben", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 1);
 	free(block);
 	free(dir);
 }
@@ -1616,7 +1595,7 @@ test_batch_skips_copy_already_read(void **state)
 	struct deliver_batch *b = deliver_batch_new();
 	bool permanent = true;
 	char err[256] = "";
-	char p[512], seen[512];
+	char seen[512];
 	size_t len;
 	char *got;
 
@@ -1628,8 +1607,7 @@ test_batch_skips_copy_already_read(void **state)
 			 0);
 	assert_false(permanent);
 	assert_int_equal(deliver_batch_len(b), 1);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 1);
 	/* Also in a batch of its own. */
 	{
 		struct deliver_batch *b2 = deliver_batch_new();
@@ -1647,12 +1625,9 @@ test_batch_skips_copy_already_read(void **state)
 	deliver_batch_free(b);
 	check_delivered(dir, "example.org/amy/new/K0", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/new/K1", &a, "A\r\n", 3);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 0);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "cur")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "cur"), 1);
 	got = read_all(seen, &len);
 	assert_non_null(got);
 	assert_int_equal(len, 12);
@@ -1753,10 +1728,8 @@ test_batch_failed_add_leaves_the_rest(void **state)
 	check_delivered(dir, "example.org/amy/new/E1", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/new/E4", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/ben/new/E5", &a, "A\r\n", 3);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "new")),
-			 2);
-	assert_int_equal(count_entries(box_path(p, sizeof(p), dir, "example.org", "amy", "tmp")),
-			 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 1);
 	got = read_all(left, &len);
 	assert_non_null(got);
 	assert_int_equal(len, 15);
