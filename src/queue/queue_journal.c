@@ -54,7 +54,7 @@ struct journal {
 	struct journal_seg *dead; /* retired, to be removed by reap() */
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
-	int spare_fd;	   /* SPARE_NAME, filled and flushed, for the next segment; or -1 */
+	int spare_fd;	   /* SPARE_NAME, allocated and flushed, for the next segment; or -1 */
 	bool spare_wanted; /* a worker is to make it once out of the lock */
 	bool spare_making; /* one is making it */
 };
