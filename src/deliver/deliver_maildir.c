@@ -495,8 +495,7 @@ struct box {
 	struct cached *c;   /* NULL: own holds the directories */
 	struct maildir own; /* opened for this batch only (every cache slot was in use) */
 	dev_t dev;	    /* the filesystem of its tmp/ */
-	bool retired;	    /* a write failed: later copies look the Maildir up afresh */
-	bool stale;	    /* ... and c must not be used again */
+	bool retired; /* a write failed: later copies look the Maildir up afresh, c is not reused */
 };
 
 /* A copy: in tmp/, renamed into new/, delivered, or taken back (its group failed). */
@@ -712,7 +711,7 @@ deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *do
 		if (b->boxes[i].c == NULL)
 			return -1;
 		/* Whatever went wrong, once more with the directories looked up afresh. */
-		b->boxes[i].retired = b->boxes[i].stale = true;
+		b->boxes[i].retired = true;
 		if ((i = box_get(b, mail_root, domain, user, true, err, err_cap)) < 0 ||
 		    write_tmp_file(box_md(b, (size_t)i), name, m, &skip, err, err_cap) < 0)
 			return -1;
@@ -874,7 +873,7 @@ deliver_batch_free(struct deliver_batch *b)
 		struct box *bx = &b->boxes[i];
 
 		if (bx->c != NULL)
-			cache_put(bx->c, bx->stale);
+			cache_put(bx->c, bx->retired);
 		maildir_close(&bx->own);
 		free(bx->mail_root);
 		free(bx->domain);

@@ -57,17 +57,17 @@ struct queue_msg {
 	bool spilled; /* the message goes to tmp/ID (mem is no longer used) */
 	int fd;	      /* tmp/ID once created, worker threads only */
 	bool created;
-	void *direct_ctx;	  /* queue_msg_direct(): offered to q->direct at the commit */
-	bool delivered;		  /* the commit delivered it (queue_set_direct): never spooled */
-	struct journal_seg *jseg; /* acknowledged in the journal; delivery follows */
-	bool no_journal;	  /* the journal's flush failed for it: commit without */
-	uint64_t retry_ms;	  /* journaled, neither delivered nor spooled: try again then */
-	unsigned direct_tries;	  /* offers to q->direct so far */
-	struct queue_msg *next_stuck; /* on q->stuck, or waiting for a direct batch */
-	int err;		      /* first write error; sticks */
-	size_t pending;		      /* octets appended, not yet written */
-	bool busy;		      /* an op is on the pool */
-	bool detached;		      /* callbacks dropped */
+	void *direct_ctx;	     /* queue_msg_direct(): offered to q->direct at the commit */
+	bool delivered;		     /* the commit delivered it (queue_set_direct): never spooled */
+	struct journal_seg *jseg;    /* acknowledged in the journal; delivery follows */
+	bool no_journal;	     /* the journal's flush failed for it: commit without */
+	uint64_t retry_ms;	     /* journaled, neither delivered nor spooled: try again then */
+	unsigned direct_tries;	     /* offers to q->direct so far */
+	struct queue_msg *next_wait; /* on q->stuck, or waiting for a direct batch */
+	int err;		     /* first write error; sticks */
+	size_t pending;		     /* octets appended, not yet written */
+	bool busy;		     /* an op is on the pool */
+	bool detached;		     /* callbacks dropped */
 	struct msg_op *ops_head, *ops_tail;
 };
 
@@ -636,7 +636,7 @@ direct_kick(struct queue *q)
 		if (q->closing) {
 			struct queue_msg *m = q->direct_head;
 
-			q->direct_head = m->next_stuck;
+			q->direct_head = m->next_wait;
 			atomic_fetch_add(&q->left, 1);
 			msg_free(m); /* still in the journal: the next start queues it */
 			continue;
@@ -647,7 +647,7 @@ direct_kick(struct queue *q)
 		b->q = q;
 		while (q->direct_head != NULL && b->n < DIRECT_BATCH_MAX) {
 			b->m[b->n++] = q->direct_head;
-			q->direct_head = q->direct_head->next_stuck;
+			q->direct_head = q->direct_head->next_wait;
 		}
 		q->direct_batches++;
 		util_pool_submit_background(q->pool, &b->job);
@@ -678,9 +678,9 @@ msg_deliver_later(struct queue_msg *m)
 		queue_schedule_journaled(q, m);
 		return;
 	}
-	m->next_stuck = NULL;
+	m->next_wait = NULL;
 	if (q->direct_tail != NULL)
-		q->direct_tail->next_stuck = m;
+		q->direct_tail->next_wait = m;
 	else
 		q->direct_head = m;
 	q->direct_tail = m;
@@ -734,7 +734,7 @@ msg_stuck(struct queue_msg *m)
 		return;
 	}
 	m->retry_ms = util_now_ms() + (uint64_t)q->limits.retry_min_s * 1000;
-	m->next_stuck = q->stuck;
+	m->next_wait = q->stuck;
 	q->stuck = m;
 }
 
@@ -749,11 +749,11 @@ queue_stuck_retry(struct queue *q, bool all)
 		struct queue_msg *m = *p;
 
 		if (!all && m->retry_ms > now) {
-			p = &m->next_stuck;
+			p = &m->next_wait;
 			continue;
 		}
-		*p = m->next_stuck;
-		m->next_stuck = NULL;
+		*p = m->next_wait;
+		m->next_wait = NULL;
 		msg_deliver_later(m);
 	}
 }
@@ -763,7 +763,7 @@ queue_stuck_due_ms(const struct queue *q)
 {
 	uint64_t now = util_now_ms(), first = UINT64_MAX;
 
-	for (const struct queue_msg *m = q->stuck; m != NULL; m = m->next_stuck)
+	for (const struct queue_msg *m = q->stuck; m != NULL; m = m->next_wait)
 		if (m->retry_ms < first)
 			first = m->retry_ms;
 	if (first == UINT64_MAX)
@@ -1160,7 +1160,7 @@ queue_close(struct queue *q)
 	while (q->stuck != NULL) {
 		struct queue_msg *m = q->stuck;
 
-		q->stuck = m->next_stuck;
+		q->stuck = m->next_wait;
 		atomic_fetch_add(&q->left, 1);
 		msg_free(m); /* still in the journal: the next start queues it */
 	}
