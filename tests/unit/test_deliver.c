@@ -799,6 +799,46 @@ mem_msg(const char *body, size_t len, size_t prefix_len, bool first_copy, char *
 	return m;
 }
 
+/*
+ * Odd octets through the run-by-run CRLF conversion, from memory and from a
+ * spool file, compared with the file written literally: NULs pass, a bare LF
+ * stays, a CR not before an LF stays, CR CR LF keeps the first CR, a CR last
+ * stays; the headers come first, in the same write.
+ */
+static void
+test_maildir_odd_octets(void **state)
+{
+	static const char body[] = "a\0b\r\n\0\0\r\nbare\nlf\r\rcr\r\nx\r\0y\r";
+	static const char want[] = "Return-Path: <a@remote.test>\nDelivered-To: u@d\n"
+				   "a\0b\n\0\0\nbare\nlf\r\rcr\nx\r\0y\r";
+	char *dir = fresh_dir();
+	char *block, *got;
+	struct deliver_msg mem = mem_msg(body, sizeof(body) - 1, 3, true, &block);
+	struct deliver_msg file = spool_msg(dir, "HEADER\n", body, sizeof(body) - 1);
+	bool permanent = true;
+	char err[256] = "", p[512];
+	size_t len;
+
+	file.headers = mem.headers;
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "oct", "MEM", &mem, &permanent,
+					       err, sizeof(err)),
+			 0);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "oct", "FILE", &file, &permanent,
+					       err, sizeof(err)),
+			 0);
+	for (int i = 0; i < 2; i++) {
+		snprintf(p, sizeof(p), "%s/example.org/oct/new/%s", dir, i == 0 ? "MEM" : "FILE");
+		got = read_all(p, &len);
+		assert_non_null(got);
+		assert_int_equal(len, sizeof(want) - 1);
+		assert_memory_equal(got, want, sizeof(want) - 1);
+		free(got);
+	}
+	close(file.body_fd);
+	free(block);
+	free(dir);
+}
+
 static void
 run_block_edges(bool in_memory)
 {
@@ -1755,6 +1795,7 @@ main(void)
 	    cmocka_unit_test(test_empty_db),
 	    cmocka_unit_test(test_many_users),
 	    cmocka_unit_test(test_maildir_write),
+	    cmocka_unit_test(test_maildir_odd_octets),
 	    cmocka_unit_test(test_maildir_block_edges),
 	    cmocka_unit_test(test_maildir_block_edges_memory),
 	    cmocka_unit_test(test_maildir_memory_body),
