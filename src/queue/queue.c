@@ -60,7 +60,7 @@ struct queue_msg {
 	void *direct_ctx;	     /* queue_msg_direct(): offered to q->direct at the commit */
 	bool delivered;		     /* the commit delivered it (queue_set_direct): never spooled */
 	struct journal_seg *jseg;    /* acknowledged in the journal; delivery follows */
-	bool no_journal;	     /* the journal's flush failed for it: commit without */
+	bool no_journal;	     /* the journal did not make it durable: commit without */
 	uint64_t retry_ms;	     /* journaled, neither delivered nor spooled: try again then */
 	unsigned direct_tries;	     /* offers to q->direct so far */
 	struct queue_msg *next_wait; /* on q->stuck, or waiting for a direct batch */
@@ -410,7 +410,16 @@ flush:
 	return err;
 }
 
-/* Any thread: the journal's flush covered (or failed) the commit op's message. */
+/* A message the journal refused for want of room: said once until there is room again. */
+static void
+journal_full_note(struct queue *q)
+{
+	if (!atomic_exchange(&q->journal_full, true))
+		log_info("journal: full of messages still in delivery; messages are queued "
+			 "without it until they finish");
+}
+
+/* Journal's writer thread: the flush covered (or failed) the commit op's message. */
 static void
 journal_flushed(struct journal_wait *w)
 {
@@ -423,21 +432,26 @@ journal_flushed(struct journal_wait *w)
 		util_pool_complete(m->q->pool, &op->job);
 		return;
 	}
+	if (w->err == EAGAIN)
+		journal_full_note(m->q);
+	else if (w->seg == NULL)
+		log_warn("%s: journal: %s; committing without it", m->id, strerror(w->err));
 	/*
-	 * The flush failed: the commit starts over without the journal, under the
-	 * same id, so that the record, should it come back after a restart, is
-	 * known for the same message (its Maildir copies carry the id).
+	 * Not in the journal: the commit goes on the way it would without one,
+	 * under the same id, so that a record a failed flush may have left, should
+	 * it come back after a restart, is known for the same message (its
+	 * Maildir copies carry the id).
 	 */
 	m->no_journal = true;
 	util_pool_submit(m->q->pool, &op->job);
 }
 
 /*
- * Worker, at the commit: puts a message held in memory into the journal.
- * True when it is written there: the op completes once the shared flush
- * has made it durable (journal_flushed), and its delivery follows the 250
- * (msg_deliver_later).  False when the journal cannot take it: the commit goes on
- * the way it would without a journal.
+ * Loop, at the commit: hands a message held in memory to the journal.  True
+ * when it took it: the op completes once the shared flush has made it
+ * durable (journal_flushed), and its delivery follows the 250
+ * (msg_deliver_later).  False when the journal cannot take it: the commit goes
+ * on a worker the way it would without a journal.
  */
 static bool
 msg_journal(struct queue_msg *m, struct msg_op *op)
@@ -447,14 +461,12 @@ msg_journal(struct queue_msg *m, struct msg_op *op)
 	size_t lens[2] = {m->header.len, m->mem_len};
 	int err;
 
-	if (q->journal == NULL || m->no_journal)
+	if (q->journal == NULL || m->no_journal || m->err != 0 || m->spilled)
 		return false;
 	op->jwait.done = journal_flushed;
 	err = journal_append(q->journal, m->id, parts, lens, 2, &op->jwait);
 	if (err == EAGAIN) {
-		if (!atomic_exchange(&q->journal_full, true))
-			log_info("journal: full of messages still in delivery; messages are queued "
-				 "without it until they finish");
+		journal_full_note(q);
 		return false;
 	}
 	if (err != 0) {
@@ -482,8 +494,7 @@ op_run(struct util_pool_job *job)
 		op->err = m->err;
 		break;
 	case OP_COMMIT:
-		if (m->err == 0 && !m->spilled && msg_journal(m, op))
-			return; /* journal_flushed() completes the op */
+		/* Not taken by the journal (msg_kick), or taken and not made durable there. */
 		if (m->err == 0 && !m->spilled && q->direct != NULL && m->direct_ctx != NULL) {
 			if (msg_deliver_direct(m)) {
 				m->delivered = true;
@@ -805,10 +816,15 @@ op_done(struct util_pool_job *job)
 static void
 msg_kick(struct queue_msg *m)
 {
-	if (m->busy || m->ops_head == NULL || m->q->closing)
+	struct msg_op *op = m->ops_head;
+
+	if (m->busy || op == NULL || m->q->closing)
 		return;
 	m->busy = true;
-	util_pool_submit(m->q->pool, &m->ops_head->job);
+	/* The journal's writer does the disk work: no worker in between. */
+	if (op->kind == OP_COMMIT && msg_journal(m, op))
+		return;
+	util_pool_submit(m->q->pool, &op->job);
 }
 
 /* Queues an op; data (len octets) becomes the op's own. */
@@ -1136,6 +1152,7 @@ queue_close(struct queue *q)
 		return;
 	q->closing = true;
 	atomic_store(&q->stopping, true);
+	journal_stop(q->journal); /* commits in it finish (or go to the workers) */
 	if (q->pool != NULL)
 		util_pool_stop(q->pool); /* workers finish their jobs */
 	if (q->pool != NULL) {

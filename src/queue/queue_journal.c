@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@
  * the journal's disk (64 MiB); beyond it messages take the queue's way.
  */
 #define SEGS_MAX  16
-#define PARTS_MAX 4
+#define PARTS_MAX JOURNAL_PARTS_MAX
 
 struct journal_seg {
 	uint64_t seq;
@@ -44,8 +45,7 @@ struct journal_seg {
 };
 
 struct journal {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	pthread_mutex_t lock; /* the segments, their waiters, the spare */
 	int dir_fd;
 	uint64_t next_seq;
 	struct journal_seg *cur;  /* where messages go; NULL until the first */
@@ -55,8 +55,20 @@ struct journal {
 	uint64_t *found;	  /* journal_recover: segments read, for journal_clear */
 	size_t found_len;
 	int spare_fd;	   /* SPARE_NAME, allocated and flushed, for the next segment; or -1 */
-	bool spare_wanted; /* a worker is to make it once out of the lock */
-	bool spare_making; /* one is making it */
+	bool spare_wanted; /* the writer is to make it once out of the lock */
+	atomic_bool room;  /* room_update(), as of the last change under lock */
+	/*
+	 * The writer thread (started by the first append) and what waits for it,
+	 * under a lock of their own: an append never waits behind the disk work
+	 * done under lock (a new segment, a mark) — it may come from the event loop.
+	 */
+	pthread_mutex_t pend_lock;
+	pthread_cond_t cond; /* the writer waits on it */
+	pthread_t writer;
+	bool writer_started;
+	bool writer_idle; /* waiting on cond: the next append signals it */
+	bool stopping;	  /* journal_stop: write what waits, then end */
+	struct journal_wait *pend_head, *pend_tail; /* appended, not yet written */
 };
 
 /* The next segment, made ahead; not a segment's name, so recovery and readers pass it by. */
@@ -107,7 +119,9 @@ journal_open(int spool_fd, char *err, size_t err_cap)
 	}
 	j = xcalloc(1, sizeof(*j));
 	pthread_mutex_init(&j->lock, NULL);
+	pthread_mutex_init(&j->pend_lock, NULL);
 	pthread_cond_init(&j->cond, NULL);
+	atomic_init(&j->room, true);
 	j->dir_fd = fd;
 	j->next_seq = 1;
 	j->spare_fd = -1;
@@ -383,7 +397,7 @@ seg_new(struct journal *j)
 		}
 	}
 	j->spare_fd = -1;
-	j->spare_wanted = !j->spare_making; /* journal_append makes the next, out of the lock */
+	j->spare_wanted = true; /* the writer makes the next, out of the lock */
 	if (fd < 0)
 		return NULL;
 	if (fsync(j->dir_fd) != 0) {
@@ -459,10 +473,9 @@ seg_mark(struct journal_seg *seg, const char *id)
 }
 
 /*
- * Lock held, seg->syncing set by the caller: the leader.  Flushes while
- * anyone waits, each flush covering every record written before it began,
- * and tells the waiters it covered.  Records written during a flush wait for
- * the next one, so the batch grows with the load.
+ * Lock held, seg->syncing set by the caller (the writer).  Flushes what
+ * waits on seg, the lock released meanwhile, and tells the waiters it
+ * covered (or, when it failed, every waiter: nothing unflushed is trusted).
  */
 static void
 seg_flush(struct journal *j, struct journal_seg *seg)
@@ -523,8 +536,8 @@ seg_flush(struct journal *j, struct journal_seg *seg)
 
 /*
  * Lock not held: makes the spare segment a new one will be (seg_new), so
- * that no commit waits for its allocation to be flushed.  One thread at a
- * time: the one that found spare_wanted set.
+ * that no commit waits for its allocation to be flushed.  The writer, once
+ * a new segment was taken.
  */
 static void
 spare_make(struct journal *j)
@@ -540,74 +553,230 @@ spare_make(struct journal *j)
 	}
 	pthread_mutex_lock(&j->lock);
 	j->spare_fd = fd;
-	j->spare_making = false;
 	pthread_mutex_unlock(&j->lock);
+}
+
+/*
+ * Lock held, after a change: whether a message now would find room (no
+ * EAGAIN from seg_new), for journal_append to read without the lock.
+ */
+static void
+room_update(struct journal *j)
+{
+	const struct journal_seg *c = j->cur;
+	bool room;
+
+	if (c != NULL && !c->sealed && c->len < SEG_MAX)
+		room = true;
+	else if (c != NULL && c->finished == c->records)
+		room = j->segs_len <= SEGS_MAX; /* full and finished: it goes for the next */
+	else
+		room = j->segs_len < SEGS_MAX;
+	atomic_store(&j->room, room);
+}
+
+/* Lock held: tells each of list (not written) that it failed with err. */
+static void
+tell_failed(struct journal *j, struct journal_wait *list, int err)
+{
+	pthread_mutex_unlock(&j->lock);
+	while (list != NULL) {
+		struct journal_wait *w = list;
+
+		list = w->next; /* w may be gone once told */
+		w->next = NULL;
+		w->seg = NULL;
+		w->err = err;
+		w->done(w);
+	}
+	pthread_mutex_lock(&j->lock);
+}
+
+/* The octets of w's record. */
+static size_t
+rec_len(const struct journal_wait *w)
+{
+	size_t len = sizeof(w->head);
+
+	for (size_t i = 0; i < w->nparts; i++)
+		len += w->lens[i];
+	return len;
+}
+
+/* iovecs in one write of the writer: IOV_MAX is 1024. */
+#define BATCH_IOV 512
+
+/*
+ * Lock held: the writer.  Writes the records of list, as many as one write
+ * takes at a time, at the end of the current segment (a new one when it is
+ * full), flushes them (one fdatasync for all of them) and tells them.
+ */
+static void
+write_batch(struct journal *j, struct journal_wait *list)
+{
+	while (list != NULL) {
+		struct iovec iov[BATCH_IOV];
+		struct journal_seg *seg = j->cur;
+		struct journal_wait *w, *last = NULL;
+		size_t n = 0;
+		int iovcnt = 0, err;
+		uint64_t end;
+
+		if (seg == NULL || seg->sealed || seg->len >= SEG_MAX)
+			seg = seg_new(j);
+		if (seg == NULL) {
+			tell_failed(j, list, errno);
+			return;
+		}
+		/* The first record always; more while the iovecs last and the segment has room. */
+		end = seg->len;
+		for (w = list; w != NULL; w = w->next) {
+			if (w != list &&
+			    (iovcnt + 1 + (int)w->nparts > BATCH_IOV || end >= SEG_MAX))
+				break;
+			iov[iovcnt].iov_base = w->head;
+			iov[iovcnt++].iov_len = sizeof(w->head);
+			for (size_t i = 0; i < w->nparts; i++) {
+				iov[iovcnt].iov_base = (void *)w->parts[i];
+				iov[iovcnt++].iov_len = w->lens[i];
+			}
+			end += rec_len(w);
+			w->end = end;
+			w->seg = seg;
+			last = w;
+			n++;
+		}
+		w = list;
+		list = last->next;
+		last->next = NULL;
+		err = seg_write(seg, iov, iovcnt);
+		if (err != 0) {
+			/* Cut off by seg_write; where that failed, the segment is sealed. */
+			seg->sealed = true;
+			maybe_retire(j, seg);
+			tell_failed(j, w, err);
+			continue;
+		}
+		seg->records += n;
+		if (seg->wait_tail != NULL)
+			seg->wait_tail->next = w;
+		else
+			seg->wait_head = w;
+		seg->wait_tail = last;
+		seg->syncing = true;
+		if (j->spare_wanted) {
+			/* Before the flush: the next segment is ready when these are told. */
+			j->spare_wanted = false;
+			pthread_mutex_unlock(&j->lock);
+			spare_make(j);
+			pthread_mutex_lock(&j->lock);
+		}
+		seg_flush(j, seg);
+	}
+}
+
+/*
+ * The writer thread: takes every record appended since it last looked,
+ * writes them with one pwritev and flushes them with one fdatasync, so that
+ * the messages of one flush are the ones that came during the one before
+ * (the batch grows with the load) and an append costs its caller no system
+ * call unless the writer sleeps.
+ */
+static void *
+writer_run(void *arg)
+{
+	struct journal *j = arg;
+
+	pthread_setname_np(pthread_self(), "petrel-journal");
+	for (;;) {
+		struct journal_wait *list;
+
+		pthread_mutex_lock(&j->pend_lock);
+		while (j->pend_head == NULL && !j->stopping) {
+			j->writer_idle = true;
+			pthread_cond_wait(&j->cond, &j->pend_lock);
+		}
+		j->writer_idle = false;
+		list = j->pend_head;
+		j->pend_head = j->pend_tail = NULL;
+		pthread_mutex_unlock(&j->pend_lock);
+		if (list == NULL)
+			return NULL; /* stopping, and nothing waits */
+		pthread_mutex_lock(&j->lock);
+		write_batch(j, list);
+		room_update(j);
+		pthread_mutex_unlock(&j->lock);
+		reap(j);
+	}
 }
 
 int
 journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
 	       size_t nparts, struct journal_wait *w)
 {
-	char head[JREC_HEAD_LEN];
-	struct iovec iov[1 + PARTS_MAX];
-	struct journal_seg *seg;
 	size_t total = 0;
-	bool make_spare;
+	bool wake;
 	int err;
 
 	if (nparts > PARTS_MAX)
 		return EINVAL;
-	iov[0].iov_base = head;
-	iov[0].iov_len = sizeof(head);
 	for (size_t i = 0; i < nparts; i++) {
-		iov[1 + i].iov_base = (void *)parts[i];
-		iov[1 + i].iov_len = lens[i];
+		w->parts[i] = parts[i];
+		w->lens[i] = lens[i];
 		total += lens[i];
 	}
 	if (total > JREC_PAYLOAD_MAX)
 		return EFBIG;
-	jrec_head(head, JREC_MSG, id, parts, lens, nparts);
-	pthread_mutex_lock(&j->lock);
-	seg = j->cur;
-	if (seg == NULL || seg->sealed || seg->len >= SEG_MAX)
-		seg = seg_new(j);
-	if (seg == NULL) {
-		err = errno;
-		pthread_mutex_unlock(&j->lock);
-		return err;
-	}
-	err = seg_write(seg, iov, 1 + (int)nparts);
-	if (err != 0) {
-		seg->sealed = true;
-		maybe_retire(j, seg);
-		pthread_mutex_unlock(&j->lock);
-		reap(j);
-		return err;
-	}
-	seg->records++;
-	w->seg = seg;
+	w->nparts = nparts;
+	jrec_head(w->head, JREC_MSG, id, parts, lens, nparts);
 	memcpy(w->id, id, UTIL_ID_LEN);
 	w->id[UTIL_ID_LEN] = '\0';
-	w->end = seg->len;
+	w->seg = NULL;
+	w->end = 0;
 	w->err = 0;
 	w->next = NULL;
-	if (seg->wait_tail != NULL)
-		seg->wait_tail->next = w;
-	else
-		seg->wait_head = w;
-	seg->wait_tail = w;
-	if (!seg->syncing) {
-		seg->syncing = true;
-		seg_flush(j, seg);
+	pthread_mutex_lock(&j->pend_lock);
+	if (j->stopping || !atomic_load(&j->room)) {
+		pthread_mutex_unlock(&j->pend_lock);
+		return j->stopping ? ESHUTDOWN : EAGAIN;
 	}
-	make_spare = j->spare_wanted;
-	j->spare_making = j->spare_making || make_spare;
-	j->spare_wanted = false;
-	pthread_mutex_unlock(&j->lock);
-	reap(j);
-	if (make_spare)
-		spare_make(j);
+	if (!j->writer_started) {
+		err = pthread_create(&j->writer, NULL, writer_run, j);
+		if (err != 0) {
+			pthread_mutex_unlock(&j->pend_lock);
+			return err;
+		}
+		j->writer_started = true;
+	}
+	if (j->pend_tail != NULL)
+		j->pend_tail->next = w;
+	else
+		j->pend_head = w;
+	j->pend_tail = w;
+	wake = j->writer_idle;
+	j->writer_idle = false;
+	pthread_mutex_unlock(&j->pend_lock);
+	if (wake)
+		pthread_cond_signal(&j->cond);
 	return 0;
+}
+
+void
+journal_stop(struct journal *j)
+{
+	bool started;
+
+	if (j == NULL)
+		return;
+	pthread_mutex_lock(&j->pend_lock);
+	j->stopping = true;
+	started = j->writer_started;
+	j->writer_started = false;
+	pthread_mutex_unlock(&j->pend_lock);
+	if (!started)
+		return;
+	pthread_cond_signal(&j->cond);
+	pthread_join(j->writer, NULL);
 }
 
 void
@@ -619,6 +788,7 @@ journal_done(struct journal *j, struct journal_seg *seg, const char *id)
 		maybe_retire(j, seg);
 	else
 		seg_mark(seg, id);
+	room_update(j);
 	pthread_mutex_unlock(&j->lock);
 	reap(j);
 }
@@ -628,6 +798,7 @@ journal_close(struct journal *j)
 {
 	if (j == NULL)
 		return;
+	journal_stop(j);
 	while (j->segs != NULL) {
 		struct journal_seg *seg = j->segs;
 
@@ -651,6 +822,7 @@ journal_close(struct journal *j)
 	close(j->dir_fd);
 	free(j->found);
 	pthread_mutex_destroy(&j->lock);
+	pthread_mutex_destroy(&j->pend_lock);
 	pthread_cond_destroy(&j->cond);
 	free(j);
 }

@@ -3,16 +3,17 @@
  * durable before its 250, many sessions' messages sharing one flush.
  *
  * spool/journal/ holds segments (files named by a 16-hex-digit sequence
- * number) that are only ever appended to (record format: queue_jrec.h).  A
- * worker thread appends a message's queue-file image; the first writer to
- * find no flush running becomes the leader and flushes (fdatasync) until no
- * one waits, each flush covering every record written before it began; the
- * others leave at once and are told when their record is durable (group
- * commit).  N concurrent messages cost one flush instead of N file
- * creations, flushes, renames and directory flushes, and no thread is held
- * per waiting message.  Once the message is delivered (or moved to a queue
- * file) journal_done() appends a "finished" mark; a segment whose every
- * message is finished, and which takes no more, is removed.
+ * number) that are only ever appended to (record format: queue_jrec.h).  An
+ * append only queues the record: the journal's writer thread takes every
+ * record queued since it last looked, writes them in one pwritev and flushes
+ * them with one fdatasync, then tells each waiter its message is durable
+ * (group commit).  Records queued during a flush go together in the next,
+ * so the batch grows with the load; N concurrent messages cost one flush
+ * instead of N file creations, flushes, renames and directory flushes, and
+ * an append costs its caller no system call unless the writer sleeps.  Once
+ * the message is delivered (or moved to a queue file) journal_done() appends
+ * a "finished" mark; a segment whose every message is finished, and which
+ * takes no more, is removed.
  *
  * After a crash, journal_recover() hands back every message without its
  * mark; the queue turns each into an ordinary queue file (delivered as a
@@ -21,7 +22,7 @@
  * crash only means a recovered message is looked for in its Maildirs again.
  *
  * Threads: journal_append and journal_done from any thread; open, recover,
- * clear and close from one thread while no other uses the journal.
+ * clear, stop and close from one thread while no other uses the journal.
  */
 #ifndef PETREL_QUEUE_JOURNAL_H
 #define PETREL_QUEUE_JOURNAL_H
@@ -30,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "queue/queue_jrec.h"
 #include "util/util_id.h"
 
 struct journal;
@@ -64,33 +66,49 @@ char *journal_seg_read(int dir_fd, const char *name, size_t *len);
 /* After journal_recover's messages are durable elsewhere: removes the segments it read. */
 void journal_clear(struct journal *j);
 
+/* Parts of one message at most. */
+#define JOURNAL_PARTS_MAX 4
+
 /* A message waiting for the flush that makes it durable (the caller's memory). */
 struct journal_wait {
-	void (*done)(struct journal_wait *w); /* any thread; w is the caller's again */
-	int err;			      /* for done: 0, or the flush's errno */
+	void (*done)(struct journal_wait *w); /* writer thread; w is the caller's again */
+	int err;			      /* for done: 0, or why it is not durable */
 	struct journal_seg *seg;	      /* for done: where it is (journal_done) */
+	/* the journal's, from journal_append until done */
 	uint64_t end;
 	char id[UTIL_ID_LEN + 1];
+	char head[JREC_HEAD_LEN];
+	const void *parts[JOURNAL_PARTS_MAX];
+	size_t lens[JOURNAL_PARTS_MAX];
+	size_t nparts;
 	struct journal_wait *next;
 };
 
 /*
- * Appends message id (the concatenation of parts); w->done(w) runs once it
- * is on stable storage (w->err 0), or once that failed (w->err set: the
- * flush failed, so whether the record reached the disk is unknown — it may
+ * Appends message id (the concatenation of parts, which stay the caller's
+ * and unchanged until done runs); w->done(w) runs on the writer thread once
+ * it is on stable storage (w->err 0), or once it cannot be: w->err set, an
+ * errno value — EAGAIN when older segments, still holding messages in
+ * delivery, fill the journal's room; for a failed write nothing of it stays;
+ * for a failed flush whether the record reached the disk is unknown — it may
  * come back from journal_recover after a restart; whoever makes the message
- * durable another way keeps its id, so that a second copy is recognised).
- * done may run on this thread before journal_append returns, or on another.
- * Returns 0, or an errno value when the message could not be written (done
- * does not run, and nothing of it stays in the journal): EAGAIN when older
- * segments, still holding messages in delivery, fill the journal's room.
+ * durable another way keeps its id, so that a second copy is recognised.
+ * Returns 0, or an errno value when the message is refused at once (done
+ * does not run, and nothing of it is written): EINVAL, EFBIG, EAGAIN (no
+ * room), ESHUTDOWN (after journal_stop).
  */
 int journal_append(struct journal *j, const char *id, const void *const *parts, const size_t *lens,
 		   size_t nparts, struct journal_wait *w);
 /* Message id, appended to seg, needs the journal no more (delivered, or in a queue file). */
 void journal_done(struct journal *j, struct journal_seg *seg, const char *id);
 
-/* Flushes the marks, removes finished segments, frees j.  NULL is fine. */
+/*
+ * Waits until every message appended is written and flushed (its done has
+ * run), then stops the writer thread; appends are refused after.  NULL is
+ * fine; so is a second call.
+ */
+void journal_stop(struct journal *j);
+/* journal_stop, then flushes the marks, removes finished segments, frees j.  NULL is fine. */
 void journal_close(struct journal *j);
 
 #endif

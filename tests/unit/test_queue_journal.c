@@ -52,6 +52,9 @@ static unsigned fk_calls;     /* flushes since fake_reset() */
 static int fk_fail_call = -1; /* this flush fails ... */
 static int fk_fail_errno;     /* ... with this error */
 static unsigned fk_failed;    /* flushes made to fail */
+static pthread_cond_t fk_cond = PTHREAD_COND_INITIALIZER;
+static int fk_hold_call = -1; /* this flush waits for fake_release() ... */
+static bool fk_holding;	      /* ... and is waiting now */
 
 int
 fdatasync(int fd)
@@ -63,6 +66,13 @@ fdatasync(int fd)
 	me = fk_calls++;
 	fail = fk_fail_call == (int)me ? fk_fail_errno : 0;
 	fk_failed += fail != 0;
+	if (fk_hold_call == (int)me) {
+		fk_holding = true;
+		pthread_cond_broadcast(&fk_cond);
+		while (fk_hold_call == (int)me)
+			pthread_cond_wait(&fk_cond, &fk_lock);
+		fk_holding = false;
+	}
 	pthread_mutex_unlock(&fk_lock);
 	if (fail != 0) {
 		errno = fail;
@@ -79,6 +89,7 @@ fake_reset(void)
 	fk_fail_call = -1;
 	fk_fail_errno = 0;
 	fk_failed = 0;
+	fk_hold_call = -1;
 	pthread_mutex_unlock(&fk_lock);
 }
 
@@ -88,6 +99,41 @@ fake_fail(int call, int err)
 	pthread_mutex_lock(&fk_lock);
 	fk_fail_call = call;
 	fk_fail_errno = err;
+	pthread_mutex_unlock(&fk_lock);
+}
+
+/* The flush numbered call will wait, once it comes, until fake_release(). */
+static void
+fake_hold(int call)
+{
+	pthread_mutex_lock(&fk_lock);
+	fk_hold_call = call;
+	pthread_mutex_unlock(&fk_lock);
+}
+
+/* Waits (WAIT_S at most) until the held flush has come; true when it has. */
+static bool
+fake_held(void)
+{
+	struct timespec deadline;
+	bool held;
+
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += WAIT_S;
+	pthread_mutex_lock(&fk_lock);
+	while (!fk_holding && pthread_cond_timedwait(&fk_cond, &fk_lock, &deadline) == 0)
+		;
+	held = fk_holding;
+	pthread_mutex_unlock(&fk_lock);
+	return held;
+}
+
+static void
+fake_release(void)
+{
+	pthread_mutex_lock(&fk_lock);
+	fk_hold_call = -1;
+	pthread_cond_broadcast(&fk_cond);
 	pthread_mutex_unlock(&fk_lock);
 }
 
@@ -1296,6 +1342,227 @@ test_many_threads(void **state)
 	spool_done(&s);
 }
 
+/* ---- the writer: batches, stop ---- */
+
+/* Waits for each of x[0..n) to be told; fails unless each was told once with err. */
+static void
+wait_all(struct waiter *x, size_t n, int err)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (waiter_wait(&x[i]) != 1)
+			fail_msg("message %zu: done ran %d times", i, x[i].calls);
+		assert_int_equal(x[i].err, err);
+	}
+}
+
+/*
+ * Messages appended while the writer is in a flush wait for it, untold,
+ * and then go to the disk together: one write, one flush for all of them,
+ * in the order they came, each told once.
+ */
+static void
+test_appends_during_a_flush_share_the_next(void **state)
+{
+	enum { N = 40 };
+	struct spool s;
+	struct journal *j;
+	struct waiter first, x[N];
+	char names[NAMES_MAX][64], ids[N + 2][UTIL_ID_LEN + 1], body[N][32];
+	struct recs rs = {0};
+	const void *parts[1];
+	size_t lens[1];
+	unsigned before;
+	int told;
+
+	spool_new(&s);
+	fake_reset();
+	j = open_ok(&s);
+	make_id(ids[N + 1], 7000);
+	append_ok(j, ids[N + 1], "warm", 4); /* the segment and its spare exist */
+
+	fake_hold((int)fake_calls());
+	make_id(ids[N], 7001);
+	parts[0] = "held";
+	lens[0] = 4;
+	waiter_init(&first);
+	assert_int_equal(journal_append(j, ids[N], parts, lens, 1, &first.w), 0);
+	assert_true(fake_held());
+	for (size_t i = 0; i < N; i++) {
+		make_id(ids[i], 7100 + i);
+		lens[0] = (size_t)snprintf(body[i], sizeof(body[i]), "message %zu", i);
+		parts[0] = body[i];
+		waiter_init(&x[i]);
+		assert_int_equal(journal_append(j, ids[i], parts, lens, 1, &x[i].w), 0);
+	}
+	pthread_mutex_lock(&wt_lock);
+	told = first.calls;
+	for (size_t i = 0; i < N; i++)
+		told += x[i].calls; /* not durable yet: not told */
+	pthread_mutex_unlock(&wt_lock);
+	assert_int_equal(told, 0);
+
+	before = fake_calls();
+	fake_release();
+	wait_all(&first, 1, 0);
+	wait_all(x, N, 0);
+	assert_int_equal(fake_calls() - before, 1); /* the N in one flush after the held one */
+	for (size_t i = 1; i < N; i++)
+		assert_ptr_equal(x[i].seg, x[0].seg);
+
+	assert_int_equal(list_journal(&s, names), 1);
+	scan_segment(&s, names[0], &rs);
+	assert_int_equal(rs.n, N + 2);
+	assert_string_equal(rs.v[1].id, ids[N]);
+	for (size_t i = 0; i < N; i++) {
+		assert_string_equal(rs.v[2 + i].id, ids[i]);
+		assert_int_equal(rs.v[2 + i].len, strlen(body[i]));
+		assert_memory_equal(rs.v[2 + i].data, body[i], strlen(body[i]));
+	}
+	recs_free(&rs);
+	journal_close(j);
+	spool_done(&s);
+}
+
+static void *
+release_later(void *arg)
+{
+	(void)arg;
+	usleep(100 * 1000);
+	fake_release();
+	return NULL;
+}
+
+/*
+ * journal_stop returns once every message appended before it is told
+ * (durable: it comes back after the close); an append after it is refused
+ * at once (ESHUTDOWN), its done never run; a second stop is harmless.
+ */
+static void
+test_stop_tells_every_waiter(void **state)
+{
+	enum { N = 200 };
+	struct spool s;
+	struct journal *j;
+	struct waiter *x = calloc(N + 1, sizeof(*x));
+	char ids[N + 1][UTIL_ID_LEN + 1];
+	struct took t = {0};
+	const void *parts[1] = {"stopping"};
+	size_t lens[1] = {8};
+
+	pthread_t releaser;
+	size_t untold = 0;
+
+	assert_non_null(x);
+	spool_new(&s);
+	fake_reset();
+	j = open_ok(&s);
+	make_id(ids[0], 8000);
+	append_ok(j, ids[0], "stopping", 8); /* the segment and its spare exist */
+	fake_hold((int)fake_calls());
+	for (size_t i = 1; i < N; i++) {
+		make_id(ids[i], 8000 + i);
+		waiter_init(&x[i]);
+		assert_int_equal(journal_append(j, ids[i], parts, lens, 1, &x[i].w), 0);
+	}
+	/* Stopping while the writer is in a flush: the stop waits for it and the rest. */
+	assert_true(fake_held());
+	assert_int_equal(pthread_create(&releaser, NULL, release_later, NULL), 0);
+	journal_stop(j);
+	assert_int_equal(pthread_join(releaser, NULL), 0);
+	pthread_mutex_lock(&wt_lock);
+	for (size_t i = 1; i < N; i++)
+		untold += x[i].calls != 1 || x[i].err != 0;
+	pthread_mutex_unlock(&wt_lock);
+	if (untold != 0)
+		fail_msg("%zu message(s) not told once, without error, when the stop returned",
+			 untold);
+	make_id(ids[N], 8999);
+	waiter_init(&x[N]);
+	assert_int_equal(journal_append(j, ids[N], parts, lens, 1, &x[N].w), ESHUTDOWN);
+	journal_stop(j);
+	journal_close(j);
+	assert_int_equal(x[N].calls, 0);
+
+	j = open_ok(&s);
+	assert_int_equal(recover_ok(j, &t), N);
+	for (size_t i = 0; i < N; i++)
+		assert_took(&t, i, ids[i], "stopping", 8);
+	journal_clear(j);
+	journal_close(j);
+	recs_free(&t.got);
+	free(x);
+	spool_done(&s);
+}
+
+/*
+ * Room runs out while messages wait for the writer: the room was there
+ * when they were appended, so they are not refused at once, but the one
+ * that finds the last segment full is told EAGAIN (no segment, nothing of
+ * it written) while the one before it is made durable.
+ */
+static void
+test_room_gone_while_waiting(void **state)
+{
+	enum { LIVE = 16 };
+	size_t big_len = JREC_PAYLOAD_MAX;
+	char *big = malloc(big_len);
+	struct spool s;
+	struct journal *j;
+	struct waiter a, b, c;
+	char ids[LIVE + 3][UTIL_ID_LEN + 1], names[NAMES_MAX][64];
+	const void *pa[1] = {"small again"}, *pb[1], *pc[1] = {"no room"};
+	size_t la[1] = {11}, lb[1] = {big_len}, lc[1] = {7};
+	struct took t = {0};
+	bool refused_back = false;
+
+	assert_non_null(big);
+	memset(big, 'R', big_len);
+	pb[0] = big;
+	spool_new(&s);
+	fake_reset();
+	j = open_ok(&s);
+	for (size_t i = 0; i < LIVE - 1; i++) {
+		make_id(ids[i], 600 + i);
+		append_ok(j, ids[i], big, big_len); /* fifteen full segments, owed */
+	}
+	make_id(ids[LIVE - 1], 700);
+	append_ok(j, ids[LIVE - 1], "small", 5); /* the sixteenth, with room */
+	for (size_t i = LIVE; i < LIVE + 3; i++)
+		make_id(ids[i], 701 + i - LIVE);
+
+	fake_hold((int)fake_calls());
+	waiter_init(&a);
+	assert_int_equal(journal_append(j, ids[LIVE], pa, la, 1, &a.w), 0);
+	assert_true(fake_held()); /* the writer is in a's flush */
+	waiter_init(&b);
+	assert_int_equal(journal_append(j, ids[LIVE + 1], pb, lb, 1, &b.w), 0); /* fills it */
+	waiter_init(&c);
+	/* Room still seems there: b is not written yet. */
+	assert_int_equal(journal_append(j, ids[LIVE + 2], pc, lc, 1, &c.w), 0);
+	fake_release();
+	wait_all(&a, 1, 0);
+	wait_all(&b, 1, 0);
+	wait_all(&c, 1, EAGAIN);
+	assert_null(c.seg);
+	assert_int_equal(list_journal(&s, names), LIVE);
+	journal_close(j);
+
+	/* Everything but the refused one comes back. */
+	j = open_ok(&s);
+	recover_ok(j, &t);
+	for (size_t i = 0; i < t.got.n; i++)
+		refused_back = refused_back || strcmp(t.got.v[i].id, ids[LIVE + 2]) == 0;
+	assert_int_equal(t.got.n, LIVE + 2);
+	assert_false(refused_back);
+	assert_took(&t, LIVE, ids[LIVE], "small again", 11);
+	assert_took(&t, LIVE + 1, ids[LIVE + 1], big, big_len);
+	journal_clear(j);
+	journal_close(j);
+	recs_free(&t.got);
+	free(big);
+	spool_done(&s);
+}
+
 /* ---- a failed flush ---- */
 
 /*
@@ -1405,6 +1672,9 @@ main(void)
 	    cmocka_unit_test(test_finished_segment_goes_when_sealed),
 	    cmocka_unit_test(test_full_journal_refuses_until_a_segment_goes),
 	    cmocka_unit_test(test_many_threads),
+	    cmocka_unit_test(test_appends_during_a_flush_share_the_next),
+	    cmocka_unit_test(test_stop_tells_every_waiter),
+	    cmocka_unit_test(test_room_gone_while_waiting),
 	    cmocka_unit_test(test_failed_flush_segment_goes),
 	    cmocka_unit_test(test_failed_flush_may_come_back_whole),
 	};
