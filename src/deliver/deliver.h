@@ -86,32 +86,35 @@ struct deliver_msg {
 
 /*
  * A batch of Maildir copies made durable together.  deliver_batch_add()
- * writes m into <mail_root>/<domain>/<user>/tmp/<name> (creating the Maildir
- * with mode 0700 when missing): the headers, then the message with CRLF
- * turned into LF; nothing is flushed and nothing is visible yet.  Unless
- * m->first_copy (a redelivery after a crash), a cur/<name>:* (moved there by
- * a reader) means nothing is written and 0 is returned, while a new/<name> is
- * written again over itself (the same message: the rename replaces it in one
- * step).  On failure it returns -1, leaves no file, and writes the reason to
- * err; *permanent is set when retrying cannot help (unsafe user name), clear
- * for disk full, permissions and the like.  Files are created
- * O_EXCL|O_NOFOLLOW, mode 0600.
+ * writes m into the Maildir <mail_root>/<domain>/<user> (creating it with
+ * mode 0700 when missing): the headers, then the message with CRLF turned
+ * into LF, as an unnamed file in new/ (O_TMPFILE; kept open until the
+ * commit) or, where the kernel or filesystem has none, as tmp/<name>
+ * (O_EXCL|O_NOFOLLOW); mode 0600; nothing is flushed and nothing is visible
+ * yet.  Unless m->first_copy (a redelivery after a crash), a cur/<name>:*
+ * (moved there by a reader) means nothing is written and 0 is returned,
+ * while a new/<name> is written again over itself (the same message:
+ * replaced in one step).  On failure it returns -1, leaves no file, and
+ * writes the reason to err; *permanent is set when retrying cannot help
+ * (unsafe user name), clear for disk full, permissions and the like.
  *
  * Copies belong to the group last set with deliver_batch_group() (0 at
  * first): a caller's unit of all or nothing, such as one message.
  * deliver_batch_commit() flushes every file written (one syncfs(2) per
- * filesystem; fdatasync for a lone file), renames each into new/ and flushes
- * new/ (fsync shared with concurrent deliveries to the same Maildir, or one
- * syncfs for several Maildirs).  0: every copy is delivered.  -1 (err: the
- * first reason): not every — a copy that could not be renamed takes its
- * group's other copies back with it (deliver_batch_failed() tells which
- * groups), and a failed flush takes back every copy.
+ * filesystem; fdatasync for a lone file), links (or renames) each into
+ * new/<name> and flushes new/ (fsync shared with concurrent deliveries to
+ * the same Maildir, or one syncfs for several Maildirs).  0: every copy is
+ * delivered.  -1 (err: the first reason): not every — a copy that could not
+ * be put into new/ takes its group's other copies back with it
+ * (deliver_batch_failed() tells which groups), and a failed flush takes back
+ * every copy.
  *
  * deliver_batch_rollback() removes the copies added after the first len
  * (deliver_batch_len() before them); deliver_batch_free() those not
  * committed.  Blocking file I/O: worker threads only.  A batch holds the
  * directories of every Maildir it names (deliver_batch_maildirs()) open
- * until it is freed: up to three descriptors each.
+ * until it is freed, up to three descriptors each, and one descriptor for
+ * each copy until its commit (deliver_batch_len() bounds them).
  */
 struct deliver_batch;
 
@@ -126,6 +129,13 @@ bool deliver_batch_failed(const struct deliver_batch *b, size_t group);
 void deliver_batch_rollback(struct deliver_batch *b, size_t len);
 int deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap);
 void deliver_batch_free(struct deliver_batch *b);
+
+/*
+ * Whether copies may be written as unnamed files (the default where the
+ * kernel and filesystem allow; off: always tmp/<name>, renamed).  For tests
+ * of the tmp/ way; set before deliveries start.
+ */
+void deliver_maildir_unnamed(bool on);
 
 /* One copy, on its own: a batch of one. */
 int deliver_maildir_write(const char *mail_root, const char *domain, const char *user,

@@ -188,8 +188,12 @@ out:
  * deliverer writes one copy at a time: a batch holds its Maildirs open.
  */
 #define DIRECT_TARGETS_MAX 16
-/* A batch is committed before the next message once it names this many Maildirs. */
+/*
+ * A batch is committed before the next message once it names this many
+ * Maildirs, or holds this many copies (each an open file until the commit).
+ */
 #define BATCH_MAILDIRS_MAX 16
+#define BATCH_COPIES_MAX   64
 
 /* Every recipient expands to local mailboxes only, and not too many of them. */
 static bool
@@ -273,7 +277,8 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 		delivered[k] = false;
 		if (!all_local(cfg, item))
 			continue;
-		if (deliver_batch_maildirs(batch) >= BATCH_MAILDIRS_MAX) {
+		if (deliver_batch_maildirs(batch) >= BATCH_MAILDIRS_MAX ||
+		    deliver_batch_len(batch) >= BATCH_COPIES_MAX) {
 			commit_batch(batch, &sent, items, delivered, from, k);
 			batch = deliver_batch_new();
 			from = k;

@@ -1780,6 +1780,33 @@ test_batch_failed_add_leaves_the_rest(void **state)
 	free(dir);
 }
 
+/* Copies as unnamed files linked into new/ (the default where the filesystem allows). */
+static int
+unnamed_way(void **state)
+{
+	(void)state;
+	deliver_maildir_unnamed(true);
+	return 0;
+}
+
+/* Copies as tmp/<name> files renamed into new/. */
+static int
+tmp_way(void **state)
+{
+	(void)state;
+	deliver_maildir_unnamed(false);
+	return 0;
+}
+
+/* A test run both ways: as the copies are written does not show in what it checks. */
+#define BOTH_WAYS(f)                                                                               \
+	{#f " (unnamed)", f, unnamed_way, NULL, NULL},                                             \
+	{                                                                                          \
+#f " (tmp/)", f, tmp_way, NULL, NULL                                               \
+	}
+/* A test of the tmp/ way: it looks at the copies in tmp/ before the commit. */
+#define TMP_WAY(f) cmocka_unit_test_setup(f, tmp_way)
+
 int
 main(void)
 {
@@ -1794,26 +1821,26 @@ main(void)
 	    cmocka_unit_test(test_check_rcpt),
 	    cmocka_unit_test(test_empty_db),
 	    cmocka_unit_test(test_many_users),
-	    cmocka_unit_test(test_maildir_write),
-	    cmocka_unit_test(test_maildir_odd_octets),
-	    cmocka_unit_test(test_maildir_block_edges),
-	    cmocka_unit_test(test_maildir_block_edges_memory),
-	    cmocka_unit_test(test_maildir_memory_body),
-	    cmocka_unit_test(test_maildir_first_copy),
-	    cmocka_unit_test(test_maildir_redelivery),
-	    cmocka_unit_test(test_maildir_cache_follows_the_path),
-	    cmocka_unit_test(test_maildir_unsafe_names),
-	    cmocka_unit_test(test_maildir_transient_failures),
-	    cmocka_unit_test(test_maildir_empty_body),
-	    cmocka_unit_test(test_batch_one_maildir),
-	    cmocka_unit_test(test_batch_several_maildirs),
-	    cmocka_unit_test(test_batch_rollback),
-	    cmocka_unit_test(test_batch_free_without_commit),
-	    cmocka_unit_test(test_batch_commit_fails_part_way),
-	    cmocka_unit_test(test_batch_failed_group_leaves_the_others),
-	    cmocka_unit_test(test_batch_skips_copy_already_read),
-	    cmocka_unit_test(test_batch_unsafe_names),
-	    cmocka_unit_test(test_batch_failed_add_leaves_the_rest),
+	    BOTH_WAYS(test_maildir_write),
+	    BOTH_WAYS(test_maildir_odd_octets),
+	    BOTH_WAYS(test_maildir_block_edges),
+	    BOTH_WAYS(test_maildir_block_edges_memory),
+	    BOTH_WAYS(test_maildir_memory_body),
+	    TMP_WAY(test_maildir_first_copy),
+	    TMP_WAY(test_maildir_redelivery),
+	    BOTH_WAYS(test_maildir_cache_follows_the_path),
+	    BOTH_WAYS(test_maildir_unsafe_names),
+	    BOTH_WAYS(test_maildir_transient_failures),
+	    BOTH_WAYS(test_maildir_empty_body),
+	    TMP_WAY(test_batch_one_maildir),
+	    TMP_WAY(test_batch_several_maildirs),
+	    TMP_WAY(test_batch_rollback),
+	    TMP_WAY(test_batch_free_without_commit),
+	    BOTH_WAYS(test_batch_commit_fails_part_way),
+	    BOTH_WAYS(test_batch_failed_group_leaves_the_others),
+	    TMP_WAY(test_batch_skips_copy_already_read),
+	    BOTH_WAYS(test_batch_unsafe_names),
+	    TMP_WAY(test_batch_failed_add_leaves_the_rest),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
