@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ struct conn {
 	bool closing;	 /* close once the output is written */
 	bool dead;	 /* the socket is gone; free when the commit returns */
 	bool counted;	 /* holds a slot in the per-address count */
+	bool plain;	 /* c->bev is the socket's own (no TLS): replies may go straight to it */
 	struct conn *prev, *next;
 };
 
@@ -157,15 +159,30 @@ arm_timer(struct conn *c)
 	evtimer_add(c->timer, &tv);
 }
 
-/* Moves queued replies to the socket. */
+/*
+ * Moves queued replies to the socket.  Without TLS and with nothing of
+ * ours waiting before them they are sent at once: no write event armed and
+ * disarmed (two epoll_ctl calls a reply) and no turn of the loop before the
+ * reply leaves.  What the socket does not take, and every error (reported
+ * by the bufferevent's own write), goes the bufferevent's way.
+ */
 static void
 flush_output(struct conn *c)
 {
 	struct buf *out = smtp_session_output(c->sess);
+	size_t sent = 0;
 
 	if (out->len == 0 || c->dead)
 		return;
-	bufferevent_write(c->bev, out->data, out->len);
+	if (c->plain && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+		ssize_t n = send(bufferevent_getfd(c->bev), out->data, out->len,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0)
+			sent = (size_t)n;
+	}
+	if (sent < out->len)
+		bufferevent_write(c->bev, out->data + sent, out->len - sent);
 	buf_reset(out);
 }
 
@@ -398,6 +415,7 @@ start_tls(struct conn *c)
 		return;
 	}
 	c->bev = tls;
+	c->plain = false;
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
@@ -701,6 +719,7 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	addr_string(sa, c->addr, sizeof(c->addr));
 	c->kind = kind;
 	evutil_make_socket_nonblocking(fd);
+	c->plain = kind != LISTENER_SUBMISSIONS;
 	if (kind == LISTENER_SUBMISSIONS)
 		c->bev = tls_bev_accept(c->cfg->tls, srv->base, fd);
 	else
@@ -754,6 +773,8 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	flush_output(c);
 	if (refuse == NULL)
 		arm_timer(c);
+	else if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c); /* the 421 is out */
 }
 
 void

@@ -405,6 +405,12 @@ def test_client_sends_faster_than_it_reads_memory_bounded(petrel_factory, monkey
         assert data.count(b"250 2.0.0 Ok\r\n") == n_noop
         assert data.count(b"214 2.0.0 See RFC 5321\r\n") == n_help
         assert data.endswith(b"214 2.0.0 See RFC 5321\r\n221 2.0.0 Bye\r\n")
+        # in order, each whole: replies sent at once and those the socket could
+        # not take yet (queued behind) never pass each other
+        help_reply = data[14 * n_noop:data.index(b"214 2.0.0 See RFC 5321\r\n") + 24]
+        assert help_reply.startswith(b"214-2.0.0 Commands: ")
+        assert data == (b"250 2.0.0 Ok\r\n" * n_noop + help_reply * n_help
+                        + b"221 2.0.0 Bye\r\n")
         assert (peak - base) / 1024 < 20, f"grew by {(peak - base) / 1024:.1f} MB"
     finally:
         s.close()
