@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1323,44 +1324,111 @@ struct batch_copy {
 	bool spooled; /* body from a spool file, else in memory */
 };
 
+/* Descriptors open in this process (the entries of /proc/self/fd, one the listing's own). */
+static size_t
+open_fds(void)
+{
+	return count_entries("/proc/self/fd");
+}
+
 /*
- * Every copy is in tmp/ (byte for byte, mode 0600) and none in new/ until the
- * commit; after it, each is in new/ and tmp/ is empty; freeing the committed
- * batch takes nothing back.
+ * Tests of the unnamed way need a filesystem with unnamed files (O_TMPFILE)
+ * under tmp_root: skipped where there is none (petrel writes by way of tmp/).
  */
 static void
-run_batch(const struct batch_copy *cp, size_t n)
+need_unnamed_files(void)
 {
-	char *dir = fresh_dir();
-	struct deliver_msg *m = xcalloc(n, sizeof(*m));
-	char **blocks = xcalloc(n, sizeof(*blocks));
-	struct deliver_batch *b = deliver_batch_new();
-	char err[256] = "";
-	char p[512], rel[512];
+	int fd = open(tmp_root, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
 
-	assert_int_equal(deliver_batch_len(b), 0);
+	if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL))
+		skip();
+	assert_true(fd >= 0);
+	close(fd);
+}
+
+/*
+ * Makes <dir>/<domain>/<user> a Maildir that petrel has written into before
+ * (its directories kept open for the next delivery) and that holds nothing:
+ * a batch into it then opens no directory, only what its copies need.
+ */
+static void
+maildir_ready(const char *dir, const char *domain, const char *user)
+{
+	char *block;
+	struct deliver_msg m = mem_msg("W\r\n", 3, 0, true, &block);
+	bool permanent;
+	char err[256] = "", p[512];
+
+	if (deliver_maildir_write(dir, domain, user, "READY", &m, &permanent, err, sizeof(err)) !=
+	    0)
+		fail_msg("%s/%s: %s", domain, user, err);
+	assert_int_equal(unlink(box_path(p, sizeof(p), dir, domain, user, "new/READY")), 0);
+	free(block);
+}
+
+/*
+ * The tmp/ way: every copy is in tmp/ (byte for byte, mode 0600) and none in
+ * new/ until the commit.  The unnamed way: no copy is in tmp/ or new/ until
+ * the commit, each held open instead (one more descriptor for each), and the
+ * commit closes them.  After the commit, each is in new/ and tmp/ is empty;
+ * freeing the committed batch takes nothing back (and, the unnamed way, into
+ * Maildirs already open, leaves as many descriptors as before the batch).
+ */
+static void
+run_batch(const struct batch_copy *cp, size_t n, bool unnamed)
+{
+	struct deliver_msg *m;
+	char **blocks;
+	struct deliver_batch *b;
+	char *dir, err[256] = "", rel[512];
+	size_t base, held;
+
+	if (unnamed)
+		need_unnamed_files();
+	dir = fresh_dir();
+	m = xcalloc(n, sizeof(*m));
+	blocks = xcalloc(n, sizeof(*blocks));
 	for (size_t i = 0; i < n; i++) {
 		if (cp[i].spooled)
 			m[i] = spool_msg(dir, "junk before\r\n", cp[i].body, cp[i].len);
 		else
 			m[i] = mem_msg(cp[i].body, cp[i].len, 5, true, &blocks[i]);
+		if (unnamed)
+			maildir_ready(dir, cp[i].domain, cp[i].user);
+	}
+	base = open_fds();
+	b = deliver_batch_new();
+	assert_int_equal(deliver_batch_len(b), 0);
+	for (size_t i = 0; i < n; i++) {
+		size_t before = open_fds();
+
 		assert_int_equal(batch_add_ok(b, dir, cp[i].domain, cp[i].user, cp[i].name, &m[i]),
 				 i + 1);
+		/* (The first copy also opens the batch's descriptor of the filesystem.) */
+		if (unnamed && i > 0)
+			assert_int_equal(open_fds(), before + 1);
 	}
+	held = open_fds();
 	for (size_t i = 0; i < n; i++) {
-		snprintf(rel, sizeof(rel), "%s/%s/tmp/%s", cp[i].domain, cp[i].user, cp[i].name);
-		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "new")), 0);
+		if (unnamed) {
+			assert_int_equal(box_count(dir, cp[i].domain, cp[i].user, "tmp"), 0);
+		} else {
+			snprintf(rel, sizeof(rel), "%s/%s/tmp/%s", cp[i].domain, cp[i].user,
+				 cp[i].name);
+			check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
+		}
+		assert_int_equal(box_count(dir, cp[i].domain, cp[i].user, "new"), 0);
 	}
 	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	assert_int_equal(open_fds(), held - (unnamed ? n : 0));
 	for (size_t i = 0; i < n; i++) {
 		snprintf(rel, sizeof(rel), "%s/%s/new/%s", cp[i].domain, cp[i].user, cp[i].name);
 		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "tmp")), 0);
+		assert_int_equal(box_count(dir, cp[i].domain, cp[i].user, "tmp"), 0);
 	}
 	deliver_batch_free(b);
+	if (unnamed)
+		assert_int_equal(open_fds(), base);
 	for (size_t i = 0; i < n; i++) {
 		size_t in_box = 0;
 
@@ -1369,11 +1437,8 @@ run_batch(const struct batch_copy *cp, size_t n)
 				  strcmp(cp[i].user, cp[j].user) == 0;
 		snprintf(rel, sizeof(rel), "%s/%s/new/%s", cp[i].domain, cp[i].user, cp[i].name);
 		check_delivered(dir, rel, &m[i], cp[i].body, cp[i].len);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "new")),
-		    in_box);
-		assert_int_equal(
-		    count_entries(box_path(p, sizeof(p), dir, cp[i].domain, cp[i].user, "cur")), 0);
+		assert_int_equal(box_count(dir, cp[i].domain, cp[i].user, "new"), in_box);
+		assert_int_equal(box_count(dir, cp[i].domain, cp[i].user, "cur"), 0);
 		if (m[i].body_fd >= 0)
 			close(m[i].body_fd);
 		free(blocks[i]);
@@ -1388,37 +1453,51 @@ static const char batch_body_b[] = "Subject: b\r\n\r\n.dot\r\nlast\r";
 static const char batch_body_c[] = "";
 
 /* Several copies into one Maildir (new/ flushed once); a batch of one (fdatasync). */
+static const struct batch_copy one_maildir[] = {
+    {"example.org", "amy", "B1", batch_body_a, sizeof(batch_body_a) - 1, false},
+    {"example.org", "amy", "B2", batch_body_b, sizeof(batch_body_b) - 1, true},
+    {"example.org", "amy", "B3", batch_body_c, 0, false},
+    {"example.org", "amy", "B4", batch_body_a, sizeof(batch_body_a) - 1, true},
+};
+static const struct batch_copy one_copy[] = {
+    {"example.org", "amy", "B5", batch_body_b, sizeof(batch_body_b) - 1, false},
+};
+
+/* Copies into several Maildirs of two domains, several into some of them. */
+static const struct batch_copy several_maildirs[] = {
+    {"example.org", "amy", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
+    {"example.org", "ben", "S2", batch_body_b, sizeof(batch_body_b) - 1, true},
+    {"example.net", "amy", "S3", batch_body_b, sizeof(batch_body_b) - 1, false},
+    {"example.org", "amy", "S4", batch_body_c, 0, true},
+    {"example.net", "cat", "S5", batch_body_a, sizeof(batch_body_a) - 1, true},
+    {"example.org", "ben", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
+};
+
 static void
 test_batch_one_maildir(void **state)
 {
-	const struct batch_copy several[] = {
-	    {"example.org", "amy", "B1", batch_body_a, sizeof(batch_body_a) - 1, false},
-	    {"example.org", "amy", "B2", batch_body_b, sizeof(batch_body_b) - 1, true},
-	    {"example.org", "amy", "B3", batch_body_c, 0, false},
-	    {"example.org", "amy", "B4", batch_body_a, sizeof(batch_body_a) - 1, true},
-	};
-	const struct batch_copy one[] = {
-	    {"example.org", "amy", "B5", batch_body_b, sizeof(batch_body_b) - 1, false},
-	};
-
-	run_batch(several, sizeof(several) / sizeof(several[0]));
-	run_batch(one, 1);
+	run_batch(one_maildir, ARRAY_LEN(one_maildir), false);
+	run_batch(one_copy, ARRAY_LEN(one_copy), false);
 }
 
-/* Copies into several Maildirs of two domains, several into some of them. */
 static void
 test_batch_several_maildirs(void **state)
 {
-	const struct batch_copy cp[] = {
-	    {"example.org", "amy", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
-	    {"example.org", "ben", "S2", batch_body_b, sizeof(batch_body_b) - 1, true},
-	    {"example.net", "amy", "S3", batch_body_b, sizeof(batch_body_b) - 1, false},
-	    {"example.org", "amy", "S4", batch_body_c, 0, true},
-	    {"example.net", "cat", "S5", batch_body_a, sizeof(batch_body_a) - 1, true},
-	    {"example.org", "ben", "S1", batch_body_a, sizeof(batch_body_a) - 1, false},
-	};
+	run_batch(several_maildirs, ARRAY_LEN(several_maildirs), false);
+}
 
-	run_batch(cp, sizeof(cp) / sizeof(cp[0]));
+/* The same batches as unnamed files: nothing in tmp/ or new/ before the commit. */
+static void
+test_batch_unnamed_one_maildir(void **state)
+{
+	run_batch(one_maildir, ARRAY_LEN(one_maildir), true);
+	run_batch(one_copy, ARRAY_LEN(one_copy), true);
+}
+
+static void
+test_batch_unnamed_several_maildirs(void **state)
+{
+	run_batch(several_maildirs, ARRAY_LEN(several_maildirs), true);
 }
 
 /* rollback(mark) takes back only what was added after mark; the batch goes on from there. */
@@ -1780,6 +1859,419 @@ test_batch_failed_add_leaves_the_rest(void **state)
 	free(dir);
 }
 
+/* ---- batches as unnamed files (O_TMPFILE in new/, linked at the commit) ---- */
+
+/*
+ * rollback(mark): the copies added after the mark are closed there and then
+ * (the descriptors back to what they were at the mark) and never appear in
+ * tmp/ or new/; those before the mark, and one added after the rollback, are
+ * delivered by the commit.  Rolled back to nothing, a batch delivers nothing.
+ */
+static void
+test_batch_unnamed_rollback(void **state)
+{
+	const char *users[][2] = {
+	    {"example.org", "amy"}, {"example.org", "ben"}, {"example.net", "cat"}};
+	struct deliver_msg a, s;
+	struct deliver_batch *b;
+	char *dir, *block, err[256] = "";
+	size_t base, mark, at_mark, held;
+
+	need_unnamed_files();
+	dir = fresh_dir();
+	a = mem_msg("A\r\n", 3, 0, true, &block);
+	s = spool_msg(dir, "", "S\r\n", 3);
+	for (size_t i = 0; i < ARRAY_LEN(users); i++)
+		maildir_ready(dir, users[i][0], users[i][1]);
+	base = open_fds();
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "R1", &a);
+	mark = batch_add_ok(b, dir, "example.org", "amy", "R2", &s);
+	at_mark = open_fds();
+	batch_add_ok(b, dir, "example.org", "amy", "R3", &a);
+	batch_add_ok(b, dir, "example.org", "ben", "R4", &s);
+	assert_int_equal(batch_add_ok(b, dir, "example.net", "cat", "R5", &a), 5);
+	assert_int_equal(open_fds(), at_mark + 3);
+
+	deliver_batch_rollback(b, mark);
+	assert_int_equal(deliver_batch_len(b), mark);
+	assert_int_equal(open_fds(), at_mark);
+	for (size_t i = 0; i < ARRAY_LEN(users); i++) {
+		assert_int_equal(box_count(dir, users[i][0], users[i][1], "tmp"), 0);
+		assert_int_equal(box_count(dir, users[i][0], users[i][1], "new"), 0);
+	}
+
+	/* Added after the rollback (one name again): in the batch like the others. */
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "R4", &a), 3);
+	held = open_fds();
+	assert_int_equal(held, at_mark + 1);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	assert_int_equal(open_fds(), held - 3);
+	check_delivered(dir, "example.org/amy/new/R1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/new/R2", &s, "S\r\n", 3);
+	check_delivered(dir, "example.org/ben/new/R4", &a, "A\r\n", 3);
+	deliver_batch_free(b);
+	assert_int_equal(open_fds(), base);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 1);
+	assert_int_equal(box_count(dir, "example.net", "cat", "new"), 0);
+	for (size_t i = 0; i < ARRAY_LEN(users); i++)
+		assert_int_equal(box_count(dir, users[i][0], users[i][1], "tmp"), 0);
+
+	/* Rolled back to nothing, the commit delivers nothing. */
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "R6", &a);
+	batch_add_ok(b, dir, "example.net", "cat", "R7", &s);
+	held = open_fds();
+	deliver_batch_rollback(b, 0);
+	assert_int_equal(deliver_batch_len(b), 0);
+	assert_int_equal(open_fds(), held - 2);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	assert_int_equal(open_fds(), base);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.net", "cat", "new"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "cat", "tmp"), 0);
+	close(s.body_fd);
+	free(block);
+	free(dir);
+}
+
+/* A batch freed without its commit closes its copies: nothing in tmp/ or new/, nothing held. */
+static void
+test_batch_unnamed_free_without_commit(void **state)
+{
+	struct deliver_msg a, s;
+	struct deliver_batch *b;
+	char *dir, *block;
+	size_t base, first;
+
+	need_unnamed_files();
+	dir = fresh_dir();
+	a = mem_msg("A\r\n", 3, 0, true, &block);
+	s = spool_msg(dir, "", "S\r\n", 3);
+	maildir_ready(dir, "example.org", "amy");
+	maildir_ready(dir, "example.net", "ben");
+	base = open_fds();
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "F1", &a);
+	first = open_fds();
+	batch_add_ok(b, dir, "example.org", "amy", "F2", &s);
+	assert_int_equal(batch_add_ok(b, dir, "example.net", "ben", "F3", &a), 3);
+	assert_int_equal(open_fds(), first + 2);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
+	deliver_batch_free(b);
+	assert_int_equal(open_fds(), base);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
+	close(s.body_fd);
+	free(block);
+	free(dir);
+}
+
+/*
+ * A redelivery (first_copy false) over a new/<name> already there (an
+ * earlier attempt's): until the commit new/<name> keeps its old content;
+ * after it, new/<name> holds the new one, the only entry of that name, and
+ * tmp/ is empty: alone (fdatasync) and in a batch (syncfs).  A copy the user
+ * already moved to cur/<name>:2,S is not written: 0, nothing added, no
+ * descriptor kept.
+ */
+static void
+test_maildir_unnamed_redelivery(void **state)
+{
+	static const char old[] = "Subject: old\n\nan earlier, longer copy\n";
+	struct deliver_msg a, redo, sredo;
+	struct deliver_batch *b;
+	bool permanent = true;
+	char *dir, *block_a, *block_r, *got;
+	char err[256] = "", p[512], seen[512];
+	size_t base, held, len;
+
+	need_unnamed_files();
+	dir = fresh_dir();
+	a = mem_msg("A\r\n", 3, 0, true, &block_a);
+	redo = mem_msg("redone\r\n", 8, 0, false, &block_r);
+	sredo = spool_msg(dir, "", "spooled\r\n", 9); /* first_copy false */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "kim", "M1", &a, &permanent, err,
+					       sizeof(err)),
+			 0);
+	base = open_fds();
+
+	/* Alone. */
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "kim", "M1", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/kim/new/M1", &redo, "redone\r\n", 8);
+	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 1);
+	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	assert_int_equal(open_fds(), base);
+
+	/* In a batch, with a copy of a new name. */
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "kim", "new/M2"), old,
+		    sizeof(old) - 1);
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "kim", "M2", &sredo);
+	batch_add_ok(b, dir, "example.org", "kim", "M3", &redo);
+	held = open_fds();
+	got = read_all(p, &len);
+	assert_non_null(got);
+	assert_int_equal(len, sizeof(old) - 1);
+	assert_memory_equal(got, old, len);
+	free(got);
+	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 2);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	assert_int_equal(open_fds(), held - 2);
+	check_delivered(dir, "example.org/kim/new/M2", &sredo, "spooled\r\n", 9);
+	check_delivered(dir, "example.org/kim/new/M3", &redo, "redone\r\n", 8);
+	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 3);
+	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	deliver_batch_free(b);
+	assert_int_equal(open_fds(), base);
+
+	/* Already read (cur/M4:2,S): nothing written, nothing held. */
+	snprintf(seen, sizeof(seen), "%s/example.org/kim/cur/M4:2,S", dir);
+	write_bytes(seen, "read before\n", 12);
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "kim", "M5", &a);
+	held = open_fds();
+	assert_int_equal(deliver_batch_add(b, dir, "example.org", "kim", "M4", &redo, &permanent,
+					   err, sizeof(err)),
+			 0);
+	assert_false(permanent);
+	assert_int_equal(deliver_batch_len(b), 1);
+	assert_int_equal(open_fds(), held);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	assert_int_equal(open_fds(), base);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "kim", "M4", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	assert_int_equal(open_fds(), base);
+	assert_false(exists(box_path(p, sizeof(p), dir, "example.org", "kim", "new/M4")));
+	check_delivered(dir, "example.org/kim/new/M5", &a, "A\r\n", 3);
+	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 4); /* M1, M2, M3, M5 */
+	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "kim", "cur"), 1);
+	got = read_all(seen, &len);
+	assert_non_null(got);
+	assert_int_equal(len, 12);
+	assert_memory_equal(got, "read before\n", 12);
+	free(got);
+	close(sredo.body_fd);
+	free(block_a);
+	free(block_r);
+	free(dir);
+}
+
+/*
+ * Copies that cannot be written fail alone (-1, not permanent, the length
+ * unchanged), each leaving no copy open and nothing in tmp/ or new/: into a
+ * Maildir whose new/ is a regular file; from a spool file shorter than the
+ * message (the unnamed file, part written, is closed and so never had a
+ * name); with no descriptor left for the unnamed file (EMFILE), which does
+ * not make later copies go by way of tmp/.  The rest of the batch, added
+ * before and after, is committed, also into the Maildirs where a copy
+ * failed.
+ */
+static void
+test_batch_unnamed_failed_add(void **state)
+{
+	struct deliver_msg a, s, shortm;
+	struct deliver_batch *b;
+	struct rlimit lim, low;
+	bool permanent;
+	char *dir, *block, *got;
+	char err[256] = "", p[512];
+	size_t base, held, len;
+	int probe, rc;
+
+	need_unnamed_files();
+	dir = fresh_dir();
+	a = mem_msg("A\r\n", 3, 0, true, &block);
+	s = spool_msg(dir, "", "S\r\n", 3);
+	shortm = s;
+	shortm.body_len = 100;
+	snprintf(p, sizeof(p), "%s/example.org", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	snprintf(p, sizeof(p), "%s/example.org/dan", dir);
+	assert_int_equal(mkdir(p, 0700), 0);
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "dan", "new"), "", 0);
+	maildir_ready(dir, "example.org", "amy");
+	maildir_ready(dir, "example.org", "ben");
+	base = open_fds();
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "E1", &a);
+	held = open_fds();
+
+	/* dan's new/ is a regular file. */
+	permanent = true;
+	assert_int_equal(
+	    deliver_batch_add(b, dir, "example.org", "dan", "E2", &a, &permanent, err, sizeof(err)),
+	    -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "Not a directory"));
+	assert_int_equal(deliver_batch_len(b), 1);
+	assert_int_equal(open_fds(), held);
+	assert_int_equal(box_count(dir, "example.org", "dan", "tmp"), 0);
+
+	/* The spool file ends before the message. */
+	permanent = true;
+	assert_int_equal(deliver_batch_add(b, dir, "example.org", "amy", "E3", &shortm, &permanent,
+					   err, sizeof(err)),
+			 -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "spool file ends"));
+	assert_int_equal(deliver_batch_len(b), 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	/* (amy's Maildir, looked up afresh after that, is held open until the batch ends.) */
+	held = open_fds();
+
+	/* No descriptor to be had: every one below the limit is in use. */
+	probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(probe >= 0);
+	close(probe);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &lim), 0);
+	low = lim;
+	low.rlim_cur = (rlim_t)probe;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	permanent = true;
+	rc =
+	    deliver_batch_add(b, dir, "example.org", "ben", "E4", &a, &permanent, err, sizeof(err));
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+	assert_int_equal(rc, -1);
+	assert_false(permanent);
+	assert_non_null(strstr(err, "Too many open files"));
+	assert_int_equal(deliver_batch_len(b), 1);
+	assert_int_equal(open_fds(), held);
+
+	/* The same Maildirs take the next copies, as unnamed files still. */
+	batch_add_ok(b, dir, "example.org", "amy", "E5", &s);
+	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "E6", &a), 3);
+	held = open_fds();
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 0);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	assert_int_equal(open_fds(), held - 3);
+	deliver_batch_free(b);
+	check_delivered(dir, "example.org/amy/new/E1", &a, "A\r\n", 3);
+	check_delivered(dir, "example.org/amy/new/E5", &s, "S\r\n", 3);
+	check_delivered(dir, "example.org/ben/new/E6", &a, "A\r\n", 3);
+	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
+	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 1);
+	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+	assert_int_equal(box_count(dir, "example.org", "dan", "tmp"), 0);
+	got = read_all(box_path(p, sizeof(p), dir, "example.org", "dan", "new"), &len);
+	assert_non_null(got);
+	assert_int_equal(len, 0);
+	free(got);
+	/*
+	 * A Maildir where a write failed is looked up afresh, not kept open:
+	 * once both are open again, as many descriptors as before the batch.
+	 */
+	maildir_ready(dir, "example.org", "amy");
+	maildir_ready(dir, "example.org", "ben");
+	assert_int_equal(open_fds(), base);
+	close(s.body_fd);
+	free(block);
+	free(dir);
+}
+
+/*
+ * The commit cannot link ben's copy C3 into new/: ben's new/ removed, or
+ * replaced by a file, after the add; or ben's new/C3 already there and tmp/
+ * removed, so that the one-step replacement cannot be made (the earlier copy
+ * stays as it was).  C3's group (amy C2, ben C3) is delivered nowhere: amy's
+ * C2, linked first, is taken back, nothing is left in tmp/.  The other
+ * groups (amy C1, cal C4) are delivered; deliver_batch_failed tells which,
+ * and every copy's descriptor is closed.
+ */
+static void
+test_batch_unnamed_link_fails(void **state)
+{
+	static const char earlier[] = "an earlier attempt's copy\n";
+
+	need_unnamed_files();
+	for (int how = 0; how < 3; how++) {
+		char *dir = fresh_dir();
+		char *block;
+		struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+		struct deliver_msg s = spool_msg(dir, "", "S\r\n", 3); /* first_copy false */
+		struct deliver_batch *b;
+		char err[256] = "", p[512];
+		size_t base, held, len;
+		char *got;
+
+		maildir_ready(dir, "example.org", "amy");
+		maildir_ready(dir, "example.org", "ben");
+		maildir_ready(dir, "example.org", "cal");
+		if (how == 2)
+			write_bytes(box_path(p, sizeof(p), dir, "example.org", "ben", "new/C3"),
+				    earlier, sizeof(earlier) - 1);
+		base = open_fds();
+		b = deliver_batch_new();
+		batch_add_ok(b, dir, "example.org", "amy", "C1", &a);
+		deliver_batch_group(b, 1);
+		batch_add_ok(b, dir, "example.org", "amy", "C2", &a);
+		batch_add_ok(b, dir, "example.org", "ben", "C3", &s);
+		deliver_batch_group(b, 2);
+		assert_int_equal(batch_add_ok(b, dir, "example.org", "cal", "C4", &a), 4);
+		held = open_fds();
+		box_path(p, sizeof(p), dir, "example.org", "ben", how == 2 ? "tmp" : "new");
+		assert_int_equal(rmdir(p), 0);
+		if (how == 1)
+			write_bytes(p, "not a directory\n", 16);
+
+		assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), -1);
+		if (strstr(err, "C3") == NULL)
+			fail_msg("how %d: %s", how, err);
+		assert_int_equal(open_fds(), held - 4);
+		assert_false(deliver_batch_failed(b, 0));
+		assert_true(deliver_batch_failed(b, 1));
+		assert_false(deliver_batch_failed(b, 2));
+		check_delivered(dir, "example.org/amy/new/C1", &a, "A\r\n", 3);
+		check_delivered(dir, "example.org/cal/new/C4", &a, "A\r\n", 3);
+		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 1);
+		assert_int_equal(box_count(dir, "example.org", "cal", "new"), 1);
+		if (how == 1) {
+			got = read_all(box_path(p, sizeof(p), dir, "example.org", "ben", "new"),
+				       &len);
+			assert_non_null(got);
+			assert_int_equal(len, 16);
+			assert_memory_equal(got, "not a directory\n", 16);
+			free(got);
+		} else if (how == 2) {
+			got = read_all(box_path(p, sizeof(p), dir, "example.org", "ben", "new/C3"),
+				       &len);
+			assert_non_null(got);
+			assert_int_equal(len, sizeof(earlier) - 1);
+			assert_memory_equal(got, earlier, len);
+			free(got);
+			assert_int_equal(box_count(dir, "example.org", "ben", "new"), 1);
+		}
+		deliver_batch_free(b);
+		assert_int_equal(open_fds(), base);
+		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 1);
+		assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+		assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
+		assert_int_equal(box_count(dir, "example.org", "cal", "tmp"), 0);
+		close(s.body_fd);
+		free(block);
+		free(dir);
+	}
+}
+
 /* Copies as unnamed files linked into new/ (the default where the filesystem allows). */
 static int
 unnamed_way(void **state)
@@ -1841,6 +2333,13 @@ main(void)
 	    TMP_WAY(test_batch_skips_copy_already_read),
 	    BOTH_WAYS(test_batch_unsafe_names),
 	    TMP_WAY(test_batch_failed_add_leaves_the_rest),
+	    cmocka_unit_test_setup(test_batch_unnamed_one_maildir, unnamed_way),
+	    cmocka_unit_test_setup(test_batch_unnamed_several_maildirs, unnamed_way),
+	    cmocka_unit_test_setup(test_batch_unnamed_rollback, unnamed_way),
+	    cmocka_unit_test_setup(test_batch_unnamed_free_without_commit, unnamed_way),
+	    cmocka_unit_test_setup(test_maildir_unnamed_redelivery, unnamed_way),
+	    cmocka_unit_test_setup(test_batch_unnamed_failed_add, unnamed_way),
+	    cmocka_unit_test_setup(test_batch_unnamed_link_fails, unnamed_way),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
