@@ -623,6 +623,7 @@ box_get(struct deliver_batch *b, const char *mail_root, const char *domain, cons
 
 /* Unnamed files: 1 on, 0 off (deliver_maildir_unnamed), -1 found unusable here. */
 static atomic_int unnamed_state = 1;
+static atomic_bool proc_seen; /* /proc/self/fd is there */
 
 void
 deliver_maildir_unnamed(bool on)
@@ -643,6 +644,15 @@ write_unnamed(const struct maildir *md, const struct deliver_msg *m, char *err, 
 	if (atomic_load(&unnamed_state) != 1) {
 		errno = EOPNOTSUPP;
 		return -1;
+	}
+	if (!atomic_load(&proc_seen)) {
+		/* Linked by its /proc/self/fd path: without /proc (a chroot) tmp/ it is. */
+		if (access("/proc/self/fd", X_OK) != 0) {
+			atomic_store(&unnamed_state, -1);
+			errno = EOPNOTSUPP;
+			return -1;
+		}
+		atomic_store(&proc_seen, true);
 	}
 	fd = openat(md->new_dir, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -682,6 +692,11 @@ write_tmp_file(const struct maildir *md, const char *name, const struct deliver_
 		return -1;
 	if (*skip)
 		return 0;
+	/* A tmp/<name> left by a crash during an earlier attempt is ours to replace. */
+	if (!m->first_copy && unlinkat(md->tmp, name, 0) < 0 && errno != ENOENT) {
+		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
+		return -1;
+	}
 	fd = write_unnamed(md, m, err, err_cap);
 	if (fd >= 0) {
 		*ufd = fd;
@@ -689,11 +704,6 @@ write_tmp_file(const struct maildir *md, const char *name, const struct deliver_
 	}
 	if (errno != EOPNOTSUPP)
 		return -1;
-	/* A tmp/<name> left by a crash during an earlier attempt is ours to replace. */
-	if (!m->first_copy && unlinkat(md->tmp, name, 0) < 0 && errno != ENOENT) {
-		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
-		return -1;
-	}
 	fd = openat(md->tmp, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_WRONLY, 0600);
 	if (fd < 0) {
 		fail(err, err_cap, "tmp/%s: %s", name, strerror(errno));
@@ -904,15 +914,18 @@ take_back(struct deliver_batch *b, struct pending *p)
 /*
  * Puts copy p into new/ under its name: links its unnamed file there, or
  * renames its tmp/ file.  A new/<name> already there (an earlier attempt's)
- * is replaced in one step as a rename does: by way of tmp/<name>.
+ * is replaced in one step as a rename does: by way of tmp/<name>, which must
+ * not exist (as for a copy written there: O_EXCL).  *step: what failed.
  */
 static int
-publish(const struct maildir *md, struct pending *p)
+publish(const struct maildir *md, struct pending *p, const char **step)
 {
 	char path[32];
 
+	*step = "rename to new/";
 	if (p->fd < 0)
 		return renameat(md->tmp, p->name, md->new_dir, p->name);
+	*step = "link into new/";
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", p->fd);
 	if (linkat(AT_FDCWD, path, md->new_dir, p->name, AT_SYMLINK_FOLLOW) == 0) {
 		close(p->fd);
@@ -921,11 +934,12 @@ publish(const struct maildir *md, struct pending *p)
 	}
 	if (errno != EEXIST)
 		return -1;
-	if ((unlinkat(md->tmp, p->name, 0) != 0 && errno != ENOENT) ||
-	    linkat(AT_FDCWD, path, md->tmp, p->name, AT_SYMLINK_FOLLOW) != 0)
+	*step = "link into tmp/";
+	if (linkat(AT_FDCWD, path, md->tmp, p->name, AT_SYMLINK_FOLLOW) != 0)
 		return -1;
 	close(p->fd);
 	p->fd = -1; /* a tmp/ file now: taken back from there should the rename fail */
+	*step = "rename to new/";
 	return renameat(md->tmp, p->name, md->new_dir, p->name);
 }
 
@@ -933,6 +947,7 @@ int
 deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap)
 {
 	bool failed = false;
+	const char *step;
 
 	b->failed_all = false;
 	if (b->len == 0)
@@ -946,14 +961,13 @@ deliver_batch_commit(struct deliver_batch *b, char *err, size_t err_cap)
 
 		if (p->state != COPY_TMP)
 			continue; /* its group failed already */
-		if (publish(md, p) == 0) {
+		if (publish(md, p, &step) == 0) {
 			p->state = COPY_NEW;
 			continue;
 		}
 		/* That copy's group (its message) fails whole; the others go on. */
 		if (!failed)
-			fail(err, err_cap, "%s new/%s: %s", p->fd >= 0 ? "link into" : "rename to",
-			     p->name, strerror(errno));
+			fail(err, err_cap, "%s%s: %s", step, p->name, strerror(errno));
 		failed = true;
 		for (size_t j = 0; j < b->len; j++)
 			if (b->v[j].group == p->group)

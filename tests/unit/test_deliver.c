@@ -2272,6 +2272,76 @@ test_batch_unnamed_link_fails(void **state)
 	}
 }
 
+/*
+ * The unnamed way and tmp/: a redelivery removes a tmp/<name> an earlier
+ * attempt left; a first copy whose new/<name> is already there goes by way
+ * of tmp/<name> only if that name is free there — a stranger's tmp/<name>
+ * is left alone, the copy fails (transiently), and the new/<name> there
+ * stays as it was.
+ */
+static void
+test_maildir_unnamed_and_tmp_leftovers(void **state)
+{
+	static const char stale[] = "half a copy from a crash";
+	static const char theirs[] = "someone else's file";
+	static const char before[] = "Subject: before\n\nthere first\n";
+	struct deliver_msg redo, first;
+	struct deliver_batch *b;
+	bool permanent = true;
+	char *dir, *block_r, *block_f, *got;
+	char err[256] = "", p[512];
+	size_t len;
+
+	(void)state;
+	need_unnamed_files();
+	dir = fresh_dir();
+	redo = mem_msg("redone\r\n", 8, 0, false, &block_r);
+	first = mem_msg("first\r\n", 7, 0, true, &block_f);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "M0", &first, &permanent,
+					       err, sizeof(err)),
+			 0);
+
+	/* A redelivery: the stale tmp/M1 goes, new/M1 holds the copy. */
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "lee", "tmp/M1"), stale,
+		    sizeof(stale) - 1);
+	assert_int_equal(deliver_maildir_write(dir, "example.org", "lee", "M1", &redo, &permanent,
+					       err, sizeof(err)),
+			 0);
+	check_delivered(dir, "example.org/lee/new/M1", &redo, "redone\r\n", 8);
+	assert_int_equal(box_count(dir, "example.org", "lee", "tmp"), 0);
+
+	/* A first copy, new/M2 there and a stranger's tmp/M2: both stay, the group fails. */
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "lee", "new/M2"), before,
+		    sizeof(before) - 1);
+	write_bytes(box_path(p, sizeof(p), dir, "example.org", "lee", "tmp/M2"), theirs,
+		    sizeof(theirs) - 1);
+	b = deliver_batch_new();
+	deliver_batch_group(b, 0);
+	batch_add_ok(b, dir, "example.org", "lee", "M3", &first);
+	deliver_batch_group(b, 1);
+	batch_add_ok(b, dir, "example.org", "lee", "M2", &first);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "tmp/M2"));
+	assert_false(deliver_batch_failed(b, 0));
+	assert_true(deliver_batch_failed(b, 1));
+	deliver_batch_free(b);
+	check_delivered(dir, "example.org/lee/new/M3", &first, "first\r\n", 7);
+	got = read_all(box_path(p, sizeof(p), dir, "example.org", "lee", "new/M2"), &len);
+	assert_non_null(got);
+	assert_int_equal(len, sizeof(before) - 1);
+	assert_memory_equal(got, before, len);
+	free(got);
+	got = read_all(box_path(p, sizeof(p), dir, "example.org", "lee", "tmp/M2"), &len);
+	assert_non_null(got);
+	assert_int_equal(len, sizeof(theirs) - 1);
+	assert_memory_equal(got, theirs, len);
+	free(got);
+	assert_int_equal(box_count(dir, "example.org", "lee", "tmp"), 1);
+	free(block_r);
+	free(block_f);
+	free(dir);
+}
+
 /* Copies as unnamed files linked into new/ (the default where the filesystem allows). */
 static int
 unnamed_way(void **state)
@@ -2338,6 +2408,7 @@ main(void)
 	    cmocka_unit_test_setup(test_batch_unnamed_rollback, unnamed_way),
 	    cmocka_unit_test_setup(test_batch_unnamed_free_without_commit, unnamed_way),
 	    cmocka_unit_test_setup(test_maildir_unnamed_redelivery, unnamed_way),
+	    cmocka_unit_test_setup(test_maildir_unnamed_and_tmp_leftovers, unnamed_way),
 	    cmocka_unit_test_setup(test_batch_unnamed_failed_add, unnamed_way),
 	    cmocka_unit_test_setup(test_batch_unnamed_link_fails, unnamed_way),
 	};
