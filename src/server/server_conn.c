@@ -717,8 +717,7 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	conf = c->cfg->conf;
 	memcpy(&c->sa, sa, (size_t)salen < sizeof(c->sa) ? (size_t)salen : sizeof(c->sa));
 	addr_string(sa, c->addr, sizeof(c->addr));
-	c->kind = kind;
-	evutil_make_socket_nonblocking(fd);
+	c->kind = kind; /* fd: non-blocking already (evconnlistener accepts with SOCK_NONBLOCK) */
 	c->plain = kind != LISTENER_SUBMISSIONS;
 	if (kind == LISTENER_SUBMISSIONS)
 		c->bev = tls_bev_accept(c->cfg->tls, srv->base, fd);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,19 +24,46 @@ log_set_level(enum log_level level)
 	min_level = level;
 }
 
+/* The process id, looked up once (petrel does not fork). */
+static int
+log_pid(void)
+{
+	static atomic_int pid;
+	int p = atomic_load_explicit(&pid, memory_order_relaxed);
+
+	if (p == 0) {
+		p = (int)getpid();
+		atomic_store_explicit(&pid, p, memory_order_relaxed);
+	}
+	return p;
+}
+
+/* The line's time stamp: formatted once a second by each thread. */
+static const char *
+log_stamp(void)
+{
+	static _Thread_local time_t last = (time_t)-1;
+	static _Thread_local char stamp[32];
+	time_t now = time(NULL);
+
+	if (now != last) {
+		struct tm tm;
+
+		gmtime_r(&now, &tm);
+		strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		last = now;
+	}
+	return stamp;
+}
+
 static void __attribute__((format(printf, 2, 0)))
 vlog(enum log_level level, const char *fmt, va_list ap)
 {
 	char line[2048];
-	char stamp[32];
-	struct tm tm;
-	time_t now = time(NULL);
 	size_t len;
 	int n;
 
-	gmtime_r(&now, &tm);
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n = snprintf(line, sizeof(line), "%s petrel[%d]: %s: ", stamp, (int)getpid(),
+	n = snprintf(line, sizeof(line), "%s petrel[%d]: %s: ", log_stamp(), log_pid(),
 		     level_names[level]);
 	if (n < 0 || (size_t)n >= sizeof(line))
 		return;
