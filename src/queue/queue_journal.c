@@ -69,6 +69,14 @@ struct journal {
 	bool writer_idle; /* waiting on cond: the next append signals it */
 	bool stopping;	  /* journal_stop: write what waits, then end */
 	struct journal_wait *pend_head, *pend_tail; /* appended, not yet written */
+	struct mark *marks;			    /* journal_done's, not yet written */
+	size_t marks_len, marks_cap;
+};
+
+/* A "finished" mark the writer is to write: its segment by number (it may be gone by then). */
+struct mark {
+	uint64_t seq;
+	char id[UTIL_ID_LEN];
 };
 
 /* The next segment, made ahead; not a segment's name, so recovery and readers pass it by. */
@@ -575,6 +583,55 @@ room_update(struct journal *j)
 	atomic_store(&j->room, room);
 }
 
+/* Lock held: the live segment numbered seq, or NULL (retired). */
+static struct journal_seg *
+find_seg(const struct journal *j, uint64_t seq)
+{
+	struct journal_seg *seg;
+
+	for (seg = j->segs; seg != NULL && seg->seq != seq; seg = seg->next)
+		;
+	return seg;
+}
+
+/* Marks in one write at most. */
+#define MARKS_IOV 64
+
+/*
+ * Lock held: the writer (or journal_done once it has stopped).  Writes
+ * marks[0..n) at the ends of their segments, a run of one segment's in one
+ * write (no flush of their own); a mark whose segment is gone (every
+ * message of it finished) is not needed.
+ */
+static void
+write_marks(struct journal *j, const struct mark *marks, size_t n)
+{
+	char heads[MARKS_IOV][JREC_HEAD_LEN];
+	struct iovec iov[MARKS_IOV];
+	size_t i = 0;
+
+	while (i < n) {
+		uint64_t seq = marks[i].seq;
+		struct journal_seg *seg = find_seg(j, seq);
+		int cnt = 0;
+
+		for (; i < n && cnt < MARKS_IOV && marks[i].seq == seq; i++) {
+			char id[UTIL_ID_LEN + 1];
+
+			if (seg == NULL)
+				continue;
+			memcpy(id, marks[i].id, UTIL_ID_LEN);
+			id[UTIL_ID_LEN] = '\0';
+			jrec_head(heads[cnt], JREC_DONE, id, NULL, NULL, 0);
+			iov[cnt].iov_base = heads[cnt];
+			iov[cnt].iov_len = JREC_HEAD_LEN;
+			cnt++;
+		}
+		if (cnt > 0 && seg_write(seg, iov, cnt) != 0)
+			seg->sealed = true;
+	}
+}
+
 /* Lock held: tells each of list (not written) that it failed with err. */
 static void
 tell_failed(struct journal *j, struct journal_wait *list, int err)
@@ -686,28 +743,44 @@ static void *
 writer_run(void *arg)
 {
 	struct journal *j = arg;
+	struct mark *marks = NULL; /* the writer's: swapped with j->marks */
+	size_t marks_cap = 0;
 
 	pthread_setname_np(pthread_self(), "petrel-journal");
 	for (;;) {
 		struct journal_wait *list;
+		struct mark *m;
+		size_t n, cap;
 
 		pthread_mutex_lock(&j->pend_lock);
-		while (j->pend_head == NULL && !j->stopping) {
+		while (j->pend_head == NULL && j->marks_len == 0 && !j->stopping) {
 			j->writer_idle = true;
 			pthread_cond_wait(&j->cond, &j->pend_lock);
 		}
 		j->writer_idle = false;
 		list = j->pend_head;
 		j->pend_head = j->pend_tail = NULL;
+		m = j->marks;
+		n = j->marks_len;
+		cap = j->marks_cap;
+		j->marks = marks;
+		j->marks_cap = marks_cap;
+		j->marks_len = 0;
+		marks = m;
+		marks_cap = cap;
 		pthread_mutex_unlock(&j->pend_lock);
-		if (list == NULL)
-			return NULL; /* stopping, and nothing waits */
+		if (list == NULL && n == 0)
+			break; /* stopping, and nothing waits */
 		pthread_mutex_lock(&j->lock);
-		write_batch(j, list);
+		write_marks(j, marks, n);
+		if (list != NULL)
+			write_batch(j, list);
 		room_update(j);
 		pthread_mutex_unlock(&j->lock);
 		reap(j);
 	}
+	free(marks);
+	return NULL;
 }
 
 int
@@ -779,17 +852,48 @@ journal_stop(struct journal *j)
 	pthread_join(j->writer, NULL);
 }
 
+/*
+ * The count goes up at once (a segment whose every message is finished goes
+ * now); the mark itself is written by the writer thread with the next
+ * records, so that no thread writes to the disk under the segments' lock
+ * but the writer (a background worker at a low priority preempted there
+ * would hold up every commit).  Once the writer has stopped, here.
+ */
 void
 journal_done(struct journal *j, struct journal_seg *seg, const char *id)
 {
+	struct mark mk = {.seq = seg->seq};
+	bool gone, queued = false, wake = false;
+
+	memcpy(mk.id, id, UTIL_ID_LEN);
 	pthread_mutex_lock(&j->lock);
 	seg->finished++;
-	if (seg->finished == seg->records && seg->sealed)
+	gone = seg->finished == seg->records && seg->sealed;
+	if (gone)
 		maybe_retire(j, seg);
-	else
-		seg_mark(seg, id);
 	room_update(j);
 	pthread_mutex_unlock(&j->lock);
+	if (!gone) {
+		pthread_mutex_lock(&j->pend_lock);
+		if (j->writer_started && !j->stopping) {
+			if (j->marks_len == j->marks_cap) {
+				j->marks_cap = j->marks_cap ? 2 * j->marks_cap : 64;
+				j->marks = xrealloc(j->marks, j->marks_cap * sizeof(*j->marks));
+			}
+			j->marks[j->marks_len++] = mk;
+			wake = j->writer_idle;
+			j->writer_idle = false;
+			queued = true;
+		}
+		pthread_mutex_unlock(&j->pend_lock);
+		if (wake)
+			pthread_cond_signal(&j->cond);
+	}
+	if (!gone && !queued) {
+		pthread_mutex_lock(&j->lock);
+		write_marks(j, &mk, 1);
+		pthread_mutex_unlock(&j->lock);
+	}
 	reap(j);
 }
 
@@ -821,6 +925,7 @@ journal_close(struct journal *j)
 	}
 	close(j->dir_fd);
 	free(j->found);
+	free(j->marks);
 	pthread_mutex_destroy(&j->lock);
 	pthread_mutex_destroy(&j->pend_lock);
 	pthread_cond_destroy(&j->cond);

@@ -575,8 +575,9 @@ test_append_one(void **state)
 	assert_memory_equal(rs.v[0].data, msg, sizeof(msg) - 1);
 	recs_free(&rs);
 
-	/* The mark: one more record, a head and nothing else. */
+	/* The mark: one more record, a head and nothing else (written by the writer). */
 	journal_done(j, seg, id);
+	journal_stop(j);
 	scan_segment(&s, names[0], &rs);
 	assert_int_equal(rs.n, 2);
 	assert_int_equal(rs.v[1].type, JREC_DONE);
@@ -1563,6 +1564,84 @@ test_room_gone_while_waiting(void **state)
 	spool_done(&s);
 }
 
+/*
+ * A "finished" mark is written by the writer, not by the thread that
+ * finished the message: while the writer is in a flush the mark waits (the
+ * count is up at once), and it is on disk once the writer has gone round
+ * again (at the latest when it stops).  A mark whose segment has gone
+ * meanwhile (its last message finished) is dropped, not written.
+ */
+static void
+test_marks_written_by_the_writer(void **state)
+{
+	size_t big_len = JREC_PAYLOAD_MAX;
+	char *big = malloc(big_len);
+	struct spool s;
+	struct journal *j;
+	struct journal_seg *s1, *s1b, *s2;
+	struct waiter x;
+	char ids[6][UTIL_ID_LEN + 1], names[NAMES_MAX][64];
+	const void *parts[1] = {"third"};
+	size_t lens[1] = {5};
+	struct recs rs = {0};
+	struct took t = {0};
+
+	assert_non_null(big);
+	memset(big, 'M', big_len);
+	spool_new(&s);
+	fake_reset();
+	j = open_ok(&s);
+	for (int i = 0; i < 6; i++)
+		make_id(ids[i], 4000 + (unsigned long)i);
+	s1 = append_ok(j, ids[0], "small one", 9);
+	s1b = append_ok(j, ids[1], big, big_len); /* fills the first segment */
+	assert_ptr_equal(s1, s1b);
+	s2 = append_ok(j, ids[2], "second segment", 14);
+	assert_ptr_not_equal(s1, s2);
+	append_ok(j, ids[3], "also second", 11);
+
+	/* The writer held in a flush: marks wait for it. */
+	fake_hold((int)fake_calls());
+	waiter_init(&x);
+	assert_int_equal(journal_append(j, ids[4], parts, lens, 1, &x.w), 0);
+	assert_true(fake_held());
+	journal_done(j, s2, ids[2]);
+	journal_done(j, s1, ids[0]); /* its segment still owes ids[1] */
+	assert_int_equal(list_journal(&s, names), 2);
+	scan_segment(&s, names[1], &rs);
+	assert_int_equal(rs.n, 3); /* three messages (the third in its flush), no mark yet */
+	for (size_t i = 0; i < rs.n; i++)
+		assert_int_equal(rs.v[i].type, JREC_MSG);
+	recs_free(&rs);
+	scan_segment(&s, names[0], &rs);
+	assert_int_equal(rs.n, 2);
+	recs_free(&rs);
+	/* The first segment's last message: it goes now; its waiting mark is dropped. */
+	journal_done(j, s1b, ids[1]);
+	assert_false(journal_has(&s, "0000000000000001"));
+	fake_release();
+	wait_all(&x, 1, 0);
+	journal_stop(j);
+
+	assert_int_equal(list_journal(&s, names), 1);
+	scan_segment(&s, names[0], &rs);
+	assert_int_equal(rs.n, 4); /* ids[2], ids[3], ids[4] and the mark of ids[2] */
+	assert_int_equal(rs.v[3].type, JREC_DONE);
+	assert_string_equal(rs.v[3].id, ids[2]);
+	recs_free(&rs);
+	journal_close(j);
+
+	j = open_ok(&s);
+	assert_int_equal(recover_ok(j, &t), 2);
+	assert_took(&t, 0, ids[3], "also second", 11);
+	assert_took(&t, 1, ids[4], "third", 5);
+	journal_clear(j);
+	journal_close(j);
+	recs_free(&t.got);
+	free(big);
+	spool_done(&s);
+}
+
 /* ---- a failed flush ---- */
 
 /*
@@ -1675,6 +1754,7 @@ main(void)
 	    cmocka_unit_test(test_appends_during_a_flush_share_the_next),
 	    cmocka_unit_test(test_stop_tells_every_waiter),
 	    cmocka_unit_test(test_room_gone_while_waiting),
+	    cmocka_unit_test(test_marks_written_by_the_writer),
 	    cmocka_unit_test(test_failed_flush_segment_goes),
 	    cmocka_unit_test(test_failed_flush_may_come_back_whole),
 	};
