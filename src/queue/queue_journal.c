@@ -615,19 +615,21 @@ write_marks(struct journal *j, const struct mark *marks, size_t n)
 		struct journal_seg *seg = find_seg(j, seq);
 		int cnt = 0;
 
-		for (; i < n && cnt < MARKS_IOV && marks[i].seq == seq; i++) {
+		if (seg == NULL) {
+			while (i < n && marks[i].seq == seq)
+				i++;
+			continue;
+		}
+		for (; i < n && cnt < MARKS_IOV && marks[i].seq == seq; i++, cnt++) {
 			char id[UTIL_ID_LEN + 1];
 
-			if (seg == NULL)
-				continue;
 			memcpy(id, marks[i].id, UTIL_ID_LEN);
 			id[UTIL_ID_LEN] = '\0';
 			jrec_head(heads[cnt], JREC_DONE, id, NULL, NULL, 0);
 			iov[cnt].iov_base = heads[cnt];
 			iov[cnt].iov_len = JREC_HEAD_LEN;
-			cnt++;
 		}
-		if (cnt > 0 && seg_write(seg, iov, cnt) != 0)
+		if (seg_write(seg, iov, cnt) != 0)
 			seg->sealed = true;
 	}
 }
