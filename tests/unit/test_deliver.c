@@ -1302,6 +1302,14 @@ box_count(const char *dir, const char *domain, const char *user, const char *sub
 	return count_entries(box_path(p, sizeof(p), dir, domain, user, sub));
 }
 
+/* dir's Maildir <domain>/<user> holds ntmp entries in tmp/ and nnew in new/. */
+static void
+assert_box(const char *dir, const char *domain, const char *user, size_t ntmp, size_t nnew)
+{
+	assert_int_equal(box_count(dir, domain, user, "tmp"), ntmp);
+	assert_int_equal(box_count(dir, domain, user, "new"), nnew);
+}
+
 /* Adds one copy, which must succeed; returns the batch's length after it. */
 static size_t
 batch_add_ok(struct deliver_batch *b, const char *dir, const char *domain, const char *user,
@@ -1558,8 +1566,7 @@ test_batch_rollback(void **state)
 	assert_int_equal(deliver_batch_len(b), 0);
 	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
 	deliver_batch_free(b);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_box(dir, "example.org", "amy", 0, 2);
 	close(s.body_fd);
 	free(block);
 	free(dir);
@@ -1582,10 +1589,8 @@ test_batch_free_without_commit(void **state)
 	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 2);
 	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 1);
 	deliver_batch_free(b);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
+	assert_box(dir, "example.org", "amy", 0, 0);
+	assert_box(dir, "example.net", "ben", 0, 0);
 
 	/* Nothing added at all. */
 	b = deliver_batch_new();
@@ -1641,8 +1646,7 @@ test_batch_commit_fails_part_way(void **state)
 			free(got);
 		}
 		deliver_batch_free(b);
-		assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+		assert_box(dir, "example.org", "amy", 0, 0);
 		assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
 
 		/* Repaired, ben's Maildir (looked up afresh) takes the message again. */
@@ -1744,8 +1748,7 @@ test_batch_skips_copy_already_read(void **state)
 	deliver_batch_free(b);
 	check_delivered(dir, "example.org/amy/new/K0", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/new/K1", &a, "A\r\n", 3);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+	assert_box(dir, "example.org", "amy", 0, 2);
 	assert_int_equal(box_count(dir, "example.org", "amy", "cur"), 1);
 	got = read_all(seen, &len);
 	assert_non_null(got);
@@ -1847,8 +1850,7 @@ test_batch_failed_add_leaves_the_rest(void **state)
 	check_delivered(dir, "example.org/amy/new/E1", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/amy/new/E4", &a, "A\r\n", 3);
 	check_delivered(dir, "example.org/ben/new/E5", &a, "A\r\n", 3);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 2);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 1);
+	assert_box(dir, "example.org", "amy", 1, 2);
 	got = read_all(left, &len);
 	assert_non_null(got);
 	assert_int_equal(len, 15);
@@ -1960,16 +1962,12 @@ test_batch_unnamed_free_without_commit(void **state)
 	batch_add_ok(b, dir, "example.org", "amy", "F2", &s);
 	assert_int_equal(batch_add_ok(b, dir, "example.net", "ben", "F3", &a), 3);
 	assert_int_equal(open_fds(), first + 2);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
+	assert_box(dir, "example.org", "amy", 0, 0);
+	assert_box(dir, "example.net", "ben", 0, 0);
 	deliver_batch_free(b);
 	assert_int_equal(open_fds(), base);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.net", "ben", "new"), 0);
+	assert_box(dir, "example.org", "amy", 0, 0);
+	assert_box(dir, "example.net", "ben", 0, 0);
 	close(s.body_fd);
 	free(block);
 	free(dir);
@@ -2009,8 +2007,7 @@ test_maildir_unnamed_redelivery(void **state)
 					       err, sizeof(err)),
 			 0);
 	check_delivered(dir, "example.org/kim/new/M1", &redo, "redone\r\n", 8);
-	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 1);
-	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	assert_box(dir, "example.org", "kim", 0, 1);
 	assert_int_equal(open_fds(), base);
 
 	/* In a batch, with a copy of a new name. */
@@ -2025,14 +2022,12 @@ test_maildir_unnamed_redelivery(void **state)
 	assert_int_equal(len, sizeof(old) - 1);
 	assert_memory_equal(got, old, len);
 	free(got);
-	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 2);
+	assert_box(dir, "example.org", "kim", 0, 2);
 	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
 	assert_int_equal(open_fds(), held - 2);
 	check_delivered(dir, "example.org/kim/new/M2", &sredo, "spooled\r\n", 9);
 	check_delivered(dir, "example.org/kim/new/M3", &redo, "redone\r\n", 8);
-	assert_int_equal(box_count(dir, "example.org", "kim", "new"), 3);
-	assert_int_equal(box_count(dir, "example.org", "kim", "tmp"), 0);
+	assert_box(dir, "example.org", "kim", 0, 3);
 	deliver_batch_free(b);
 	assert_int_equal(open_fds(), base);
 
@@ -2130,8 +2125,7 @@ test_batch_unnamed_failed_add(void **state)
 	assert_false(permanent);
 	assert_non_null(strstr(err, "spool file ends"));
 	assert_int_equal(deliver_batch_len(b), 1);
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
+	assert_box(dir, "example.org", "amy", 0, 0);
 	/* (amy's Maildir, looked up afresh after that, is held open until the batch ends.) */
 	held = open_fds();
 
@@ -2157,10 +2151,8 @@ test_batch_unnamed_failed_add(void **state)
 	batch_add_ok(b, dir, "example.org", "amy", "E5", &s);
 	assert_int_equal(batch_add_ok(b, dir, "example.org", "ben", "E6", &a), 3);
 	held = open_fds();
-	assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "amy", "new"), 0);
-	assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
-	assert_int_equal(box_count(dir, "example.org", "ben", "new"), 0);
+	assert_box(dir, "example.org", "amy", 0, 0);
+	assert_box(dir, "example.org", "ben", 0, 0);
 	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
 	assert_int_equal(open_fds(), held - 3);
 	deliver_batch_free(b);
@@ -2262,8 +2254,7 @@ test_batch_unnamed_link_fails(void **state)
 		}
 		deliver_batch_free(b);
 		assert_int_equal(open_fds(), base);
-		assert_int_equal(box_count(dir, "example.org", "amy", "new"), 1);
-		assert_int_equal(box_count(dir, "example.org", "amy", "tmp"), 0);
+		assert_box(dir, "example.org", "amy", 0, 1);
 		assert_int_equal(box_count(dir, "example.org", "ben", "tmp"), 0);
 		assert_int_equal(box_count(dir, "example.org", "cal", "tmp"), 0);
 		close(s.body_fd);
