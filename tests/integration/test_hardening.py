@@ -569,6 +569,49 @@ def test_2000_idle_connections_new_client_still_served(petrel_factory):
     alive(p)
 
 
+def test_peers_resetting_while_replies_go_out(petrel):
+    """Clients that pipeline a whole transaction and reset at once (RST) while
+    petrel is sending their replies: every such session is closed (no
+    descriptor kept), every message it got a 250 for is delivered once, and
+    the server goes on serving."""
+    p = petrel
+    fd_dir = Path(f"/proc/{p.proc.pid}/fd")
+
+    def sockets():
+        n = 0
+        for f in fd_dir.iterdir():
+            try:
+                n += os.readlink(f).startswith("socket:")
+            except OSError:
+                pass  # closed meanwhile
+        return n
+
+    alive(p)
+    base = sockets()
+    n = 100
+    for i in range(n):
+        s = socket.create_connection((p.host, p.port), timeout=10)
+        s.sendall(b"EHLO reset.example\r\nMAIL FROM:<a@example.org>\r\n"
+                  + f"RCPT TO:<reset{i}@localhost>\r\n".encode()
+                  + b"DATA\r\n" + f"Subject: reset {i}\r\n\r\nbody\r\n.\r\n".encode()
+                  + b"NOOP\r\n" * 200 + b"QUIT\r\n")
+        if i % 2:
+            time.sleep(0.002)  # some after part of the replies went out
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    assert wait_for(lambda: sockets() <= base, 10), (sockets(), base)
+    alive(p)
+    # each message petrel committed is delivered exactly once (a reset before the
+    # end of data leaves none)
+    time.sleep(1)
+    assert wait_queue_empty(p, 10)
+    counts = {}
+    for f in all_maildir_files(p.mail_root):
+        counts[f.parent.parent.name] = counts.get(f.parent.parent.name, 0) + 1
+    assert all(v == 1 for v in counts.values()), counts
+    assert set(counts) <= {f"reset{i}" for i in range(n)} | {"check"}, counts
+
+
 # ---- clients vanishing mid-DATA -----------------------------------------------------------
 
 
