@@ -802,8 +802,7 @@ deliver_batch_add(struct deliver_batch *b, const char *mail_root, const char *do
 	return 0;
 }
 
-/* A copy not yet in new/ goes: its unnamed file closed (the kernel frees it) or tmp/ file removed.
- */
+/* A copy not yet in new/ goes: its unnamed file closed (freed) or its tmp/ file removed. */
 static void
 drop_copy(const struct deliver_batch *b, struct pending *p)
 {
