@@ -481,65 +481,79 @@ seg_mark(struct journal_seg *seg, const char *id)
 }
 
 /*
- * Lock held, seg->syncing set by the caller (the writer).  Flushes what
- * waits on seg, the lock released meanwhile, and tells the waiters it
- * covered (or, when it failed, every waiter: nothing unflushed is trusted).
+ * Lock held, after a change: whether a message now would find room (no
+ * EAGAIN from seg_new), for journal_append to read without the lock.
+ */
+static void
+room_update(struct journal *j)
+{
+	const struct journal_seg *c = j->cur;
+	bool room;
+
+	if (c != NULL && !c->sealed && c->len < SEG_MAX)
+		room = true;
+	else if (c != NULL && c->finished == c->records)
+		room = j->segs_len <= SEGS_MAX; /* full and finished: it goes for the next */
+	else
+		room = j->segs_len < SEGS_MAX;
+	atomic_store(&j->room, room);
+}
+
+/*
+ * Lock held, seg->syncing set by the caller (the writer), every waiter on
+ * seg written before the call.  Flushes them, the lock released meanwhile,
+ * and tells them (when the flush failed, each with its error: nothing
+ * unflushed is trusted) — only once the segments' bookkeeping is done and
+ * the segments that went are removed, so that a caller told sees the
+ * journal as the flush left it.
  */
 static void
 seg_flush(struct journal *j, struct journal_seg *seg)
 {
-	while (seg->wait_head != NULL) {
-		struct journal_wait *ready = NULL, **tail = &ready;
-		uint64_t target = seg->len;
-		int rc;
+	struct journal_wait *ready;
+	int rc;
 
-		pthread_mutex_unlock(&j->lock);
-		rc = fdatasync(seg->fd) == 0 ? 0 : errno;
-		pthread_mutex_lock(&j->lock);
-		if (rc == 0) {
-			seg->synced = target;
-		} else if (seg->broken == 0) {
-			/* A failed flush may have dropped the dirty pages: trust nothing after it.
+	pthread_mutex_unlock(&j->lock);
+	rc = fdatasync(seg->fd) == 0 ? 0 : errno;
+	pthread_mutex_lock(&j->lock);
+	ready = seg->wait_head;
+	seg->wait_head = seg->wait_tail = NULL;
+	if (rc == 0) {
+		seg->synced = seg->len;
+	} else if (seg->broken == 0) {
+		/* A failed flush may have dropped the dirty pages: trust nothing after it. */
+		seg->broken = rc;
+		seg->sealed = true;
+		log_err("journal/%016" PRIx64 ": fdatasync: %s; its unflushed messages are "
+			"committed again without the journal, and may come back from it at the "
+			"next start",
+			seg->seq, strerror(rc));
+	}
+	if (seg->broken != 0) {
+		for (struct journal_wait *w = ready; w != NULL; w = w->next) {
+			/*
+			 * Not acknowledged here.  Marked finished, but the mark may not
+			 * reach the disk either, so the record may come back after a
+			 * restart: the caller keeps its id (journal_append).
 			 */
-			seg->broken = rc;
-			seg->sealed = true;
-			log_err("journal/%016" PRIx64 ": fdatasync: %s; its unflushed messages are "
-				"committed again without the journal, and may come back from it "
-				"at the next start",
-				seg->seq, strerror(rc));
+			w->err = seg->broken;
+			seg->finished++;
+			seg_mark(seg, w->id);
 		}
-		while (seg->wait_head != NULL &&
-		       (seg->broken != 0 || seg->wait_head->end <= seg->synced)) {
-			struct journal_wait *w = seg->wait_head;
-
-			seg->wait_head = w->next;
-			w->next = NULL;
-			if (seg->broken != 0) {
-				/*
-				 * Not acknowledged here.  Marked finished, but the mark may
-				 * not reach the disk either, so the record may come back
-				 * after a restart: the caller keeps its id (journal_append).
-				 */
-				w->err = seg->broken;
-				seg->finished++;
-				seg_mark(seg, w->id);
-			}
-			*tail = w;
-			tail = &w->next;
-		}
-		if (seg->wait_head == NULL)
-			seg->wait_tail = NULL;
-		pthread_mutex_unlock(&j->lock);
-		while (ready != NULL) {
-			struct journal_wait *w = ready;
-
-			ready = w->next; /* w may be gone once told */
-			w->done(w);
-		}
-		pthread_mutex_lock(&j->lock);
 	}
 	seg->syncing = false;
 	maybe_retire(j, seg);
+	room_update(j);
+	pthread_mutex_unlock(&j->lock);
+	reap(j);
+	while (ready != NULL) {
+		struct journal_wait *w = ready;
+
+		ready = w->next; /* w may be gone once told */
+		w->next = NULL;
+		w->done(w);
+	}
+	pthread_mutex_lock(&j->lock);
 }
 
 /*
@@ -562,25 +576,6 @@ spare_make(struct journal *j)
 	pthread_mutex_lock(&j->lock);
 	j->spare_fd = fd;
 	pthread_mutex_unlock(&j->lock);
-}
-
-/*
- * Lock held, after a change: whether a message now would find room (no
- * EAGAIN from seg_new), for journal_append to read without the lock.
- */
-static void
-room_update(struct journal *j)
-{
-	const struct journal_seg *c = j->cur;
-	bool room;
-
-	if (c != NULL && !c->sealed && c->len < SEG_MAX)
-		room = true;
-	else if (c != NULL && c->finished == c->records)
-		room = j->segs_len <= SEGS_MAX; /* full and finished: it goes for the next */
-	else
-		room = j->segs_len < SEGS_MAX;
-	atomic_store(&j->room, room);
 }
 
 /* Lock held: the live segment numbered seq, or NULL (retired). */
@@ -638,6 +633,7 @@ write_marks(struct journal *j, const struct mark *marks, size_t n)
 static void
 tell_failed(struct journal *j, struct journal_wait *list, int err)
 {
+	room_update(j);
 	pthread_mutex_unlock(&j->lock);
 	while (list != NULL) {
 		struct journal_wait *w = list;
