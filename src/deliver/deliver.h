@@ -136,6 +136,12 @@ void deliver_batch_free(struct deliver_batch *b);
  * of the tmp/ way; set before deliveries start.
  */
 void deliver_maildir_unnamed(bool on);
+/*
+ * Whether unnamed files are linked by their /proc/self/fd path even where
+ * linkat(AT_EMPTY_PATH) would do (off by default; on once the kernel refuses
+ * it).  For tests of that way.
+ */
+void deliver_maildir_link_by_path(bool on);
 
 /* One copy, on its own: a batch of one. */
 int deliver_maildir_write(const char *mail_root, const char *domain, const char *user,

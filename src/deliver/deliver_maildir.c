@@ -623,7 +623,8 @@ box_get(struct deliver_batch *b, const char *mail_root, const char *domain, cons
 
 /* Unnamed files: 1 on, 0 off (deliver_maildir_unnamed), -1 found unusable here. */
 static atomic_int unnamed_state = 1;
-static atomic_bool proc_seen; /* /proc/self/fd is there */
+static atomic_bool proc_seen;	 /* /proc/self/fd is there */
+static atomic_bool by_proc_path; /* linkat(AT_EMPTY_PATH) refused: link_unnamed() */
 
 void
 deliver_maildir_unnamed(bool on)
@@ -631,10 +632,17 @@ deliver_maildir_unnamed(bool on)
 	atomic_store(&unnamed_state, on ? 1 : 0);
 }
 
+void
+deliver_maildir_link_by_path(bool on)
+{
+	atomic_store(&by_proc_path, on);
+}
+
 /*
  * An unnamed file in new/ of md holding m, unflushed: its descriptor, or -1
- * with errno set (EOPNOTSUPP: not here, tmp/ it is).  It is linked by its
- * /proc/self/fd path (linkat with AT_EMPTY_PATH needs a privilege).
+ * with errno set (EOPNOTSUPP: not here, tmp/ it is).  It is linked by
+ * link_unnamed(), which needs /proc/self/fd where the kernel refuses
+ * linkat(AT_EMPTY_PATH).
  */
 static int
 write_unnamed(const struct maildir *md, const struct deliver_msg *m, char *err, size_t err_cap)
@@ -646,7 +654,8 @@ write_unnamed(const struct maildir *md, const struct deliver_msg *m, char *err, 
 		return -1;
 	}
 	if (!atomic_load(&proc_seen)) {
-		/* Linked by its /proc/self/fd path: without /proc (a chroot) tmp/ it is. */
+		/* Without /proc (a chroot) a refused AT_EMPTY_PATH would leave no way to link:
+		 * tmp/. */
 		if (access("/proc/self/fd", X_OK) != 0) {
 			atomic_store(&unnamed_state, -1);
 			errno = EOPNOTSUPP;
@@ -911,6 +920,33 @@ take_back(struct deliver_batch *b, struct pending *p)
 }
 
 /*
+ * Links the unnamed file fd into dir as name.  By the descriptor itself
+ * (AT_EMPTY_PATH: Linux 6.10 and later allow it to anyone for a file opened
+ * O_TMPFILE, before only with CAP_DAC_READ_SEARCH) or, once that is refused,
+ * by its /proc/self/fd path, which is a longer walk for the kernel.
+ */
+static int
+link_unnamed(int fd, int dir, const char *name)
+{
+	char path[32];
+	bool refused = false;
+
+	if (!atomic_load_explicit(&by_proc_path, memory_order_relaxed)) {
+		if (linkat(fd, "", dir, name, AT_EMPTY_PATH) == 0)
+			return 0;
+		if (errno != ENOENT && errno != EPERM)
+			return -1;
+		refused = true; /* or dir is gone: the /proc path tells */
+	}
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	if (linkat(AT_FDCWD, path, dir, name, AT_SYMLINK_FOLLOW) != 0)
+		return -1;
+	if (refused)
+		atomic_store(&by_proc_path, true); /* the kernel refuses AT_EMPTY_PATH */
+	return 0;
+}
+
+/*
  * Puts copy p into new/ under its name: links its unnamed file there, or
  * renames its tmp/ file.  A new/<name> already there (an earlier attempt's)
  * is replaced in one step as a rename does: by way of tmp/<name>, which must
@@ -919,14 +955,11 @@ take_back(struct deliver_batch *b, struct pending *p)
 static int
 publish(const struct maildir *md, struct pending *p, const char **step)
 {
-	char path[32];
-
 	*step = "rename to new/";
 	if (p->fd < 0)
 		return renameat(md->tmp, p->name, md->new_dir, p->name);
 	*step = "link into new/";
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", p->fd);
-	if (linkat(AT_FDCWD, path, md->new_dir, p->name, AT_SYMLINK_FOLLOW) == 0) {
+	if (link_unnamed(p->fd, md->new_dir, p->name) == 0) {
 		close(p->fd);
 		p->fd = -1;
 		return 0;
@@ -934,7 +967,7 @@ publish(const struct maildir *md, struct pending *p, const char **step)
 	if (errno != EEXIST)
 		return -1;
 	*step = "link into tmp/";
-	if (linkat(AT_FDCWD, path, md->tmp, p->name, AT_SYMLINK_FOLLOW) != 0)
+	if (link_unnamed(p->fd, md->tmp, p->name) != 0)
 		return -1;
 	close(p->fd);
 	p->fd = -1; /* a tmp/ file now: taken back from there should the rename fail */

@@ -2339,6 +2339,17 @@ unnamed_way(void **state)
 {
 	(void)state;
 	deliver_maildir_unnamed(true);
+	deliver_maildir_link_by_path(false);
+	return 0;
+}
+
+/* Unnamed files linked by their /proc/self/fd path (kernels that refuse AT_EMPTY_PATH). */
+static int
+unnamed_proc_way(void **state)
+{
+	(void)state;
+	deliver_maildir_unnamed(true);
+	deliver_maildir_link_by_path(true);
 	return 0;
 }
 
@@ -2359,6 +2370,12 @@ tmp_way(void **state)
 	}
 /* A test of the tmp/ way: it looks at the copies in tmp/ before the commit. */
 #define TMP_WAY(f) cmocka_unit_test_setup(f, tmp_way)
+/* A test of the unnamed way, run with both ways of linking. */
+#define UNNAMED_WAY(f)                                                                             \
+	{#f " (AT_EMPTY_PATH)", f, unnamed_way, NULL, NULL},                                       \
+	{                                                                                          \
+#f " (/proc path)", f, unnamed_proc_way, NULL, NULL                                \
+	}
 
 int
 main(void)
@@ -2394,14 +2411,14 @@ main(void)
 	    TMP_WAY(test_batch_skips_copy_already_read),
 	    BOTH_WAYS(test_batch_unsafe_names),
 	    TMP_WAY(test_batch_failed_add_leaves_the_rest),
-	    cmocka_unit_test_setup(test_batch_unnamed_one_maildir, unnamed_way),
-	    cmocka_unit_test_setup(test_batch_unnamed_several_maildirs, unnamed_way),
-	    cmocka_unit_test_setup(test_batch_unnamed_rollback, unnamed_way),
-	    cmocka_unit_test_setup(test_batch_unnamed_free_without_commit, unnamed_way),
-	    cmocka_unit_test_setup(test_maildir_unnamed_redelivery, unnamed_way),
-	    cmocka_unit_test_setup(test_maildir_unnamed_and_tmp_leftovers, unnamed_way),
-	    cmocka_unit_test_setup(test_batch_unnamed_failed_add, unnamed_way),
-	    cmocka_unit_test_setup(test_batch_unnamed_link_fails, unnamed_way),
+	    UNNAMED_WAY(test_batch_unnamed_one_maildir),
+	    UNNAMED_WAY(test_batch_unnamed_several_maildirs),
+	    UNNAMED_WAY(test_batch_unnamed_rollback),
+	    UNNAMED_WAY(test_batch_unnamed_free_without_commit),
+	    UNNAMED_WAY(test_maildir_unnamed_redelivery),
+	    UNNAMED_WAY(test_maildir_unnamed_and_tmp_leftovers),
+	    UNNAMED_WAY(test_batch_unnamed_failed_add),
+	    UNNAMED_WAY(test_batch_unnamed_link_fails),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
