@@ -28,8 +28,9 @@
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
-#define READ_CHUNK	   (64 * 1024)	/* octets handed to the session at a time */
-#define OUTPUT_HIGH	   (128 * 1024) /* stop reading while this much output waits */
+#define READ_CHUNK	   (64 * 1024)	    /* octets handed to the session at a time */
+#define INPUT_HIGH	   (2 * READ_CHUNK) /* the socket is left unread while this much waits */
+#define OUTPUT_HIGH	   (128 * 1024)	    /* stop reading while this much output waits */
 #define PENDING_HIGH	   (256 * 1024) /* stop reading while this much body waits for the disk */
 #define SHUTDOWN_WRITE_S   5		/* at stop, how long a client may take to read its 421 */
 #define AUTH_FAIL_WINDOW_S 600		/* failed AUTHs of a client address are counted this long */
@@ -47,11 +48,12 @@ struct conn {
 	bool authing; /* a password check is on a worker thread */
 	char addr[INET6_ADDRSTRLEN];
 	struct sockaddr_storage sa;
-	bool committing; /* waiting for the queue: read nothing */
-	bool closing;	 /* close once the output is written */
-	bool dead;	 /* the socket is gone; free when the commit returns */
-	bool counted;	 /* holds a slot in the per-address count */
-	bool plain;	 /* c->bev is the socket's own (no TLS): replies may go straight to it */
+	bool committing;  /* waiting for the queue: read nothing */
+	bool closing;	  /* close once the output is written */
+	bool dead;	  /* the socket is gone; free when the commit returns */
+	bool counted;	  /* holds a slot in the per-address count */
+	bool plain;	  /* c->bev is the socket's own (no TLS): replies may go straight to it */
+	bool read_paused; /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
 	struct conn *prev, *next;
 };
 
@@ -416,6 +418,7 @@ start_tls(struct conn *c)
 	}
 	c->bev = tls;
 	c->plain = false;
+	c->read_paused = false;
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
@@ -568,6 +571,29 @@ handle_event(struct conn *c, enum smtp_event ev)
 	return true;
 }
 
+/*
+ * Input the session does not take (its replies unread, a body waiting for
+ * the disk, a commit or a password check under way) is left in the socket
+ * once INPUT_HIGH octets wait, so that the client waits instead of the
+ * server buffering whatever it sends; reading resumes once the session has
+ * taken them.  (Not libevent's read watermark: resuming here also has a TLS
+ * session read what OpenSSL already holds, which libevent 2.1 does only once
+ * the socket becomes readable again.)
+ */
+static void
+input_flow(struct conn *c)
+{
+	bool full = evbuffer_get_length(bufferevent_get_input(c->bev)) >= INPUT_HIGH;
+
+	if (full == c->read_paused)
+		return;
+	c->read_paused = full;
+	if (full)
+		bufferevent_disable(c->bev, EV_READ);
+	else
+		tls_bev_resume_reading(c->bev);
+}
+
 /* Feeds buffered input to the session until it waits, then writes its replies. */
 static void
 conn_process(struct conn *c)
@@ -607,6 +633,7 @@ conn_process(struct conn *c)
 			break; /* a partial line: wait for more */
 	}
 	flush_output(c);
+	input_flow(c);
 	if (c->closing && evbuffer_get_length(out) == 0)
 		conn_close(c);
 }
@@ -624,9 +651,14 @@ write_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 
-	/* All output written: close if asked, else resume reading paused by output. */
+	/*
+	 * Output written: close if asked, else resume reading paused by output.
+	 * A TLS bufferevent calls this deferred, so more may have been queued
+	 * since (a 221 after the replies it wrote): then the next call closes.
+	 */
 	if (c->closing) {
-		conn_close(c);
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			conn_close(c);
 		return;
 	}
 	conn_process(c);

@@ -62,6 +62,12 @@ struct bufferevent *tls_bev_starttls(struct tls_ctx *ctx, struct event_base *bas
  * nothing on a plain bufferevent or before the handshake completed.
  */
 void tls_bev_close_notify(struct bufferevent *bev);
+/*
+ * Enables reading on a bufferevent whose reading was disabled.  On a TLS one
+ * it also has what OpenSSL already holds read (libevent 2.1 reads it only
+ * once the socket is readable again, which may be never).
+ */
+void tls_bev_resume_reading(struct bufferevent *bev);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384" of a TLS bufferevent into dst. */
 void tls_bev_describe(struct bufferevent *bev, char *dst, size_t cap);
 

@@ -8,6 +8,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_struct.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -119,6 +120,16 @@ tls_bev_describe(struct bufferevent *bev, char *dst, size_t cap)
 		return;
 	}
 	snprintf(dst, cap, "%s %s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+}
+
+void
+tls_bev_resume_reading(struct bufferevent *bev)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+
+	bufferevent_enable(bev, EV_READ);
+	if (ssl != NULL && SSL_has_pending(ssl))
+		event_active(&bev->ev_read, EV_READ, 1);
 }
 
 void

@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -412,6 +413,70 @@ def test_client_sends_faster_than_it_reads_memory_bounded(petrel_factory, monkey
         assert data == (b"250 2.0.0 Ok\r\n" * n_noop + help_reply * n_help
                         + b"221 2.0.0 Bye\r\n")
         assert (peak - base) / 1024 < 20, f"grew by {(peak - base) / 1024:.1f} MB"
+    finally:
+        s.close()
+    alive(p)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+def test_client_that_sends_without_end_is_made_to_wait(petrel_factory, certs, monkeypatch, tls):
+    """A client pipelining NOOPs for 4 s and reading nothing: once its replies fill
+    the socket the server stops reading, so the client's sends block (what it got
+    in is the kernel's buffers, a few MB, not hundreds) and the server's memory
+    does not grow with it.  Then every NOOP sent is answered, once, in order."""
+    if SANITIZED:
+        monkeypatch.setenv("ASAN_OPTIONS", ASAN_DEFAULT + ":quarantine_size_mb=4")
+    p = tls_server(petrel_factory, certs) if tls else petrel_factory()
+    c = session(p)
+    if tls:
+        c.starttls()
+        c.ehlo()
+    s = c.sock
+    blocked = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    try:
+        base = vm_rss_kb(p.proc.pid)
+        chunk = b"NOOP\r\n" * 50000
+        s.setblocking(False)
+        # out: the stream from where it stands; after a refused send the same again
+        # (TLS wants the same write retried)
+        sent, peak, t0, out, owed = 0, base, time.monotonic(), chunk, False
+        while time.monotonic() - t0 < 4:
+            try:
+                sent += s.send(out)
+                out, owed = chunk[sent % 6:], False
+            except blocked:
+                owed = True
+                time.sleep(0.05)
+                peak = max(peak, vm_rss_kb(p.proc.pid))
+        growth_mb = (peak - base) / 1024
+        assert sent < 32 << 20, f"the server took {sent >> 20} MB from a client reading nothing"
+        assert growth_mb < 16, f"server grew by {growth_mb:.1f} MB"
+        # the refused send and the NOOP sent in part finished, QUIT, every reply read
+        quit_cmd, data = b"QUIT\r\n", bytearray()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            moved = False
+            try:
+                if owed or sent % 6:
+                    sent += s.send(out)
+                    out, owed = chunk[sent % 6:], False
+                    moved = True
+                elif quit_cmd:
+                    quit_cmd = quit_cmd[s.send(quit_cmd):]
+                    moved = True
+            except blocked:
+                owed = owed or sent % 6 != 0
+            try:
+                got = s.recv(1 << 20)
+                if not got:
+                    break
+                data += got
+                moved = True
+            except blocked:
+                pass
+            if not moved:
+                time.sleep(0.001)
+        assert bytes(data) == b"250 2.0.0 Ok\r\n" * (sent // 6) + b"221 2.0.0 Bye\r\n"
     finally:
         s.close()
     alive(p)
