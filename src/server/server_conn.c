@@ -583,8 +583,11 @@ handle_event(struct conn *c, enum smtp_event ev)
 static void
 input_flow(struct conn *c)
 {
-	bool full = evbuffer_get_length(bufferevent_get_input(c->bev)) >= INPUT_HIGH;
+	bool full;
 
+	if (c->dead)
+		return;
+	full = evbuffer_get_length(bufferevent_get_input(c->bev)) >= INPUT_HIGH;
 	if (full == c->read_paused)
 		return;
 	c->read_paused = full;
