@@ -582,23 +582,6 @@ say "measuring the disk (diskprobe)"
 DISK=$(disk_probe)
 say "disk: $DISK"
 
-# The CPU the durable part of a message takes at the least, no SMTP (cpufloor.c): machine
-# milliseconds per Maildir copy (16 a batch) and per journal record (4 a flush), median of 3.
-cpu_floor() {
-	local r m j outs=()
-	cc -O2 -o "$W/cpufloor" "$HERE/cpufloor.c" || die "cannot build cpufloor"
-	for r in 1 2 3; do
-		outs+=("$("$W/cpufloor" "$W/floor-$r" 20000)")
-		discard "$W/floor-$r"
-	done
-	m=$(printf '%s\n' "${outs[@]}" | awk '{print $2}' | sort -n | sed -n 2p)
-	j=$(printf '%s\n' "${outs[@]}" | awk '{print $4}' | sort -n | sed -n 2p)
-	echo "Maildir copy $m ms, journal record $j ms of the machine's CPU"
-}
-say "measuring the CPU floor (cpufloor)"
-FLOOR=$(cpu_floor)
-say "CPU floor: $FLOOR"
-
 T_START=$(date +%s)
 for load in $LOADS; do
 	case $load in
@@ -634,7 +617,6 @@ T_END=$(date +%s)
 	echo "median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ', QUICK mode (fewer messages)'); A/A-d/C/E: $N_A msgs, B: $N_B msgs, C: +$N_IDLE_C idle sessions, D: petrel $N_D / Postfix $N_D_PF idle sessions; wall time $((T_END - T_START)) s"
 	echo
 	echo "disk ceiling (diskprobe: create, write 1,400 octets, fdatasync, rename, fsync of the directory; no SMTP): $DISK"
-	echo "CPU floor (cpufloor: the durable part of a message as petrel does it at the least, one thread, no SMTP): $FLOOR"
 	echo
 	LIB table "$RES"
 	echo
