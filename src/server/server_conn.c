@@ -204,8 +204,10 @@ conn_close(struct conn *c)
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	evtimer_del(c->timer);
-	if (c->committing) {
-		/* The commit goes on (the message may have reached the disk); freed in commit_done.
+	if (c->committing || c->authing) {
+		/*
+		 * The commit goes on (the message may have reached the disk), or the
+		 * password check on its worker: freed in commit_done or auth_done.
 		 */
 		return;
 	}
@@ -699,8 +701,12 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
 
-	if (c->committing || c->closing)
+	if (c->closing)
 		return;
+	if (c->committing || c->authing) {
+		arm_timer(c); /* the commit or the password check answers first */
+		return;
+	}
 	log_info("timeout after %s from unknown[%s]", smtp_state_name(smtp_session_state(c->sess)),
 		 c->addr);
 	smtp_session_timeout(c->sess);

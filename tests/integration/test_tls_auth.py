@@ -598,6 +598,22 @@ def test_auth_three_failures_421_and_close(authsrv):
     c.close()
 
 
+def test_client_gone_during_password_check(authsrv):
+    """Clients that close the connection right after their AUTH: the password check
+    still runs on a worker when the session ends.  The session must outlive it (the
+    sanitized build reports any use of it after it was freed) and the server goes on
+    serving, checking passwords."""
+    for user, pw in ((BOB, BOB_PW), (BOB, "wrong"), (ALICE, ALICE_PW)):
+        for _ in range(10):
+            c = tls_session(authsrv)
+            c.send(f"AUTH PLAIN {plain_b64(user, pw)}\r\n")
+            c.close()
+    c = tls_session(authsrv)
+    expect(c.auth_plain(BOB, BOB_PW), 235, "2.7.0")
+    c.close()
+    assert authsrv.proc.poll() is None
+
+
 def test_auth_failures_limited_per_client_address(authsrv):
     """10 failures from one address in 10 minutes: then even the right password fails.
 
