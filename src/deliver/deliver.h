@@ -142,6 +142,10 @@ void deliver_maildir_unnamed(bool on);
  * it).  For tests of that way.
  */
 void deliver_maildir_link_by_path(bool on);
+/* Whether links go by the /proc path now (set, or switched to after a refusal). */
+bool deliver_maildir_links_by_path(void);
+/* Tests: every linkat(AT_EMPTY_PATH) fails with ENOENT, as where the kernel refuses it. */
+void deliver_maildir_refuse_empty_path(bool on);
 
 /* One copy, on its own: a batch of one. */
 int deliver_maildir_write(const char *mail_root, const char *domain, const char *user,

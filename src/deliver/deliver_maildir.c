@@ -625,6 +625,7 @@ box_get(struct deliver_batch *b, const char *mail_root, const char *domain, cons
 static atomic_int unnamed_state = 1;
 static atomic_bool proc_seen;	 /* /proc/self/fd is there */
 static atomic_bool by_proc_path; /* linkat(AT_EMPTY_PATH) refused: link_unnamed() */
+static atomic_bool refuse_empty; /* tests: act as a kernel that refuses AT_EMPTY_PATH */
 
 void
 deliver_maildir_unnamed(bool on)
@@ -636,6 +637,18 @@ void
 deliver_maildir_link_by_path(bool on)
 {
 	atomic_store(&by_proc_path, on);
+}
+
+bool
+deliver_maildir_links_by_path(void)
+{
+	return atomic_load(&by_proc_path);
+}
+
+void
+deliver_maildir_refuse_empty_path(bool on)
+{
+	atomic_store(&refuse_empty, on);
 }
 
 /*
@@ -921,9 +934,9 @@ take_back(struct deliver_batch *b, struct pending *p)
 
 /*
  * Links the unnamed file fd into dir as name.  By the descriptor itself
- * (AT_EMPTY_PATH: Linux 6.10 and later allow it to anyone for a file opened
- * O_TMPFILE, before only with CAP_DAC_READ_SEARCH) or, once that is refused,
- * by its /proc/self/fd path, which is a longer walk for the kernel.
+ * (AT_EMPTY_PATH: Linux 6.10 and later allow it to the credentials that
+ * opened the file, before only with CAP_DAC_READ_SEARCH) or, once that is
+ * refused, by its /proc/self/fd path, which is a longer walk for the kernel.
  */
 static int
 link_unnamed(int fd, int dir, const char *name)
@@ -932,7 +945,9 @@ link_unnamed(int fd, int dir, const char *name)
 	bool refused = false;
 
 	if (!atomic_load_explicit(&by_proc_path, memory_order_relaxed)) {
-		if (linkat(fd, "", dir, name, AT_EMPTY_PATH) == 0)
+		if (atomic_load_explicit(&refuse_empty, memory_order_relaxed))
+			errno = ENOENT;
+		else if (linkat(fd, "", dir, name, AT_EMPTY_PATH) == 0)
 			return 0;
 		if (errno != ENOENT && errno != EPERM)
 			return -1;

@@ -2264,6 +2264,44 @@ test_batch_unnamed_link_fails(void **state)
 }
 
 /*
+ * Where the kernel refuses linkat(AT_EMPTY_PATH), the first copy linked by
+ * its /proc path switches every later link to that path; a link that fails
+ * both ways (new/ gone) switches nothing.
+ */
+static void
+test_unnamed_link_switches_after_refusal(void **state)
+{
+	char *dir = fresh_dir();
+	char *block;
+	struct deliver_msg a = mem_msg("A\r\n", 3, 0, true, &block);
+	struct deliver_batch *b;
+	char err[256] = "", p[512];
+
+	need_unnamed_files();
+	maildir_ready(dir, "example.org", "amy");
+	maildir_ready(dir, "example.org", "ben");
+	assert_true(deliver_maildir_links_by_path()); /* maildir_ready delivered a copy */
+	deliver_maildir_link_by_path(false);
+
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "ben", "F1", &a);
+	assert_int_equal(rmdir(box_path(p, sizeof(p), dir, "example.org", "ben", "new")), 0);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "F1"));
+	deliver_batch_free(b);
+	assert_false(deliver_maildir_links_by_path());
+
+	b = deliver_batch_new();
+	batch_add_ok(b, dir, "example.org", "amy", "F2", &a);
+	assert_int_equal(deliver_batch_commit(b, err, sizeof(err)), 0);
+	deliver_batch_free(b);
+	check_delivered(dir, "example.org/amy/new/F2", &a, "A\r\n", 3);
+	assert_true(deliver_maildir_links_by_path());
+	free(block);
+	free(dir);
+}
+
+/*
  * The unnamed way and tmp/: a redelivery removes a tmp/<name> an earlier
  * attempt left; a first copy whose new/<name> is already there goes by way
  * of tmp/<name> only if that name is free there — a stranger's tmp/<name>
@@ -2340,6 +2378,7 @@ unnamed_way(void **state)
 	(void)state;
 	deliver_maildir_unnamed(true);
 	deliver_maildir_link_by_path(false);
+	deliver_maildir_refuse_empty_path(false);
 	return 0;
 }
 
@@ -2350,6 +2389,18 @@ unnamed_proc_way(void **state)
 	(void)state;
 	deliver_maildir_unnamed(true);
 	deliver_maildir_link_by_path(true);
+	deliver_maildir_refuse_empty_path(false);
+	return 0;
+}
+
+/* Unnamed files where the kernel refuses AT_EMPTY_PATH: the first link finds the /proc way. */
+static int
+unnamed_refused_way(void **state)
+{
+	(void)state;
+	deliver_maildir_unnamed(true);
+	deliver_maildir_link_by_path(false);
+	deliver_maildir_refuse_empty_path(true);
 	return 0;
 }
 
@@ -2370,11 +2421,12 @@ tmp_way(void **state)
 	}
 /* A test of the tmp/ way: it looks at the copies in tmp/ before the commit. */
 #define TMP_WAY(f) cmocka_unit_test_setup(f, tmp_way)
-/* A test of the unnamed way, run with both ways of linking. */
+/* A test of the unnamed way, run with each way of linking. */
 #define UNNAMED_WAY(f)                                                                             \
 	{#f " (AT_EMPTY_PATH)", f, unnamed_way, NULL, NULL},                                       \
+	    {#f " (/proc path)", f, unnamed_proc_way, NULL, NULL},                                 \
 	{                                                                                          \
-#f " (/proc path)", f, unnamed_proc_way, NULL, NULL                                \
+#f " (AT_EMPTY_PATH refused)", f, unnamed_refused_way, NULL, NULL                  \
 	}
 
 int
@@ -2419,6 +2471,7 @@ main(void)
 	    UNNAMED_WAY(test_maildir_unnamed_and_tmp_leftovers),
 	    UNNAMED_WAY(test_batch_unnamed_failed_add),
 	    UNNAMED_WAY(test_batch_unnamed_link_fails),
+	    cmocka_unit_test_setup(test_unnamed_link_switches_after_refusal, unnamed_refused_way),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
