@@ -482,6 +482,40 @@ def test_client_that_sends_without_end_is_made_to_wait(petrel_factory, certs, mo
     alive(p)
 
 
+def test_input_pipelined_past_a_commit_is_all_answered(petrel):
+    """A message's end and 240 KB of NOOPs after it in one send: reading stops while
+    the commit runs (and while the NOOPs' replies wait to be read) and must resume
+    after it: the 250 for the message, then one 250 for each NOOP, then the 221."""
+    n = 40000
+    c = session(petrel)
+    c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<check@localhost>\r\nDATA\r\n")
+    expect(c.reply(), 250, "2.1.0")
+    expect(c.reply(), 250, "2.1.5")
+    expect(c.reply(), 354)
+    data = bytearray(c.buf)
+    c.buf = b""
+    c.sock.settimeout(30)
+
+    def reader():
+        while True:
+            got = c.sock.recv(1 << 20)
+            if not got:
+                return
+            data.extend(got)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n" + b"NOOP\r\n" * n + b"QUIT\r\n")
+    t.join(60)
+    assert not t.is_alive()
+    c.sock.close()
+    first, rest = bytes(data).split(b"\r\n", 1)
+    assert re.match(rb"250 2\.0\.0 Ok: queued as \S+$", first), first
+    assert rest == b"250 2.0.0 Ok\r\n" * n + b"221 2.0.0 Bye\r\n"
+    assert wait_for(lambda: len(all_maildir_files(petrel.mail_root)) == 1, 10)
+    alive(petrel)
+
+
 def test_sigterm_not_held_up_by_a_client_that_does_not_read(petrel):
     """SIGTERM ends sessions; a client that reads nothing cannot delay the exit
     for smtp_timeout (300 s here)."""
