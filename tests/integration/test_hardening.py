@@ -476,6 +476,9 @@ def test_client_that_sends_without_end_is_made_to_wait(petrel_factory, certs, mo
                 pass
             if not moved:
                 time.sleep(0.001)
+        else:
+            pytest.fail(f"no end of the replies in 60 s: {sent} octets sent, {len(data)} read, "
+                        f"QUIT {'sent' if not quit_cmd else 'not sent'}")
         assert bytes(data) == b"250 2.0.0 Ok\r\n" * (sent // 6) + b"221 2.0.0 Bye\r\n"
     finally:
         s.close()
