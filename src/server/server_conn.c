@@ -50,7 +50,7 @@ struct conn {
 	struct sockaddr_storage sa;
 	bool committing;  /* waiting for the queue: read nothing */
 	bool closing;	  /* close once the output is written */
-	bool dead;	  /* the socket is gone; free when the commit returns */
+	bool dead;	  /* the socket is gone; free when the commit or password check returns */
 	bool counted;	  /* holds a slot in the per-address count */
 	bool plain;	  /* c->bev is the socket's own (no TLS): replies may go straight to it */
 	bool read_paused; /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
