@@ -252,6 +252,14 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 			act = RELAY_ACT_NONE;
 			continue;
 		case RELAY_ACT_BODY:
+			/*
+			 * Nothing may follow the 354 before the message's end (RFC 2920
+			 * 3.1): bytes already here would be read as the reply to it.
+			 */
+			if (c->in_len > 0) {
+				relay_client_abort(c->client, "server sent data after its 354");
+				return -1;
+			}
 			if (flush_output(c) != 0 || send_body(c, j, received) != 0) {
 				relay_client_abort(c->client,
 						   "write failed while sending the message");
@@ -261,6 +269,15 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 			act = RELAY_ACT_NONE;
 			continue;
 		case RELAY_ACT_STARTTLS:
+			/*
+			 * Bytes after the 220 came before the handshake, in clear:
+			 * never to be taken as replies over TLS (RFC 3207 6).
+			 */
+			if (c->in_len > 0) {
+				relay_client_abort(c->client,
+						   "server sent data after its 220 to STARTTLS");
+				return -1;
+			}
 			flush_output(c);
 			c->tls = tls_client_connect(r->tls, c->fd, c->host, err, sizeof(err));
 			if (c->tls == NULL)
@@ -619,10 +636,10 @@ relay_session_run(struct util_pool_job *job)
 		same_again = rc == 0 && accepted > 0 && undecided_len > 0 && only_452;
 		if (!same_again)
 			log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name, why);
-		if (rc == 0)
+		if (rc == 0 && c->in_len == 0)
 			cache_put(r, c);
 		else
-			conn_close(r, c);
+			conn_close(r, c); /* bytes left unasked would answer the next command */
 		if (same_again)
 			t--;
 	}

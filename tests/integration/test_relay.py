@@ -11,6 +11,7 @@ import email.policy
 import os
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -742,3 +743,104 @@ def test_mx_pointing_at_ourselves_is_deferred_not_looped(net):
     assert wait_for(lambda: a.queue_files() in ([qid], sorted([qid, qid + ".st"]))), \
         a.queue_files()
     assert "connect from unknown[127.0.0.5]" not in a.log().split(qid, 1)[1]
+
+
+# ---- a remote server that breaks the protocol ---------------------------------------
+
+
+class ScriptedMX:
+    """One connection at a time on addr:port: a 220, an EHLO reply with PIPELINING (and
+    STARTTLS when asked), then `respond(conn, buffered)` for the rest.  What it read and
+    what it did are kept in .seen."""
+
+    def __init__(self, addr, port, respond, starttls=False):
+        self.srv = socket.create_server((addr, port))
+        self.srv.settimeout(0.2)
+        self.respond, self.starttls = respond, starttls
+        self.seen, self.stopping = [], False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.srv.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(10)
+                try:
+                    conn.sendall(b"220 mx.fake.test ESMTP\r\n")
+                    buf = read_until(conn, b"\r\n")
+                    self.seen.append(buf)
+                    conn.sendall(b"250-mx.fake.test\r\n" +
+                                 (b"250-STARTTLS\r\n" if self.starttls else b"") +
+                                 b"250 PIPELINING\r\n")
+                    self.respond(self, conn)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.srv.close()
+
+
+def read_until(conn, end):
+    buf = b""
+    while end not in buf:
+        got = conn.recv(65536)
+        if not got:
+            raise OSError("closed")
+        buf += got
+    return buf
+
+
+def test_remote_data_after_354_is_not_taken_as_the_reply(net):
+    """The remote server answers MAIL, RCPT and DATA and puts a 250 after its 354 before
+    the message was sent, then refuses the message itself: that early 250 must not count
+    as the reply to the message's end.  The message is deferred, not logged sent."""
+
+    def respond(mx, conn):
+        mx.seen.append(read_until(conn, b"DATA\r\n"))
+        conn.sendall(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n250 2.0.0 stale\r\n")
+        try:
+            mx.seen.append(read_until(conn, b"\r\n.\r\n"))
+            conn.sendall(b"554 5.6.0 refused\r\n")
+            read_until(conn, b"\r\n")
+        except OSError:
+            mx.seen.append(b"(closed before the message's end)")
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a = net.factory(hostname="mx.a.test", local_domains="a.test",
+                        relayhost=f"[127.0.0.4]:{net.port}")
+        qid = send(a, ALICE, ["bob@b.test"], BODY)
+        assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*after its 354.*")), \
+            a.log()[-3000:]
+        assert "status=sent" not in a.log()
+        assert any(b"DATA\r\n" in s for s in mx.seen), mx.seen
+    finally:
+        mx.close()
+
+
+def test_remote_plaintext_after_starttls_220_is_refused(net):
+    """Replies injected in clear right after the 220 to STARTTLS (RFC 3207 6) must not be
+    read as replies over TLS: the conversation ends there, the message is deferred."""
+
+    def respond(mx, conn):
+        mx.seen.append(read_until(conn, b"STARTTLS\r\n"))
+        conn.sendall(b"220 2.0.0 go ahead\r\n250-injected\r\n250 PIPELINING\r\n"
+                     b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n250 2.0.0 injected ok\r\n")
+        time.sleep(1)
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond, starttls=True)
+    try:
+        a = net.factory(hostname="mx.a.test", local_domains="a.test",
+                        relayhost=f"[127.0.0.4]:{net.port}")
+        qid = send(a, ALICE, ["bob@b.test"], BODY)
+        assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*after its 220.*")), \
+            a.log()[-3000:]
+        assert "status=sent" not in a.log()
+    finally:
+        mx.close()
