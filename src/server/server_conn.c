@@ -32,9 +32,9 @@
 #define INPUT_HIGH	   (2 * READ_CHUNK) /* the socket is left unread while this much waits */
 #define OUTPUT_HIGH	   (128 * 1024)	    /* stop reading while this much output waits */
 #define PENDING_HIGH	   (256 * 1024) /* stop reading while this much body waits for the disk */
-#define SHUTDOWN_WRITE_S   5		/* at stop, how long a client may take to read its 421 */
-#define AUTH_FAIL_WINDOW_S 600		/* failed AUTHs of a client address are counted this long */
-#define AUTH_FAIL_MAX_IP   10 /* failed AUTHs from one address before all of its AUTHs fail */
+#define SHUTDOWN_WRITE_S   5   /* how long a client may take to read a 421 (at stop, timeout) */
+#define AUTH_FAIL_WINDOW_S 600 /* failed AUTHs of a client address are counted this long */
+#define AUTH_FAIL_MAX_IP   10  /* failed AUTHs from one address before all of its AUTHs fail */
 
 struct conn {
 	struct server *srv;
@@ -276,6 +276,11 @@ commit_done(void *arg, int err)
 	if (c->dead) {
 		conn_free(c);
 		return;
+	}
+	if (c->srv->stopping && !c->closing) {
+		/* The stop passed it by while it committed: its reply, then the 421. */
+		smtp_session_close_421(c->sess, "4.3.2", "Service shutting down");
+		c->closing = true;
 	}
 	conn_process(c);
 }
@@ -700,9 +705,17 @@ static void
 timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
+	struct timeval grace = {.tv_sec = SHUTDOWN_WRITE_S, .tv_usec = 0};
 
-	if (c->closing)
+	if (c->closing) {
+		/*
+		 * Its last reply did not get out in time (a client that reads
+		 * nothing, or a TLS handshake never finished, before which no
+		 * reply can go out at all): closed without it.
+		 */
+		conn_close(c);
 		return;
+	}
 	if (c->committing || c->authing) {
 		arm_timer(c); /* the commit or the password check answers first */
 		return;
@@ -718,6 +731,8 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
 	flush_output(c);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c);
+	else
+		evtimer_add(c->timer, &grace); /* then closed, written or not */
 }
 
 /* ---- accept and shutdown -------------------------------------------------- */

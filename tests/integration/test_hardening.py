@@ -519,6 +519,47 @@ def test_input_pipelined_past_a_commit_is_all_answered(petrel):
     alive(petrel)
 
 
+def test_sigterm_during_a_commit_ends_that_session_too(petrel):
+    """SIGTERM while a message is being committed: the stop passes that session by until
+    the commit answers; then it gets its reply and a 421, and the server exits at once
+    instead of serving the client on (or waiting for it) until its grace runs out."""
+    p = petrel
+    c = session(p)
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd("RCPT TO:<check@localhost>"), 250, "2.1.5")
+    expect(c.cmd("DATA"), 354)
+    c.send(b"Subject: x\r\n\r\n" + (b"z" * 998 + b"\r\n") * 400)
+    time.sleep(0.5)  # the body is on the disk; the commit (a flush or two) starts with the dot
+    c.send(b".\r\n")
+    time.sleep(0.0005)
+    proc = p.proc
+    t0 = time.monotonic()
+    proc.terminate()
+    replies = []
+    try:
+        while True:
+            r = c.reply()
+            replies.append(r)
+            if r.code == 421:
+                break
+    except (EOFError, OSError):
+        pass
+    try:
+        rc = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        rc = None
+    took = time.monotonic() - t0
+    c.close()
+    p.proc.wait(timeout=60)
+    assert rc == 0, f"petrel still running {took:.0f}s after SIGTERM (a session committing)"
+    assert took < 10, took
+    codes = [r.code for r in replies]
+    assert codes in ([250, 421], [421], [451, 421]), replies
+    if codes[0] == 250:  # acknowledged: delivered, now or after the next start
+        p.start()
+        assert wait_for(lambda: len(all_maildir_files(p.mail_root)) == 1, 15)
+
+
 def test_sigterm_not_held_up_by_a_client_that_does_not_read(petrel):
     """SIGTERM ends sessions; a client that reads nothing cannot delay the exit
     for smtp_timeout (300 s here)."""

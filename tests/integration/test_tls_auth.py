@@ -614,6 +614,28 @@ def test_client_gone_during_password_check(authsrv):
     assert authsrv.proc.poll() is None
 
 
+@pytest.mark.parametrize("how", ["starttls", "implicit"])
+def test_tls_handshake_never_made_is_closed_after_timeout(petrel_factory, certs, how):
+    """A client that asks for TLS (STARTTLS, or the implicit TLS port) and then never
+    makes the handshake: no reply can reach it before the handshake, so once
+    smtp_timeout and the grace for the last reply have passed the connection is closed
+    (it used to be held until the client left), and the slot is given back."""
+    p = tls_server(petrel_factory, certs, submissions=True, smtp_timeout="2s")
+    t0 = time.monotonic()
+    if how == "starttls":
+        c = Conn(p.port)
+        c.ehlo()
+        expect(c.cmd("STARTTLS"), 220, "2.0.0")
+    else:
+        c = Conn(p.subs_port, greeting=False)
+    assert c.closed(20), "a TLS session without a handshake was kept past smtp_timeout"
+    assert time.monotonic() - t0 < 2 + 5 + 4
+    c.close()
+    assert wait_log(p, r"timeout after (tls|init) from unknown\[127\.0\.0\.1\]")
+    assert wait_log(p, r"disconnect from unknown\[127\.0\.0\.1\]")
+    assert p.proc.poll() is None
+
+
 def test_auth_failures_limited_per_client_address(authsrv):
     """10 failures from one address in 10 minutes: then even the right password fails.
 
