@@ -796,6 +796,13 @@ def read_until(conn, end):
     return buf
 
 
+def send_via_smarthost(net):
+    """Sender A with 127.0.0.4 as its relayhost, one message to bob@b.test sent to it."""
+    a = net.factory(hostname="mx.a.test", local_domains="a.test",
+                    relayhost=f"[127.0.0.4]:{net.port}")
+    return a, send(a, ALICE, ["bob@b.test"], BODY)
+
+
 def test_remote_data_after_354_is_not_taken_as_the_reply(net):
     """The remote server answers MAIL, RCPT and DATA and puts a 250 after its 354 before
     the message was sent, then refuses the message itself: that early 250 must not count
@@ -813,9 +820,7 @@ def test_remote_data_after_354_is_not_taken_as_the_reply(net):
 
     mx = ScriptedMX("127.0.0.4", net.port, respond)
     try:
-        a = net.factory(hostname="mx.a.test", local_domains="a.test",
-                        relayhost=f"[127.0.0.4]:{net.port}")
-        qid = send(a, ALICE, ["bob@b.test"], BODY)
+        a, qid = send_via_smarthost(net)
         assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*after its 354.*")), \
             a.log()[-3000:]
         assert "status=sent" not in a.log()
@@ -836,9 +841,7 @@ def test_remote_plaintext_after_starttls_220_is_refused(net):
 
     mx = ScriptedMX("127.0.0.4", net.port, respond, starttls=True)
     try:
-        a = net.factory(hostname="mx.a.test", local_domains="a.test",
-                        relayhost=f"[127.0.0.4]:{net.port}")
-        qid = send(a, ALICE, ["bob@b.test"], BODY)
+        a, qid = send_via_smarthost(net)
         assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*after its 220.*")), \
             a.log()[-3000:]
         assert "status=sent" not in a.log()
