@@ -419,6 +419,7 @@ relay_new(const char *dns_resolver, const struct relay_limits *limits, char *err
 	pthread_mutex_init(&r->cache_lock, NULL);
 	pthread_mutex_init(&r->active_lock, NULL);
 	r->pool = util_pool_new(r->limits.threads, 0);
+	relay_watchdog_start(r);
 	return r;
 }
 
@@ -443,9 +444,10 @@ relay_free(struct relay *r)
 	util_pool_dispatch(r->pool);
 	util_pool_free(r->pool);
 	relay_session_cache_clear(r);
+	relay_watchdog_stop(r);
 	pthread_mutex_destroy(&r->cache_lock);
 	pthread_mutex_destroy(&r->active_lock);
-	free(r->active_fds);
+	free(r->active);
 	tls_ctx_free(r->tls);
 	while (r->dests != NULL) {
 		struct relay_dest *d = r->dests;

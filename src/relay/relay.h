@@ -28,7 +28,7 @@ struct relay;
 struct relay_limits {
 	unsigned threads;	  /* sessions at once in all (0: 32) */
 	unsigned per_destination; /* sessions at once to one domain (0: 10) */
-	unsigned timeout_s;	  /* connect and per-reply timeout (0: 300) */
+	unsigned timeout_s;	  /* connect, each reply, each write of the message (0: 300) */
 	unsigned conn_idle_s;	  /* an idle cached connection lives this long (0: 5) */
 };
 

@@ -69,11 +69,17 @@ struct relay {
 	pthread_mutex_t cache_lock;
 	struct relay_cache_entry *cache;
 	size_t cache_len;
-	/* sockets of running sessions, shut down at relay_free() */
+	/*
+	 * Open connections (in sessions and cached).  The watchdog thread shuts
+	 * down one whose deadline passed; relay_free() shuts them all down.
+	 */
 	pthread_mutex_t active_lock;
-	int *active_fds;
+	struct relay_conn **active;
 	size_t active_len, active_cap;
 	bool stopping;
+	pthread_t watchdog;
+	pthread_cond_t watchdog_wake;
+	bool watchdog_stop;
 };
 
 /* relay_session.c: the pool job's run function (relay thread). */
@@ -82,5 +88,8 @@ void relay_session_run(struct util_pool_job *job);
 void relay_session_cache_clear(struct relay *r);
 /* Makes running sessions end now: shuts their sockets down (any thread). */
 void relay_session_stop_all(struct relay *r);
+/* Starts and stops the thread that ends conversations past their deadline. */
+void relay_watchdog_start(struct relay *r);
+void relay_watchdog_stop(struct relay *r);
 
 #endif

@@ -43,31 +43,34 @@ struct relay_conn {
 	char host[256];			/* the MX host name, for SNI */
 	char in[IO_CHUNK];
 	size_t in_len;
+	/* under relay->active_lock: */
+	uint64_t deadline_ms; /* util_now_ms() past which the watchdog ends it; 0: none */
+	bool timed_out;	      /* the watchdog ended it */
 };
 
 /* ---- sockets ------------------------------------------------------------ */
 
 static void
-active_add(struct relay *r, int fd)
+active_add(struct relay *r, struct relay_conn *c)
 {
 	pthread_mutex_lock(&r->active_lock);
 	if (r->active_len == r->active_cap) {
 		r->active_cap = r->active_cap ? r->active_cap * 2 : 16;
-		r->active_fds = xrealloc(r->active_fds, r->active_cap * sizeof(int));
+		r->active = xrealloc(r->active, r->active_cap * sizeof(*r->active));
 	}
-	r->active_fds[r->active_len++] = fd;
+	r->active[r->active_len++] = c;
 	if (r->stopping)
-		shutdown(fd, SHUT_RDWR);
+		shutdown(c->fd, SHUT_RDWR);
 	pthread_mutex_unlock(&r->active_lock);
 }
 
 static void
-active_del(struct relay *r, int fd)
+active_del(struct relay *r, struct relay_conn *c)
 {
 	pthread_mutex_lock(&r->active_lock);
 	for (size_t i = 0; i < r->active_len; i++) {
-		if (r->active_fds[i] == fd) {
-			r->active_fds[i] = r->active_fds[--r->active_len];
+		if (r->active[i] == c) {
+			r->active[i] = r->active[--r->active_len];
 			break;
 		}
 	}
@@ -80,8 +83,92 @@ relay_session_stop_all(struct relay *r)
 	pthread_mutex_lock(&r->active_lock);
 	r->stopping = true;
 	for (size_t i = 0; i < r->active_len; i++)
-		shutdown(r->active_fds[i], SHUT_RDWR);
+		shutdown(r->active[i]->fd, SHUT_RDWR);
 	pthread_mutex_unlock(&r->active_lock);
+}
+
+/*
+ * Deadlines.  SO_RCVTIMEO bounds one read, not one reply: a server that
+ * sends a byte now and then (or TLS records a byte at a time, read inside
+ * OpenSSL) would hold a relay thread without end.  So each wait for a reply,
+ * each write of the message and each TLS handshake gets a deadline
+ * (RFC 5321 4.5.3.2), and a watchdog thread shuts down the socket of a
+ * conversation past it: the blocked read or write returns at once.
+ */
+static void
+arm(struct relay *r, struct relay_conn *c, unsigned timeout_s)
+{
+	uint64_t deadline = timeout_s ? util_now_ms() + (uint64_t)timeout_s * 1000 : 0;
+
+	pthread_mutex_lock(&r->active_lock);
+	c->deadline_ms = deadline;
+	pthread_mutex_unlock(&r->active_lock);
+}
+
+static bool
+timed_out(struct relay *r, struct relay_conn *c)
+{
+	bool t;
+
+	pthread_mutex_lock(&r->active_lock);
+	t = c->timed_out;
+	pthread_mutex_unlock(&r->active_lock);
+	return t;
+}
+
+static void *
+watchdog_main(void *arg)
+{
+	struct relay *r = arg;
+	struct timespec wake;
+
+	pthread_mutex_lock(&r->active_lock);
+	while (!r->watchdog_stop) {
+		uint64_t now = util_now_ms();
+
+		for (size_t i = 0; i < r->active_len; i++) {
+			struct relay_conn *c = r->active[i];
+			if (c->deadline_ms != 0 && now >= c->deadline_ms && !c->timed_out) {
+				c->timed_out = true;
+				shutdown(c->fd, SHUT_RDWR);
+			}
+		}
+		clock_gettime(CLOCK_MONOTONIC, &wake);
+		wake.tv_nsec += 250 * 1000 * 1000;
+		if (wake.tv_nsec >= 1000 * 1000 * 1000) {
+			wake.tv_sec++;
+			wake.tv_nsec -= 1000 * 1000 * 1000;
+		}
+		pthread_cond_timedwait(&r->watchdog_wake, &r->active_lock, &wake);
+	}
+	pthread_mutex_unlock(&r->active_lock);
+	return NULL;
+}
+
+void
+relay_watchdog_start(struct relay *r)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->watchdog_wake, &attr);
+	pthread_condattr_destroy(&attr);
+	if (pthread_create(&r->watchdog, NULL, watchdog_main, r) != 0) {
+		log_err("relay: cannot start the watchdog thread");
+		abort();
+	}
+}
+
+void
+relay_watchdog_stop(struct relay *r)
+{
+	pthread_mutex_lock(&r->active_lock);
+	r->watchdog_stop = true;
+	pthread_cond_signal(&r->watchdog_wake);
+	pthread_mutex_unlock(&r->active_lock);
+	pthread_join(r->watchdog, NULL);
+	pthread_cond_destroy(&r->watchdog_wake);
 }
 
 static void
@@ -90,7 +177,7 @@ conn_close(struct relay *r, struct relay_conn *c)
 	if (c == NULL)
 		return;
 	tls_conn_free(c->tls);
-	active_del(r, c->fd);
+	active_del(r, c);
 	close(c->fd);
 	relay_client_free(c->client);
 	free(c);
@@ -212,6 +299,7 @@ send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
 			line_start = in[i] == '\n';
 		}
 		last = in[n - 1];
+		arm(j->relay, c, j->timeout_s); /* each write: progress, not the whole (4.5.3.2) */
 		if (write_all(c, out, o) != 0)
 			goto out;
 		off += (uint64_t)n;
@@ -227,9 +315,17 @@ out:
 
 /* ---- driving the client ----------------------------------------------------- */
 
+/* Why the connection failed: the watchdog's timeout, else what the socket said. */
+static const char *
+lost_why(struct relay *r, struct relay_conn *c, const char *otherwise)
+{
+	return timed_out(r, c) ? "timed out" : otherwise;
+}
+
 /*
  * Runs the client until it is idle (0) or the connection is over (-1, the
- * client knows why).  act is the action to begin with.
+ * client knows why).  act is the action to begin with.  Every action that
+ * sends something starts a new wait for a reply, with its own deadline.
  */
 static int
 drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const char *received,
@@ -240,13 +336,15 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 	for (;;) {
 		switch (act) {
 		case RELAY_ACT_IDLE:
+			arm(r, c, 0);
 			return 0;
 		case RELAY_ACT_CLOSE:
 			flush_output(c);
 			return -1;
 		case RELAY_ACT_SEND:
+			arm(r, c, j->timeout_s);
 			if (flush_output(c) != 0) {
-				relay_client_abort(c->client, strerror(errno));
+				relay_client_abort(c->client, lost_why(r, c, strerror(errno)));
 				return -1;
 			}
 			act = RELAY_ACT_NONE;
@@ -261,10 +359,12 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 				return -1;
 			}
 			if (flush_output(c) != 0 || send_body(c, j, received) != 0) {
-				relay_client_abort(c->client,
-						   "write failed while sending the message");
+				relay_client_abort(
+				    c->client,
+				    lost_why(r, c, "write failed while sending the message"));
 				return -1;
 			}
+			arm(r, c, j->timeout_s);
 			relay_client_body_sent(c->client);
 			act = RELAY_ACT_NONE;
 			continue;
@@ -279,9 +379,11 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 				return -1;
 			}
 			flush_output(c);
+			arm(r, c, j->timeout_s);
 			c->tls = tls_client_connect(r->tls, c->fd, c->host, err, sizeof(err));
 			if (c->tls == NULL)
-				log_info("%s: TLS with %s failed: %s", j->item->id, c->name, err);
+				log_info("%s: TLS with %s failed: %s", j->item->id, c->name,
+					 lost_why(r, c, err));
 			act = relay_client_tls_done(c->client, c->tls != NULL);
 			continue;
 		case RELAY_ACT_NONE:
@@ -302,8 +404,10 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 		ssize_t n = read_some(c);
 		if (n <= 0) {
 			relay_client_abort(
-			    c->client, n == 0 ? "connection closed by server"
-					      : (errno == EAGAIN ? "timed out" : strerror(errno)));
+			    c->client,
+			    lost_why(r, c,
+				     n == 0 ? "connection closed by server"
+					    : (errno == EAGAIN ? "timed out" : strerror(errno))));
 			return -1;
 		}
 	}
@@ -394,7 +498,8 @@ open_conn(struct relay *r, const struct relay_job *j, const struct relay_target 
 		return NULL;
 	c = xcalloc(1, sizeof(*c));
 	c->fd = fd;
-	active_add(r, fd);
+	arm(r, c, j->timeout_s); /* for the greeting */
+	active_add(r, c);
 	c->client = relay_client_new(&cfg);
 	util_strlcpy(c->key, key, sizeof(c->key));
 	util_strlcpy(c->host, t->host, sizeof(c->host));
@@ -533,7 +638,7 @@ relay_session_run(struct util_pool_job *job)
 		struct relay_conn *c = NULL;
 		const struct relay_rcpt_result *res;
 		const struct smtp_reply *host_reply;
-		bool permanent = false, reused = false, only_452, same_again;
+		bool permanent = false, reused = false, started = false, host, only_452, same_again;
 		size_t accepted;
 		int rc;
 
@@ -570,41 +675,38 @@ relay_session_run(struct util_pool_job *job)
 			util_strlcpy(c->name, relay_name, sizeof(c->name));
 			rc = drive(r, c, j, received, RELAY_ACT_NONE);
 		}
-		if (rc == 0)
+		if (rc == 0) {
 			rc = drive(r, c, j, received, relay_client_start(c->client, &msg));
-		if (relay_client_host_error(c->client, &permanent, &host_reply)) {
-			reply_text(host_reply, err, sizeof(err));
+			started = true;
+		}
+		host = relay_client_host_error(c->client, &permanent, &host_reply);
+		if (host && reused && !permanent) {
+			/* The server dropped the idle connection: try a new one. */
 			conn_close(r, c);
-			if (reused && !permanent) {
-				/* The server dropped the idle connection: try a new one. */
-				fresh_only = true;
-				t--;
-				continue;
-			}
-			for (size_t m = 0; m < msg.rcpts_len; m++) {
-				size_t k = sub[m];
-				if (permanent) {
-					set_result(j, k, QUEUE_RCPT_FAIL, err, relay_name);
-					undecided[k] = false;
-					undecided_len--;
-				} else {
-					util_strlcpy(why[k], err, sizeof(why[k]));
-					util_strlcpy(why_relay[k], relay_name,
-						     sizeof(why_relay[k]));
-				}
-			}
-			if (!permanent)
-				log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name,
-						why);
+			fresh_only = true;
+			t--;
 			continue;
 		}
-		res = relay_client_results(c->client);
+		/*
+		 * A host failure (the connection lost, MAIL refused, ...) decides the
+		 * recipients the server had not decided; one it had already refused
+		 * or deferred at RCPT keeps that reply.
+		 */
+		res = started ? relay_client_results(c->client) : NULL;
 		accepted = 0;
 		only_452 = true;
 		for (size_t m = 0; m < msg.rcpts_len; m++) {
 			size_t k = sub[m];
-			reply_text(&res[m].reply, err, sizeof(err));
-			switch (res[m].status) {
+			enum relay_rcpt_status st = res ? res[m].status : RELAY_RCPT_PENDING;
+			const struct smtp_reply *rep = res ? &res[m].reply : NULL;
+
+			if (host && st != RELAY_RCPT_PERM && st != RELAY_RCPT_TEMP) {
+				st = permanent ? RELAY_RCPT_PERM : RELAY_RCPT_TEMP;
+				rep = host_reply;
+			}
+			if (rep != NULL)
+				reply_text(rep, err, sizeof(err));
+			switch (st) {
 			case RELAY_RCPT_OK:
 				set_result(j, k, QUEUE_RCPT_DONE, err, relay_name);
 				undecided[k] = false;
@@ -619,7 +721,7 @@ relay_session_run(struct util_pool_job *job)
 			case RELAY_RCPT_TEMP:
 				util_strlcpy(why[k], err, sizeof(why[k]));
 				util_strlcpy(why_relay[k], relay_name, sizeof(why_relay[k]));
-				only_452 &= res[m].reply.code == 452;
+				only_452 &= rep->code == 452;
 				break;
 			case RELAY_RCPT_PENDING:
 				util_strlcpy(why[k], "4.4.2 no reply from server", sizeof(why[k]));
@@ -633,10 +735,10 @@ relay_session_run(struct util_pool_job *job)
 		 * RFC 5321 4.5.3.1.10) to the rest: the rest go in the next
 		 * transaction to the same server, on the same connection.
 		 */
-		same_again = rc == 0 && accepted > 0 && undecided_len > 0 && only_452;
+		same_again = !host && rc == 0 && accepted > 0 && undecided_len > 0 && only_452;
 		if (!same_again)
 			log_next_server(j, t, sub, msg.rcpts_len, undecided, relay_name, why);
-		if (rc == 0 && c->in_len == 0)
+		if (!host && rc == 0 && c->in_len == 0)
 			cache_put(r, c);
 		else
 			conn_close(r, c); /* bytes left unasked would answer the next command */

@@ -410,7 +410,10 @@ server_run(const char *path)
 		log_err("queue: %s", err);
 		goto fail;
 	}
-	srv.relay = relay_new(conf->dns_resolver, &(struct relay_limits){0}, err, sizeof(err));
+	/* smtp_timeout bounds each step of an outgoing conversation as of an incoming one. */
+	srv.relay =
+	    relay_new(conf->dns_resolver, &(struct relay_limits){.timeout_s = conf->smtp_timeout_s},
+		      err, sizeof(err));
 	if (srv.relay == NULL) {
 		log_err("relay: %s", err);
 		goto fail;

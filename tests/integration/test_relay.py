@@ -796,11 +796,11 @@ def read_until(conn, end):
     return buf
 
 
-def send_via_smarthost(net):
-    """Sender A with 127.0.0.4 as its relayhost, one message to bob@b.test sent to it."""
+def send_via_smarthost(net, rcpts=("bob@b.test",), **conf):
+    """Sender A with 127.0.0.4 as its relayhost, one message to rcpts sent to it."""
     a = net.factory(hostname="mx.a.test", local_domains="a.test",
-                    relayhost=f"[127.0.0.4]:{net.port}")
-    return a, send(a, ALICE, ["bob@b.test"], BODY)
+                    relayhost=f"[127.0.0.4]:{net.port}", **conf)
+    return a, send(a, ALICE, list(rcpts), BODY)
 
 
 def test_remote_data_after_354_is_not_taken_as_the_reply(net):
@@ -845,5 +845,97 @@ def test_remote_plaintext_after_starttls_220_is_refused(net):
         assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*after its 220.*")), \
             a.log()[-3000:]
         assert "status=sent" not in a.log()
+    finally:
+        mx.close()
+
+
+def test_rcpt_refused_before_the_connection_broke_is_bounced(net):
+    """The remote server refuses one recipient with 550 at RCPT, takes the other, then
+    drops the connection after the message without a reply.  The refused recipient is
+    bounced with the server's 550 (its verdict came before the failure); only the
+    other one waits for a retry."""
+
+    def respond(mx, conn):
+        mx.seen.append(read_until(conn, b"DATA\r\n"))
+        conn.sendall(b"250 2.1.0 Ok\r\n550 5.1.1 <carol@b.test>: no such user\r\n"
+                     b"250 2.1.5 Ok\r\n354 go ahead\r\n")
+        mx.seen.append(read_until(conn, b"\r\n.\r\n"))
+        # closed here without a reply to the message's end
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a, qid = send_via_smarthost(net, rcpts=("carol@b.test", "bob@b.test"))
+        assert wait_log(a, log_re(qid, "carol@b.test", "bounced",
+                                  reply=r"550 5\.1\.1 <carol@b\.test>: no such user")), \
+            a.log()[-3000:]
+        assert wait_log(a, log_re(qid, "bob@b.test", "deferred",
+                                  reply=r".*connection closed by server.*")), a.log()[-3000:]
+        [dsn] = bounce_of(a)
+        text, rcpts = dsn_check(dsn, ["carol@b.test"], r"5\.1\.1")
+        assert "bob@b.test" not in text
+        assert in_queue(a, qid), "the deferred recipient's message left the queue"
+    finally:
+        mx.close()
+
+
+def drip(mx, conn, data, step=0.5):
+    """Sends data a byte every step seconds until done, closed or the test ends."""
+    for i in range(len(data)):
+        if mx.stopping:
+            return
+        try:
+            conn.sendall(data[i:i + 1])
+        except OSError:
+            mx.seen.append(b"(cut after %d bytes)" % i)
+            return
+        time.sleep(step)
+    mx.seen.append(b"(all sent)")
+
+
+def test_remote_that_drips_its_reply_is_timed_out(net):
+    """A server that answers RCPT a byte every half second keeps each read short of
+    smtp_timeout (3 s) but the whole reply far past it: the wait for the reply ends at
+    the timeout, the message is deferred."""
+
+    def respond(mx, conn):
+        read_until(conn, b"DATA\r\n")
+        conn.sendall(b"250 2.1.0 Ok\r\n")
+        drip(mx, conn, b"250 2.1.5 " + b"o" * 100 + b"\r\n")
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a, qid = send_via_smarthost(net, smtp_timeout="3s")
+        sent = time.monotonic()
+        assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r".*timed out.*"),
+                        timeout=30), a.log()[-3000:]
+        elapsed = time.monotonic() - sent
+        assert elapsed < 20, f"deferred {elapsed:.1f} s after the message; smtp_timeout is 3 s"
+        assert wait_for(lambda: any(s.startswith(b"(cut") for s in mx.seen), 10), mx.seen
+    finally:
+        mx.close()
+
+
+def test_remote_that_drips_its_tls_handshake_is_timed_out(net):
+    """After the 220 to STARTTLS the server starts a TLS record and sends it a byte every
+    half second: OpenSSL reads the record piece by piece, each read short of the timeout.
+    The handshake ends at smtp_timeout; the message is deferred."""
+
+    def respond(mx, conn):
+        read_until(conn, b"STARTTLS\r\n")
+        conn.sendall(b"220 2.0.0 go ahead\r\n")
+        mx.seen.append(conn.recv(65536))  # the ClientHello
+        conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB ...
+        drip(mx, conn, b"\x02" * 200)  # ... that never completes
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond, starttls=True)
+    try:
+        a, qid = send_via_smarthost(net, smtp_timeout="3s")
+        sent = time.monotonic()
+        assert wait_log(a, rf"{qid}: TLS with .* failed: timed out", timeout=30), \
+            a.log()[-3000:]
+        assert wait_log(a, log_re(qid, "bob@b.test", "deferred"), timeout=10), a.log()[-3000:]
+        elapsed = time.monotonic() - sent
+        assert elapsed < 20, f"deferred {elapsed:.1f} s after the message; smtp_timeout is 3 s"
+        assert wait_for(lambda: any(s.startswith(b"(cut") for s in mx.seen), 10), mx.seen
     finally:
         mx.close()
