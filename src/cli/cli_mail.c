@@ -14,16 +14,32 @@ cli_mail_lines_init(struct cli_mail_lines *l, bool dot_ends)
 	l->at_bol = true;
 }
 
-/* Writes the "." and the CR held back while it was unclear what they were. */
+/* One octet of a line; a line at CLI_MAIL_LINE_MAX octets is folded first. */
 static void
-flush_pending(struct cli_mail_lines *l, char *out, size_t *out_len)
+emit(struct cli_mail_lines *l, char c, char *out, size_t *out_len)
+{
+	if (l->col >= CLI_MAIL_LINE_MAX) {
+		/* CRLF SP: in the header section the rest is a continuation line. */
+		out[(*out_len)++] = '\r';
+		out[(*out_len)++] = '\n';
+		out[(*out_len)++] = ' ';
+		l->col = 1;
+	}
+	out[(*out_len)++] = c;
+	l->col++;
+}
+
+/* The line ends; true when it was the lone "." that ends the input. */
+static bool
+end_line(struct cli_mail_lines *l, char *out, size_t *out_len)
 {
 	if (l->dot_pending)
-		out[(*out_len)++] = '.';
-	if (l->cr_pending)
-		out[(*out_len)++] = '\r';
-	l->dot_pending = false;
-	l->cr_pending = false;
+		return true;
+	out[(*out_len)++] = '\r';
+	out[(*out_len)++] = '\n';
+	l->col = 0;
+	l->at_bol = true;
+	return false;
 }
 
 enum cli_mail_lines_status
@@ -41,25 +57,27 @@ cli_mail_lines_push(struct cli_mail_lines *l, const char *in, size_t len, size_t
 			*used = i;
 			return CLI_MAIL_LINES_NUL;
 		}
+		if (l->cr_pending) {
+			/* CRLF, or a bare CR: either ends the line. */
+			l->cr_pending = false;
+			if (end_line(l, out, out_len)) {
+				l->ended = true;
+				*used = c == '\n' ? i + 1 : i;
+				return CLI_MAIL_LINES_END;
+			}
+			if (c == '\n')
+				continue;
+		}
 		if (c == '\n') {
-			/* dot_pending is only ever set when a lone "." ends the input. */
-			if (l->dot_pending) {
+			if (end_line(l, out, out_len)) {
 				l->ended = true;
 				*used = i + 1;
 				return CLI_MAIL_LINES_END;
 			}
-			l->cr_pending = false; /* it was the CR of a CRLF */
-			out[(*out_len)++] = '\r';
-			out[(*out_len)++] = '\n';
-			l->at_bol = true;
 			continue;
 		}
 		if (c == '\r') {
-			/* A CR followed by a CR was a bare one; the new one waits for its LF. */
-			if (l->cr_pending)
-				flush_pending(l, out, out_len);
-			l->cr_pending = true;
-			l->at_bol = false;
+			l->cr_pending = true; /* its LF may come in the next push */
 			continue;
 		}
 		if (l->at_bol && c == '.' && l->dot_ends) {
@@ -67,8 +85,11 @@ cli_mail_lines_push(struct cli_mail_lines *l, const char *in, size_t len, size_t
 			l->at_bol = false;
 			continue;
 		}
-		flush_pending(l, out, out_len);
-		out[(*out_len)++] = c;
+		if (l->dot_pending) {
+			l->dot_pending = false;
+			emit(l, '.', out, out_len);
+		}
+		emit(l, c, out, out_len);
 		l->at_bol = false;
 	}
 	*used = len;
@@ -85,10 +106,8 @@ cli_mail_lines_finish(struct cli_mail_lines *l, char *out, size_t *out_len)
 	l->cr_pending = false;
 	if (l->dot_pending)
 		return;
-	if (!l->at_bol) {
-		out[(*out_len)++] = '\r';
-		out[(*out_len)++] = '\n';
-	}
+	if (!l->at_bol)
+		end_line(l, out, out_len);
 }
 
 /* ---- the header section ----------------------------------------------------------- */
@@ -129,7 +148,8 @@ cli_mail_header_end(const char *data, size_t len, size_t *scanned, struct cli_ma
 	size_t pos = *scanned, end;
 
 	for (;;) {
-		const char *nl = memchr(data + pos, '\n', len - pos);
+		/* (data may be NULL when nothing was read yet) */
+		const char *nl = pos < len ? memchr(data + pos, '\n', len - pos) : NULL;
 		size_t line_len, start = pos;
 
 		if (nl == NULL) {

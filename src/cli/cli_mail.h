@@ -25,20 +25,27 @@ enum cli_mail_lines_status {
 };
 
 /*
- * Line ends LF or CRLF become CRLF; a CR not followed by LF stays as it is.
- * When dot_ends is set (sendmail without -i/-oi), a line holding only "."
- * ends the input; no dot-unstuffing ever happens (stdin is not SMTP).
+ * Line ends LF, CRLF and a bare CR become CRLF (a bare CR or LF is no line
+ * end in SMTP and, passed on, could end the message early at a server that
+ * reads it so: smuggling).  A line of more than CLI_MAIL_LINE_MAX octets is
+ * folded with CRLF SP (RFC 5322 2.1.1 allows no longer line), as Postfix's
+ * smtp client does.  When dot_ends is set (sendmail without -i/-oi), a line
+ * holding only "." ends the input; no dot-unstuffing ever happens (stdin is
+ * not SMTP).
  */
+#define CLI_MAIL_LINE_MAX 998
+
 struct cli_mail_lines {
 	bool dot_ends;
 	bool at_bol;	  /* the next octet starts a line */
 	bool dot_pending; /* the line so far is "." (not yet written) */
-	bool cr_pending;  /* a CR was read and not yet written */
+	bool cr_pending;  /* a CR was read: the line ends (CRLF or a bare CR) */
 	bool ended;	  /* END or NUL was returned */
+	size_t col;	  /* octets written of the current line */
 };
 
 /* Bytes of out a push of len octets may need; finish needs CLI_MAIL_LINES_FINISH_MAX. */
-#define CLI_MAIL_LINES_OUT_MAX(len) (2 * (len) + 2)
+#define CLI_MAIL_LINES_OUT_MAX(len) (3 * (len) + 8)
 #define CLI_MAIL_LINES_FINISH_MAX   4
 
 void cli_mail_lines_init(struct cli_mail_lines *l, bool dot_ends);

@@ -122,6 +122,42 @@ def test_crlf_input_and_missing_final_newline(petrel):
     assert msg.endswith(b"\n\nline 1\nline 2\n"), msg
 
 
+def test_bare_cr_ends_a_line(petrel):
+    """A bare CR is no line end in SMTP; passed on as it is, "\r.\r\n" could end the
+    message early at a next hop that reads it so.  It becomes a line end here: the
+    lone dot is an ordinary line (-i) the relay would dot-stuff."""
+    r = sendmail(petrel, "-i", "a@example.test",
+                 input=b"Subject: cr\n\ntext\r.\r\nMAIL FROM:<x@y>\r\nold\rmac\n")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert msg.endswith(b"\n\ntext\n.\nMAIL FROM:<x@y>\nold\nmac\n"), msg
+    assert b"\r" not in msg
+
+
+def test_long_lines_are_folded(petrel):
+    """Lines over 998 octets (RFC 5322 2.1.1) are folded with CRLF SP, in the header
+    section (a continuation of the field) as in the body; nothing is lost."""
+    subject, body_line = "s" * 1500, "b" * 3000
+    r = sendmail(petrel, "a@example.test",
+                 input=f"Subject: {subject}\n\n{body_line}\nend\n")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    lines = msg.split(b"\n")
+    assert max(len(x) for x in lines) <= 998, [len(x) for x in lines]
+    hdr, body = msg.split(b"\n\n", 1)
+    m = re.search(rb"(?m)^Subject: (s+)\n (s+)$", hdr)
+    assert m and len(m[1]) + len(m[2]) == 1500, hdr
+    assert body.replace(b"\n ", b"") == body_line.encode() + b"\nend\n", body[:100]
+
+
+def test_empty_input(petrel):
+    """Nothing on stdin: a message of the added fields only, delivered; exit 0."""
+    r = sendmail(petrel, "a@example.test", input=b"")
+    assert r.returncode == 0, r.stderr
+    _, msg = message(petrel, "a@example.test")
+    assert re.search(rb"(?m)^Message-ID: ", msg), msg
+
+
 def test_no_header_section(petrel):
     """A body without fields gets the added fields and a separating blank line."""
     r = sendmail(petrel, "a@example.test", input="just text: here\nsecond line\n")

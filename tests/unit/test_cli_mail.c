@@ -36,8 +36,11 @@ static const struct lines_case lines_cases[] = {
     {"CRLF kept", true, IN("a\r\nb\r\n"), "a\r\nb\r\n", CLI_MAIL_LINES_MORE},
     {"mixed ends", true, IN("a\r\nb\nc\r\n"), "a\r\nb\r\nc\r\n", CLI_MAIL_LINES_MORE},
     {"last line without end", true, IN("a\nb"), "a\r\nb\r\n", CLI_MAIL_LINES_MORE},
-    {"bare CR kept", true, IN("a\rb\n"), "a\rb\r\n", CLI_MAIL_LINES_MORE},
-    {"CR CR LF", true, IN("a\r\r\n"), "a\r\r\n", CLI_MAIL_LINES_MORE},
+    {"bare CR ends the line", true, IN("a\rb\n"), "a\r\nb\r\n", CLI_MAIL_LINES_MORE},
+    {"CR CR LF", true, IN("a\r\r\n"), "a\r\n\r\n", CLI_MAIL_LINES_MORE},
+    {"bare CR dot line ends", true, IN("a\r.\r\nMAIL\n"), "a\r\n", CLI_MAIL_LINES_END},
+    {"bare CR dot line with -i", false, IN("a\r.\r\nb\n"), "a\r\n.\r\nb\r\n", CLI_MAIL_LINES_MORE},
+    {"bare CR then LF line", true, IN("a\r\rb"), "a\r\n\r\nb\r\n", CLI_MAIL_LINES_MORE},
     {"CR at the end", true, IN("a\r"), "a\r\n", CLI_MAIL_LINES_MORE},
     {"empty lines", true, IN("\n\n"), "\r\n\r\n", CLI_MAIL_LINES_MORE},
     {"dot LF ends", true, IN("a\n.\nb\n"), "a\r\n", CLI_MAIL_LINES_END},
@@ -49,8 +52,9 @@ static const struct lines_case lines_cases[] = {
     {"two dots kept", true, IN("..\n"), "..\r\n", CLI_MAIL_LINES_MORE},
     {"dot word kept", true, IN(".a\n.\n"), ".a\r\n", CLI_MAIL_LINES_END},
     {"dot space kept", true, IN(". \n"), ". \r\n", CLI_MAIL_LINES_MORE},
-    {"dot CR CR", true, IN(".\r\r\n"), ".\r\r\n", CLI_MAIL_LINES_MORE},
-    {"dot CR x", true, IN(".\rx\n"), ".\rx\r\n", CLI_MAIL_LINES_MORE},
+    {"dot CR CR", true, IN(".\r\r\n"), "", CLI_MAIL_LINES_END},
+    {"dot CR x", true, IN(".\rx\n"), "", CLI_MAIL_LINES_END},
+    {"dot CR x with -i", false, IN(".\rx\n"), ".\r\nx\r\n", CLI_MAIL_LINES_MORE},
     {"dot mid line", true, IN("a.\n"), "a.\r\n", CLI_MAIL_LINES_MORE},
     {"NUL refused", true, IN("a\nb\0c\n"), "a\r\nb", CLI_MAIL_LINES_NUL},
     {"NUL after dot line", true, IN(".\n\0"), "", CLI_MAIL_LINES_END},
@@ -103,6 +107,45 @@ test_lines(void **state)
 		}
 		free(cuts);
 	}
+}
+
+/* Lines over 998 octets are folded with CRLF SP, each piece at most 998 octets. */
+static void
+test_lines_long_folded(void **state)
+{
+	static const size_t lens[] = {997, 998, 999, 1995, 1996, 2500};
+
+	for (size_t n = 0; n < ARRAY_LEN(lens); n++) {
+		size_t len = lens[n], out_len = 0, used, pieces = 0, plain = 0;
+		char *in = malloc(len + 1), *out = malloc(CLI_MAIL_LINES_OUT_MAX(len + 1) + 4);
+		struct cli_mail_lines l;
+
+		memset(in, 'x', len);
+		in[len] = '\n';
+		cli_mail_lines_init(&l, true);
+		assert_int_equal(cli_mail_lines_push(&l, in, len + 1, &used, out, &out_len),
+				 CLI_MAIL_LINES_MORE);
+		cli_mail_lines_finish(&l, out, &out_len);
+		/* Walk the output: pieces separated by CRLF, continuations starting with SP. */
+		for (size_t i = 0, start = 0; i < out_len; i++) {
+			if (out[i] != '\r')
+				continue;
+			assert_true(i + 1 < out_len && out[i + 1] == '\n');
+			assert_true(i - start <= CLI_MAIL_LINE_MAX);
+			if (pieces > 0)
+				assert_int_equal(out[start], ' ');
+			plain += i - start - (pieces > 0);
+			pieces++;
+			start = i + 2;
+			i++;
+		}
+		assert_int_equal(plain, len);
+		assert_int_equal(pieces, len <= 998 ? 1 : 1 + (len - 998 + 996) / 997);
+		assert_int_equal(out_len, len + 2 + 3 * (pieces - 1));
+		free(in);
+		free(out);
+	}
+	(void)state;
 }
 
 /* ---- header section ------------------------------------------------------------------ */
@@ -387,9 +430,10 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_lines),      cmocka_unit_test(test_split),
-	    cmocka_unit_test(test_fields),     cmocka_unit_test(test_addr_list),
-	    cmocka_unit_test(test_addr_check), cmocka_unit_test(test_from),
+	    cmocka_unit_test(test_lines),     cmocka_unit_test(test_lines_long_folded),
+	    cmocka_unit_test(test_split),     cmocka_unit_test(test_fields),
+	    cmocka_unit_test(test_addr_list), cmocka_unit_test(test_addr_check),
+	    cmocka_unit_test(test_from),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
