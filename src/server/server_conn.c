@@ -54,6 +54,7 @@ struct conn {
 	bool counted;	  /* holds a slot in the per-address count */
 	bool plain;	  /* c->bev is the socket's own (no TLS): replies may go straight to it */
 	bool read_paused; /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
+	bool eof;	  /* the client closed its side: answer what it sent, then close */
 	struct conn *prev, *next;
 };
 
@@ -592,8 +593,8 @@ input_flow(struct conn *c)
 {
 	bool full;
 
-	if (c->dead)
-		return;
+	if (c->dead || c->eof)
+		return; /* after the end of input there is nothing more to read */
 	full = evbuffer_get_length(bufferevent_get_input(c->bev)) >= INPUT_HIGH;
 	if (full == c->read_paused)
 		return;
@@ -615,6 +616,7 @@ conn_process(struct conn *c)
 	in = bufferevent_get_input(c->bev);
 	out = bufferevent_get_output(c->bev);
 	enum smtp_event ev = SMTP_EVENT_NONE;
+	bool taken_all = false; /* the session took all the input it can */
 
 	while (!c->closing && !c->committing && !c->authing &&
 	       smtp_session_state(c->sess) != SMTP_STATE_TLS &&
@@ -624,8 +626,10 @@ conn_process(struct conn *c)
 		const char *data;
 
 		/* After an event the session may have more to do even without input. */
-		if (len == 0 && ev == SMTP_EVENT_NONE)
+		if (len == 0 && ev == SMTP_EVENT_NONE) {
+			taken_all = true;
 			break;
+		}
 		if (c->msg != NULL && queue_msg_pending(c->msg) >= PENDING_HIGH)
 			break; /* resumed by append_done */
 		if (evbuffer_get_length(out) + smtp_session_output(c->sess)->len > OUTPUT_HIGH)
@@ -639,11 +643,16 @@ conn_process(struct conn *c)
 			arm_timer(c);
 		if (!handle_event(c, ev))
 			break;
-		if (used == 0 && ev == SMTP_EVENT_NONE)
+		if (used == 0 && ev == SMTP_EVENT_NONE) {
+			taken_all = true;
 			break; /* a partial line: wait for more */
+		}
 	}
 	flush_output(c);
 	input_flow(c);
+	/* The client closed its side and everything it sent is answered (or can never be). */
+	if (c->eof && (taken_all || smtp_session_state(c->sess) == SMTP_STATE_TLS))
+		c->closing = true;
 	if (c->closing && evbuffer_get_length(out) == 0)
 		conn_close(c);
 }
@@ -687,6 +696,17 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			 c->kind == LISTENER_SUBMISSIONS ? "implicit" : "STARTTLS", c->addr, desc);
 		if (smtp_session_state(c->sess) == SMTP_STATE_TLS)
 			smtp_session_tls_started(c->sess);
+		conn_process(c);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+		/*
+		 * The client closed its side (shutdown(SHUT_WR), "nc -N"): the
+		 * commands it sent before still get their replies, a message it
+		 * ended still its 250 (RFC 5321 4.1.1.10: no close before the reply
+		 * to QUIT), and the connection closes once they are out.
+		 */
+		c->eof = true;
 		conn_process(c);
 		return;
 	}

@@ -893,3 +893,53 @@ def test_privilege_drop_unknown_user_refuses_to_start(petrel_factory, shared_dir
     assert "no-such-user-petrel: no such user" in p.log()
     p.proc = None
     p.logf.close()
+
+
+def half_closed_dialogue(p, payload, timeout=20):
+    """Sends payload in one write, closes the sending side (shutdown(SHUT_WR), as
+    `nc -N` and scripts piping into a socket do) and reads until the server closes."""
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=timeout)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    got, deadline = b"", time.time() + timeout
+    while time.time() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return got
+
+
+@pytest.mark.parametrize("transfer", ["data", "bdat"])
+def test_client_that_half_closes_gets_every_reply(petrel, transfer):
+    """A client that sends a whole transaction and QUIT, then closes its side, gets every
+    reply — the message's 250 and the 221 — before the server closes (RFC 5321
+    4.1.1.10).  The message it was told was accepted is delivered once."""
+    msg = b"Subject: half-closed\r\n\r\nbody\r\n"
+    if transfer == "data":
+        xfer = b"DATA\r\n" + msg + b".\r\n"
+    else:
+        xfer = b"BDAT %d LAST\r\n" % len(msg) + msg
+    payload = (b"EHLO client.example\r\nMAIL FROM:<a@example.test>\r\n"
+               b"RCPT TO:<u@example.test>\r\n" + xfer + b"QUIT\r\n")
+    got = half_closed_dialogue(petrel, payload)
+    codes = re.findall(rb"(?m)^(\d{3}) ", got)
+    want = [b"220", b"250", b"250", b"250"] + ([b"354"] if transfer == "data" else []) + \
+        [b"250", b"221"]
+    assert codes == want, got
+    assert re.search(rb"(?m)^250 2\.0\.0 Ok: queued as \w+", got), got
+    msgs = petrel.wait_messages("u@example.test", 1)
+    assert len(msgs) == 1 and msgs[0].endswith(b"\n\nbody\n"), msgs
+
+
+def test_client_that_half_closes_mid_message_delivers_nothing(petrel):
+    """Closing the sending side inside DATA (no final dot) leaves the message unfinished:
+    nothing is delivered, the server closes, and keeps serving others."""
+    payload = (b"EHLO client.example\r\nMAIL FROM:<a@example.test>\r\n"
+               b"RCPT TO:<u@example.test>\r\nDATA\r\nSubject: cut\r\n\r\nno end")
+    got = half_closed_dialogue(petrel, payload)
+    assert re.findall(rb"(?m)^(\d{3}) ", got) == [b"220", b"250", b"250", b"250", b"354"], got
+    time.sleep(0.5)
+    assert petrel.messages("u@example.test") == []
+    alive(petrel)
