@@ -72,6 +72,14 @@ struct deliver_target {
  */
 int deliver_expand(const struct deliver_db *db, const struct conf *c, const char *addr,
 		   struct deliver_target **out, size_t *out_len, char *err, size_t err_cap);
+/*
+ * The one target of an address that is final already (aliases were expanded
+ * when the message came in): as deliver_expand without the alias lookup.
+ * Returns 0 with *out (one target, free with deliver_targets_free(*out, 1))
+ * or -1 with an error in err (unsafe local part).
+ */
+int deliver_resolve(const struct deliver_db *db, const struct conf *c, const char *addr,
+		    struct deliver_target **out, char *err, size_t err_cap);
 void deliver_targets_free(struct deliver_target *t, size_t n);
 
 /* A message to write into one Maildir. */

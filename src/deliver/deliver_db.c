@@ -596,6 +596,7 @@ struct expansion {
 	size_t done_len, done_cap;
 	char *err;
 	size_t err_cap;
+	bool final; /* the address is a final target: no alias lookup (deliver_resolve) */
 };
 
 static int
@@ -683,7 +684,7 @@ expand_addr(struct expansion *x, const char *addr, const struct db_entry *parent
 		     util_log_escape(esc, sizeof(esc), addr, len));
 		return -1;
 	}
-	alias = find_alias(x->db, &k);
+	alias = x->final ? NULL : find_alias(x->db, &k);
 	/* An alias that names itself ("a: a, b") also delivers to the user. */
 	if (alias == NULL || alias == parent)
 		return add_local_user(x, &k);
@@ -726,6 +727,21 @@ deliver_expand(const struct deliver_db *db, const struct conf *c, const char *ad
 	}
 	*out = x.out;
 	*out_len = x.len;
+	return 0;
+}
+
+int
+deliver_resolve(const struct deliver_db *db, const struct conf *c, const char *addr,
+		struct deliver_target **out, char *err, size_t err_cap)
+{
+	struct expansion x = {.db = db, .c = c, .err = err, .err_cap = err_cap, .final = true};
+
+	*out = NULL;
+	if (expand_addr(&x, addr, NULL, 0) < 0) {
+		deliver_targets_free(x.out, x.len);
+		return -1;
+	}
+	*out = x.out; /* exactly one */
 	return 0;
 }
 

@@ -113,6 +113,7 @@ msg_item(struct queue_msg *m, struct queue_file_env *env, struct queue_item *it)
 	it->protocol = env->protocol;
 	it->body_8bit = env->body_8bit;
 	it->smtputf8 = env->smtputf8;
+	it->expanded = env->expanded;
 	it->fd = -1;
 	it->body_mem = m->mem != NULL ? m->mem : "";
 	it->attempts = m->direct_tries++; /* a stuck message's retry looks for earlier copies */

@@ -58,6 +58,11 @@ struct queue_envelope {
 	const char *protocol;	 /* SMTP, ESMTP, ESMTPS, ESMTPSA, local */
 	bool body_8bit;		 /* BODY=8BITMIME */
 	bool smtputf8;
+	/*
+	 * rcpts are final: aliases were expanded when the message came in (orcpts
+	 * say from what).  Unset in queue files of petrel versions before it.
+	 */
+	bool expanded;
 };
 
 struct queue_limits {
@@ -83,6 +88,7 @@ struct queue_item {
 	const char *protocol;
 	bool body_8bit;
 	bool smtputf8;
+	bool expanded;	   /* rcpts are final (queue_envelope) */
 	unsigned attempts; /* earlier attempts */
 	bool recovered;	   /* found on disk at start: a crash may have delivered some of it */
 	int fd;		   /* the queue file, read-only (-1 when body_mem is set) */

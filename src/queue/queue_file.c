@@ -27,8 +27,11 @@ queue_file_header(struct buf *out, const char *id, time_t arrival, const struct 
 	}
 	rc |= buf_printf(out, "helo %s\nclient_addr %s\nclient_name %s\nprotocol %s\n", env->helo,
 			 env->client_addr, env->client_name, env->protocol);
-	rc |= buf_printf(out, "body %s\nsmtputf8 %d\n\n", env->body_8bit ? "8BITMIME" : "7BIT",
+	rc |= buf_printf(out, "body %s\nsmtputf8 %d\n", env->body_8bit ? "8BITMIME" : "7BIT",
 			 env->smtputf8 ? 1 : 0);
+	if (env->expanded)
+		rc |= buf_append_str(out, "expanded 1\n");
+	rc |= buf_append_str(out, "\n");
 	return rc ? -1 : 0;
 }
 
@@ -123,6 +126,9 @@ queue_file_parse(const char *data, size_t len, struct queue_file_env *env, char 
 			free(value);
 		} else if (key_is(line, key_len, "smtputf8")) {
 			env->smtputf8 = strcmp(value, "1") == 0;
+			free(value);
+		} else if (key_is(line, key_len, "expanded")) {
+			env->expanded = strcmp(value, "1") == 0;
 			free(value);
 		} else {
 			free(value); /* a key from a newer petrel: ignored */

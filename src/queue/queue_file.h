@@ -40,6 +40,7 @@ struct queue_file_env {
 	char *protocol;
 	bool body_8bit;
 	bool smtputf8;
+	bool expanded;
 	off_t body_off; /* file offset of the message */
 };
 

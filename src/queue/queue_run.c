@@ -248,6 +248,7 @@ delivery_fill(struct queue_delivery *d, uint64_t body_len)
 	it->protocol = d->env.protocol;
 	it->body_8bit = d->env.body_8bit;
 	it->smtputf8 = d->env.smtputf8;
+	it->expanded = d->env.expanded;
 	it->attempts = e->attempts;
 	it->recovered = e->recovered;
 	it->fd = d->fd;

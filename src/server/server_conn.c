@@ -381,6 +381,7 @@ begin_message(struct conn *c)
 	env.protocol = smtp_session_protocol(c->sess);
 	env.body_8bit = p->body == SMTP_BODY_8BITMIME;
 	env.smtputf8 = p->smtputf8;
+	env.expanded = true;
 	c->msg = queue_msg_new(c->srv->queue, &env);
 	if (rcpts_all_local(c->cfg->conf, &l))
 		queue_msg_direct(c->msg, server_cfg_ref(c->cfg)); /* server_direct_release */

@@ -47,6 +47,58 @@ is_local(const struct conf *conf, const char *rcpt)
 	return at == NULL || conf_is_local_domain(conf, at + 1, strlen(at + 1));
 }
 
+/* An address as the envelope holds it; a bare "Postmaster" (RFC 5321 4.5.1) is our first domain's.
+ */
+static void
+full_addr(const struct conf *conf, const char *a, char *dst, size_t cap)
+{
+	if (strchr(a, '@') == NULL)
+		snprintf(dst, cap, "postmaster@%s", conf->local_domains[0]);
+	else
+		snprintf(dst, cap, "%s", a);
+}
+
+/*
+ * The mailboxes recipient i goes to.  An envelope whose aliases were
+ * expanded when the message came in holds final targets, each resolved
+ * without an alias lookup (looking again would deliver twice what an alias
+ * naming itself, "a: a, b", gave).  Its original recipient is checked first
+ * as RCPT checks it: a user no longer in users_file, or an unknown address
+ * given to `petrel sendmail`, is refused here, and so is one whose
+ * expansion fails (an alias loop).  Queue files of older versions were
+ * never expanded: they are now.
+ */
+static int
+targets_of(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
+	   size_t i, struct deliver_target **out, size_t *n, char *err, size_t err_cap)
+{
+	char addr[600], orig[600];
+	const char *at;
+
+	full_addr(conf, item->rcpts[i], addr, sizeof(addr));
+	if (!item->expanded)
+		return deliver_expand(db, conf, addr, out, n, err, err_cap);
+	full_addr(conf, item->orcpts[i], orig, sizeof(orig));
+	at = strrchr(orig, '@');
+	if (is_local(conf, orig)) {
+		struct deliver_target *t = NULL;
+		size_t tn = 0;
+		char esc[300];
+
+		if (deliver_check_rcpt(db, conf, orig, (size_t)(at - orig), at + 1,
+				       strlen(at + 1)) == DELIVER_RCPT_UNKNOWN) {
+			snprintf(err, err_cap, "%s: unknown user",
+				 util_log_escape(esc, sizeof(esc), orig, strlen(orig)));
+			return -1;
+		}
+		if (deliver_expand(db, conf, orig, &t, &tn, err, err_cap) != 0)
+			return -1;
+		deliver_targets_free(t, tn);
+	}
+	*n = 1;
+	return deliver_resolve(db, conf, addr, out, err, err_cap);
+}
+
 /* Log lines held back until the batch they describe is committed. */
 struct line {
 	size_t msg; /* the message (its index in the batch) the line is about */
@@ -96,13 +148,9 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 	double delay = difftime(time(NULL), item->arrival);
 	int deferred = 0;
 
-	/* Queue files of older versions may hold a bare "Postmaster". */
-	if (strchr(rcpt, '@') == NULL)
-		snprintf(addr, sizeof(addr), "postmaster@%s", conf->local_domains[0]);
-	else
-		snprintf(addr, sizeof(addr), "%s", rcpt);
+	full_addr(conf, rcpt, addr, sizeof(addr));
 	util_strlcpy(res->relay, "local", sizeof(res->relay));
-	if (deliver_expand(db, conf, addr, &targets, &ntargets, err, sizeof(err)) != 0) {
+	if (targets_of(conf, db, item, i, &targets, &ntargets, err, sizeof(err)) != 0) {
 		res->status = QUEUE_RCPT_FAIL;
 		snprintf(res->reason, sizeof(res->reason), "5.1.1 %s", err);
 		log_info("%s: to=<%s>, relay=local, delay=%.0f, status=bounced (%s)", item->id,
@@ -209,8 +257,7 @@ all_local(const struct server_cfg *cfg, const struct queue_item *item)
 
 		if (strchr(item->rcpts[i], '@') == NULL || !is_local(cfg->conf, item->rcpts[i]))
 			return false;
-		if (deliver_expand(cfg->db, cfg->conf, item->rcpts[i], &targets, &n, err,
-				   sizeof(err)) != 0)
+		if (targets_of(cfg->conf, cfg->db, item, i, &targets, &n, err, sizeof(err)) != 0)
 			return false;
 		for (size_t t = 0; t < n; t++)
 			local = local && targets[t].is_local;

@@ -130,6 +130,21 @@ def test_alias_to_alias(petrel_factory, tmp_path):
     assert wait_queue_empty(p)
 
 
+def test_alias_naming_itself_delivers_each_once(petrel_factory, tmp_path):
+    """"a: a, b" delivers to user a and to b, one copy each: the recipients the
+    envelope got when the alias was expanded are not expanded a second time."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("a@localhost: a@localhost, b@localhost\n")
+    p = petrel_factory(aliases_file=str(aliases))
+    qid = send(p, "sender@example.org", "a@localhost", BODY)
+    for user in ("a", "b"):
+        assert len(p.wait_messages(f"{user}@localhost", 1)) == 1, user
+    assert wait_queue_empty(p)
+    time.sleep(0.5)
+    assert [len(p.messages(f"{u}@localhost")) for u in ("a", "b")] == [1, 1], p.log()
+    assert len(re.findall(rf"{qid}: to=<b@localhost>.*status=sent", p.log())) == 1, p.log()
+
+
 def test_alias_with_remote_target_stays_queued(petrel_factory, tmp_path):
     aliases = tmp_path / "aliases"
     aliases.write_text("mixed@localhost: carol@localhost, friend@remote.example\n")
