@@ -177,6 +177,15 @@ struct queue *queue_open(const char *spool_dir, const struct queue_limits *limit
 /* Stops the threads after in-flight work ends; pending callbacks are dropped. */
 void queue_close(struct queue *q);
 void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx);
+/*
+ * The expansion of one recipient of a message picked up from incoming/, as
+ * at DATA (aliases): its final addresses in *out (owned strings, the array
+ * too), or *n = 0 to keep it as it is (delivery then refuses it with the
+ * reason).  Runs on a worker thread.  Without one, picked-up messages keep
+ * their recipients and are expanded at delivery.
+ */
+typedef void (*queue_expand_fn)(void *arg, const char *rcpt, char ***out, size_t *n);
+void queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg);
 
 /* A descriptor that becomes readable when completions wait; then call queue_dispatch(). */
 int queue_notify_fd(const struct queue *q);

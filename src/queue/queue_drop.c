@@ -107,14 +107,157 @@ struct pickup {
 	size_t len, cap;
 };
 
+void
+queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg)
+{
+	q->pickup_expand = fn;
+	q->pickup_expand_arg = arg;
+}
+
+/* The envelope of a picked-up message with its recipients expanded (rcpts/orcpts owned). */
+struct expanded_env {
+	char **rcpts, **orcpts;
+	size_t len, cap;
+};
+
+static void
+expanded_add(struct expanded_env *x, const char *rcpt, const char *orig)
+{
+	for (size_t i = 0; i < x->len; i++)
+		if (strcmp(x->rcpts[i], rcpt) == 0)
+			return; /* "a, A, a+x" are one mailbox: one copy */
+	if (x->len == x->cap) {
+		x->cap = x->cap ? x->cap * 2 : 8;
+		x->rcpts = xrealloc(x->rcpts, x->cap * sizeof(char *));
+		x->orcpts = xrealloc(x->orcpts, x->cap * sizeof(char *));
+	}
+	x->rcpts[x->len] = xstrdup(rcpt);
+	x->orcpts[x->len++] = xstrdup(orig);
+}
+
+static void
+expanded_free(struct expanded_env *x)
+{
+	for (size_t i = 0; i < x->len; i++) {
+		free(x->rcpts[i]);
+		free(x->orcpts[i]);
+	}
+	free(x->rcpts);
+	free(x->orcpts);
+}
+
+#define PICKUP_HEADER_MAX (8u * 1024 * 1024) /* the envelope of a dropped message */
+
+/*
+ * incoming/ID becomes queue/ID with its recipients expanded (written as
+ * tmp/ID, flushed, renamed).  The file was written by another user's
+ * process: only a regular file with one link is taken (never a symlink or
+ * a hard link to someone else's file).  0 when queued; 1 when the file is
+ * refused for good, -1 when it could not be copied now (err says why).
+ */
+static int
+pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
+{
+	struct queue_file_env env;
+	struct expanded_env x = {0};
+	struct queue_envelope out;
+	struct buf header;
+	struct stat st;
+	char *data = NULL;
+	ssize_t n = 0;
+	off_t off;
+	int in, tmp = -1, rc = -1;
+
+	err[0] = '\0';
+	in = openat(q->incoming_fd, id, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (in < 0 && errno == ELOOP) {
+		snprintf(err, err_cap, "refused: a symbolic link");
+		return 1;
+	}
+	if (in < 0 || fstat(in, &st) != 0) {
+		snprintf(err, err_cap, "%s", strerror(errno));
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_nlink != 1) {
+		snprintf(err, err_cap, "refused: not a regular file with one link");
+		rc = 1;
+		goto out_close;
+	}
+	data = xmalloc(PICKUP_HEADER_MAX);
+	n = pread(in, data, PICKUP_HEADER_MAX, 0);
+	if (n < 0) {
+		snprintf(err, err_cap, "%s", strerror(errno));
+		goto out_free;
+	}
+	if (queue_file_parse(data, (size_t)n, &env, err, err_cap) != 0) {
+		rc = 1; /* not written by petrel sendmail */
+		goto out_free;
+	}
+	for (size_t i = 0; i < env.rcpts_len; i++) {
+		char **t = NULL;
+		size_t tn = 0;
+
+		q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &t, &tn);
+		for (size_t k = 0; k < tn; k++) {
+			expanded_add(&x, t[k], env.rcpts[i]);
+			free(t[k]);
+		}
+		free(t);
+		if (tn == 0)
+			expanded_add(&x, env.rcpts[i], env.rcpts[i]);
+	}
+	out = (struct queue_envelope){
+	    .sender = env.sender,
+	    .rcpts = (const char *const *)x.rcpts,
+	    .orcpts = (const char *const *)x.orcpts,
+	    .rcpts_len = x.len,
+	    .helo = env.helo,
+	    .client_addr = env.client_addr,
+	    .client_name = env.client_name,
+	    .protocol = env.protocol,
+	    .body_8bit = env.body_8bit,
+	    .smtputf8 = env.smtputf8,
+	    .expanded = true,
+	};
+	buf_init(&header, 64u * 1024 * 1024);
+	tmp = openat(q->tmp_fd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (tmp < 0 || queue_file_header(&header, id, env.arrival, &out) != 0 ||
+	    queue_file_write_all(tmp, header.data, header.len) != 0)
+		goto out_env;
+	for (off = env.body_off; (n = pread(in, data, PICKUP_HEADER_MAX, off)) > 0; off += n)
+		if (queue_file_write_all(tmp, data, (size_t)n) != 0)
+			goto out_env;
+	if (n < 0 || fdatasync(tmp) != 0 || renameat(q->tmp_fd, id, q->queue_fd, id) != 0)
+		goto out_env;
+	rc = 0;
+out_env:
+	if (rc != 0 && err[0] == '\0') {
+		snprintf(err, err_cap, "cannot queue it: %s", strerror(errno));
+		if (tmp >= 0)
+			unlinkat(q->tmp_fd, id, 0);
+	}
+	buf_free(&header);
+	expanded_free(&x);
+	queue_file_env_free(&env);
+out_free:
+	free(data);
+out_close:
+	if (tmp >= 0)
+		close(tmp);
+	if (in >= 0)
+		close(in);
+	return rc;
+}
+
 static void
 pickup_run(struct util_pool_job *job)
 {
 	struct pickup *p = (struct pickup *)job;
 	struct queue *q = p->q;
 	DIR *dir = fdopendir(dup(q->incoming_fd));
-
 	struct dirent *de;
+	char err[256];
+	int rc;
 
 	/* A dup shares the directory offset: start from the top every time. */
 	if (dir != NULL)
@@ -123,8 +266,20 @@ pickup_run(struct util_pool_job *job)
 		/* ".ID" files are still being written. */
 		if (!util_id_valid(de->d_name))
 			continue;
-		if (renameat(q->incoming_fd, de->d_name, q->queue_fd, de->d_name) != 0) {
-			log_warn("pickup of %s: %s", de->d_name, strerror(errno));
+		if (faccessat(q->queue_fd, de->d_name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+			/* Queued by a pickup that stopped before removing it here. */
+			unlinkat(q->incoming_fd, de->d_name, 0);
+			continue;
+		}
+		if (q->pickup_expand == NULL) {
+			if (renameat(q->incoming_fd, de->d_name, q->queue_fd, de->d_name) != 0) {
+				log_warn("pickup of %s: %s", de->d_name, strerror(errno));
+				continue;
+			}
+		} else if ((rc = pickup_one(q, de->d_name, err, sizeof(err))) != 0) {
+			log_warn("pickup of %s: %s", de->d_name, err);
+			if (rc > 0)
+				unlinkat(q->incoming_fd, de->d_name, 0); /* refused: never again */
 			continue;
 		}
 		if (p->len == p->cap) {
@@ -135,8 +290,17 @@ pickup_run(struct util_pool_job *job)
 	}
 	if (dir != NULL)
 		closedir(dir);
-	/* The renames must be durable before the files leave incoming/ for good. */
-	if (p->len > 0 && (fsync(q->queue_fd) != 0 || fsync(q->incoming_fd) != 0))
+	/*
+	 * The queue files must be durable before their drop files are removed
+	 * (a rename removed it already; the copies are removed now).
+	 */
+	if (p->len > 0 && fsync(q->queue_fd) != 0) {
+		log_warn("pickup: fsync: %s", strerror(errno));
+	} else {
+		for (size_t i = 0; i < p->len && q->pickup_expand != NULL; i++)
+			unlinkat(q->incoming_fd, p->ids[i], 0);
+	}
+	if (p->len > 0 && fsync(q->incoming_fd) != 0)
 		log_warn("pickup: fsync: %s", strerror(errno));
 	util_pool_complete(q->pool, job);
 }

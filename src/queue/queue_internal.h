@@ -34,6 +34,8 @@ struct queue {
 	int queue_fd;	 /* spool/queue */
 	int incoming_fd; /* spool/incoming (petrel sendmail drops messages here) */
 	bool pickup_running;
+	queue_expand_fn pickup_expand;
+	void *pickup_expand_arg;
 	struct queue_limits limits;
 	struct util_pool *pool;
 	size_t mem_used; /* octets of messages held in memory while received */

@@ -53,6 +53,8 @@ void server_deliver_direct(void *const *msg_ctx, const struct queue_item *items,
 			   bool *delivered);
 /* Drops the session's reference to msg_ctx (a struct server_cfg) taken for the direct way. */
 void server_direct_release(void *msg_ctx);
+/* queue_expand_fn (arg: the server): aliases of a message's recipient from incoming/. */
+void server_pickup_expand(void *arg, const char *rcpt, char ***out, size_t *n);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */
 struct server_cfg *server_current_cfg(struct server *srv);
 

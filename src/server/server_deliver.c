@@ -363,6 +363,33 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 	free(sent.v);
 }
 
+/*
+ * A message dropped by `petrel sendmail` gets its aliases expanded when it
+ * is picked up, as one received over SMTP gets them at DATA: a remote
+ * target is then relayed like any foreign recipient.  An address whose
+ * expansion fails is kept; its delivery refuses it with the reason.
+ */
+void
+server_pickup_expand(void *arg, const char *rcpt, char ***out, size_t *n)
+{
+	struct server_cfg *cfg = server_current_cfg(arg);
+	struct deliver_target *t = NULL;
+	size_t tn = 0;
+	char addr[600], err[256];
+
+	*out = NULL;
+	*n = 0;
+	full_addr(cfg->conf, rcpt, addr, sizeof(addr));
+	if (deliver_expand(cfg->db, cfg->conf, addr, &t, &tn, err, sizeof(err)) == 0) {
+		*out = xcalloc(tn ? tn : 1, sizeof(char *));
+		for (size_t k = 0; k < tn; k++)
+			(*out)[k] = xstrdup(t[k].addr);
+		*n = tn;
+		deliver_targets_free(t, tn);
+	}
+	server_cfg_unref(cfg);
+}
+
 void
 server_direct_release(void *msg_ctx)
 {

@@ -6,6 +6,7 @@ import os
 import pwd
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -300,3 +301,72 @@ def test_while_the_server_is_stopped(petrel_factory):
     assert msg.endswith(b"\n\nqueued while down\n")
     assert wait_for(lambda: incoming(p) == []), incoming(p)
 
+
+
+def test_alias_with_a_remote_target_is_relayed(petrel_factory, tmp_path):
+    """root@localhost aliased to a remote address (the usual cron setup): the message
+    from sendmail is expanded when the server picks it up, as one over SMTP is at DATA,
+    and the remote target goes to the relay (here a relayhost that refuses connections:
+    deferred by the relay, not held as an alias that "became remote")."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("root@localhost: admin@remote.example, carol@localhost\n")
+    p = petrel_factory(aliases_file=str(aliases), relayhost="[127.0.0.1]:1")
+    r = sendmail(p, "root", input="Subject: cron\n\noutput\n")
+    assert r.returncode == 0, r.stderr
+    assert len(p.wait_messages("carol@localhost", 1)) == 1, p.log()
+    assert wait_for(lambda: re.search(
+        r"to=<admin@remote\.example>, relay=[^,]*, delay=\d+, status=deferred \(4\.4\.1 .*"
+        r"connect: Connection refused\)", p.log()), 15), p.log()
+    assert "became remote" not in p.log()
+    assert not p.maildir("root@localhost").exists()
+
+
+def test_unknown_user_with_users_file_bounces(petrel_factory, tmp_path):
+    """With users_file, an address that is neither a user nor an alias is refused at RCPT
+    over SMTP; given to sendmail it bounces to the sender (no Maildir is made for it)."""
+    users = tmp_path / "users"
+    users.write_text("alice@localhost:{PLAIN}secret\n")
+    p = petrel_factory(users_file=str(users))
+    r = sendmail(p, "-f", "alice@localhost", "nosuchuser@localhost", "alice@localhost",
+                 input="Subject: hello\n\nhi\n")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: re.search(
+        r"to=<nosuchuser@localhost>, relay=local, delay=\d+, status=bounced "
+        r"\(nosuchuser@localhost: unknown user\)", p.log()), 15), p.log()
+    msgs = p.wait_messages("alice@localhost", 2)  # the message and the bounce
+    assert len(msgs) == 2, p.log()
+    assert any(b"Return-Path: <>" in m and b"nosuchuser@localhost" in m for m in msgs), msgs
+    assert not p.maildir("nosuchuser@localhost").exists()
+
+
+def test_same_mailbox_named_three_ways_gets_one_copy(petrel):
+    """gina, Gina and gina+x are one mailbox: one copy, as over SMTP."""
+    r = sendmail(petrel, "gina@localhost", "Gina@localhost", "gina+x@localhost",
+                 input="Subject: once\n\nhi\n")
+    assert r.returncode == 0, r.stderr
+    assert len(petrel.wait_messages("gina@localhost", 1)) == 1
+    time.sleep(1)
+    assert len(petrel.messages("gina@localhost")) == 1, petrel.log()
+
+
+def test_pickup_refuses_links_and_foreign_files(petrel):
+    """incoming/ takes files from other users' processes: a symlink, a hard link and a
+    file that is no drop file are refused and removed (their targets untouched), the
+    server stays up and goes on picking up real ones."""
+    inc = petrel.spool / "incoming"
+    inc.mkdir(exist_ok=True)
+    secret = petrel.spool.parent / "secret"
+    secret.write_text("not mail\n")
+    (inc / "00000000000000A1").symlink_to(secret)
+    os.link(secret, inc / "00000000000000A2")
+    (inc / "00000000000000A3").write_text("garbage\n")
+    r = sendmail(petrel, "a@example.test", input="Subject: real\n\nreal\n")
+    assert r.returncode == 0, r.stderr
+    assert len(petrel.wait_messages("a@example.test", 1)) == 1, petrel.log()
+    assert wait_for(lambda: incoming(petrel) == [], 10), incoming(petrel)
+    for n in ("A1", "A2"):
+        assert re.search(rf"pickup of 00000000000000{n}: refused", petrel.log()), petrel.log()
+    assert secret.read_text() == "not mail\n"
+    assert not any("not mail" in f.read_text(errors="replace")
+                   for f in (petrel.spool / "queue").iterdir() if f.is_file())
+    assert petrel.proc.poll() is None
