@@ -25,7 +25,7 @@ struct entry {
 	 * then written to queue/ID with its progress and becomes an ordinary entry.
 	 */
 	struct queue_msg *jmsg;
-	struct queue_file_status *jst; /* its progress, when queue/ID could not be written */
+	struct queue_file_status *jst; /* its progress, when it could not be written to disk */
 };
 
 struct queue {

@@ -120,7 +120,8 @@ queue_next_due_ms(const struct queue *q)
 	uint64_t now = util_now_ms();
 	long heap_ms, stuck_ms = queue_stuck_due_ms(q);
 
-	if (q->heap_len == 0)
+	/* With every delivery slot taken, the next start comes from a delivery's end. */
+	if (q->heap_len == 0 || q->running >= q->limits.max_deliveries)
 		return stuck_ms;
 	heap_ms = q->heap[0]->due_ms <= now ? 0 : (long)(q->heap[0]->due_ms - now);
 	return stuck_ms >= 0 && stuck_ms < heap_ms ? stuck_ms : heap_ms;
@@ -222,7 +223,7 @@ delivery_fill(struct queue_delivery *d, uint64_t body_len)
 	struct queue_item *it = &d->item;
 
 	if (e->jst != NULL) {
-		/* A journaled message whose queue file could not be written: its progress. */
+		/* Progress that could not be written (to queue/ID or to ID.st): kept in memory. */
 		d->st = *e->jst;
 		free(e->jst);
 		e->jst = NULL;
@@ -534,9 +535,18 @@ record_run(struct util_pool_job *job)
 	} else {
 		d->st.attempts = d->entry->attempts + 1;
 		if (queue_file_status_write(q->queue_fd, d->entry->id, d->env.rcpts_len, &d->st) !=
-		    0)
-			log_warn("%s: cannot record delivery status: %s", d->entry->id,
-				 strerror(errno));
+		    0) {
+			/*
+			 * Kept in memory for the next attempt (delivery_fill takes it
+			 * first): read from the old ID.st it would send again what was
+			 * sent, and bounce again what bounced, at every retry.
+			 */
+			log_warn("%s: cannot record delivery status: %s (kept in memory)",
+				 d->entry->id, strerror(errno));
+			d->entry->jst = xmalloc(sizeof(*d->entry->jst));
+			*d->entry->jst = d->st;
+			memset(&d->st, 0, sizeof(d->st)); /* the entry owns it now */
+		}
 	}
 	util_pool_complete(q->pool, job);
 }

@@ -115,7 +115,7 @@ def queue_image(qid, rcpts, message, arrival, sender="sender@example.org",
     head = (f"PETREL-QUEUE 1\nid {qid}\narrival {arrival}\nsender {sender}\n"
             + "".join(f"rcpt {r}\n" for r in rcpts)
             + f"helo {helo}\nclient_addr 127.0.0.1\nclient_name unknown\nprotocol ESMTP\n"
-              "body 7BIT\nsmtputf8 0\n\n")
+              "body 7BIT\nsmtputf8 0\nexpanded 1\n\n")
     return head.encode() + message
 
 
