@@ -130,24 +130,40 @@ trim_wsp(const char *s, size_t n)
 	return n;
 }
 
-/* Decimal digits at s[*pos]: at least one, value must fit uint64_t. */
+/*
+ * Decimal digits at s[*pos]: at least one.  A value past UINT64_MAX is
+ * *value = UINT64_MAX with *overflow set; the digits are consumed all the same.
+ */
 static bool
-scan_u64(const char *s, size_t n, size_t *pos, uint64_t *value)
+scan_digits(const char *s, size_t n, size_t *pos, uint64_t *value, bool *overflow)
 {
 	size_t i = *pos;
 	uint64_t v = 0;
 
+	*overflow = false;
 	if (i >= n || !is_digit((unsigned char)s[i]))
 		return false;
 	for (; i < n && is_digit((unsigned char)s[i]); i++) {
 		unsigned d = (unsigned)(s[i] - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return false;
-		v = v * 10 + d;
+		if (*overflow || v > (UINT64_MAX - d) / 10) {
+			*overflow = true;
+			v = UINT64_MAX;
+		} else {
+			v = v * 10 + d;
+		}
 	}
 	*pos = i;
 	*value = v;
 	return true;
+}
+
+/* Decimal digits at s[*pos]: at least one, value must fit uint64_t. */
+static bool
+scan_u64(const char *s, size_t n, size_t *pos, uint64_t *value)
+{
+	bool overflow;
+
+	return scan_digits(s, n, pos, value, &overflow) && !overflow;
 }
 
 bool
@@ -566,12 +582,18 @@ parse_arg(const char *arg, size_t len, const char *prefix, bool is_rcpt, struct 
 	return SMTP_ARG_OK;
 }
 
+/*
+ * size-value = 1*20DIGIT (RFC 1870 6), and 20 digits reach past UINT64_MAX:
+ * such a value is valid, only large: it is kept as UINT64_MAX, too big for any
+ * smaller limit.  More digits are taken alike, as leading zeros are.
+ */
 static enum smtp_arg_status
 apply_size(const char *v, size_t n, bool has_value, struct smtp_mail_params *p)
 {
 	size_t i = 0;
+	bool overflow;
 
-	if (!has_value || !scan_u64(v, n, &i, &p->size) || i != n)
+	if (!has_value || !scan_digits(v, n, &i, &p->size, &overflow) || i != n)
 		return SMTP_ARG_PARAM_INVALID;
 	p->has_size = true;
 	return SMTP_ARG_OK;

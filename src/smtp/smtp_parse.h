@@ -88,7 +88,7 @@ enum smtp_body_type { SMTP_BODY_7BIT, SMTP_BODY_8BITMIME, SMTP_BODY_BINARYMIME }
 
 struct smtp_mail_params {
 	bool has_size;
-	uint64_t size; /* SIZE= (RFC 1870) */
+	uint64_t size; /* SIZE= (RFC 1870); a value past UINT64_MAX is UINT64_MAX */
 	enum smtp_body_type body;
 	bool smtputf8; /* SMTPUTF8 (RFC 6531) */
 };

@@ -256,6 +256,9 @@ def test_mail_size_over_max_552_at_mail(petrel_factory):
     c.ehlo()
     expect(c.cmd("MAIL FROM:<a@example.org> SIZE=102401"), 552, "5.3.4")
     expect(c.cmd("MAIL FROM:<a@example.org> SIZE=99999999999999"), 552, "5.3.4")
+    # 20 digits are a valid size-value (RFC 1870 6) even past 2^64-1: too big, not bad syntax
+    expect(c.cmd("MAIL FROM:<a@example.org> SIZE=18446744073709551616"), 552, "5.3.4")
+    expect(c.cmd("MAIL FROM:<a@example.org> SIZE=99999999999999999999"), 552, "5.3.4")
     # no transaction was opened; a fitting one is accepted
     expect(c.cmd("RCPT TO:<x@localhost>"), 503, "5.5.1")
     expect(c.cmd("MAIL FROM:<a@example.org> SIZE=102400"), 250, "2.1.0")
