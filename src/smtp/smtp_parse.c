@@ -621,16 +621,53 @@ apply_smtputf8(const char *v, size_t n, bool has_value, struct smtp_mail_params 
 	return SMTP_ARG_OK;
 }
 
+/* xtext = *( xchar / "+" 2HEXDIG ), xchar = %d33-126 but "+" and "=" (RFC 3461 4) */
+static bool
+xtext_valid(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '+') {
+			/* RFC 3461 asks for upper case digits; lower case harms nothing here. */
+			if (n - i < 3 || !is_hex((unsigned char)s[i + 1]) ||
+			    !is_hex((unsigned char)s[i + 2]))
+				return false;
+			i += 2;
+		} else if (c < 33 || c > 126 || c == '=') {
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * AUTH=<> or AUTH=xtext (RFC 4954 5): the mailbox the client says submitted
+ * the message.  Checked, then dropped: petrel trusts no client's word for it
+ * and goes on as for AUTH=<>, as RFC 4954 5 lets a server do.
+ */
+static enum smtp_arg_status
+apply_auth(const char *v, size_t n, bool has_value, struct smtp_mail_params *p)
+{
+	if (!has_value || n > SMTP_AUTH_PARAM_MAX)
+		return SMTP_ARG_PARAM_INVALID;
+	if (n == 2 && v[0] == '<' && v[1] == '>')
+		return SMTP_ARG_OK;
+	return n > 0 && xtext_valid(v, n) ? SMTP_ARG_OK : SMTP_ARG_PARAM_INVALID;
+}
+
 struct param_def {
 	const char *keyword;
 	enum smtp_arg_status (*apply)(const char *value, size_t len, bool has_value,
 				      struct smtp_mail_params *p);
+	bool auth_only; /* known only where AUTH is offered */
 };
 
 static const struct param_def mail_params[] = {
     {.keyword = "SIZE", .apply = apply_size},
     {.keyword = "BODY", .apply = apply_body},
     {.keyword = "SMTPUTF8", .apply = apply_smtputf8},
+    {.keyword = "AUTH", .apply = apply_auth, .auth_only = true},
 };
 #define MAIL_PARAM_COUNT (sizeof(mail_params) / sizeof(mail_params[0]))
 
@@ -662,10 +699,11 @@ value_valid(const char *s, size_t n)
 
 /*
  * Space-separated esmtp-params, checked left to right against defs (which
- * may be empty).  seen has one flag per def, for refusing repeats.
+ * may be empty; an auth_only def counts only when auth_offered).  seen has
+ * one flag per def, for refusing repeats.
  */
 static enum smtp_arg_status
-parse_params(const char *s, size_t n, const struct param_def *defs, size_t ndefs,
+parse_params(const char *s, size_t n, const struct param_def *defs, size_t ndefs, bool auth_offered,
 	     struct smtp_mail_params *p)
 {
 	bool seen[MAIL_PARAM_COUNT] = {false};
@@ -688,7 +726,8 @@ parse_params(const char *s, size_t n, const struct param_def *defs, size_t ndefs
 		if (!keyword_valid(s + start, klen) || (eq != NULL && !value_valid(eq + 1, vlen)))
 			return SMTP_ARG_PARAM_INVALID;
 		for (d = 0; d < ndefs; d++)
-			if (ci_equal(s + start, klen, defs[d].keyword))
+			if (ci_equal(s + start, klen, defs[d].keyword) &&
+			    (auth_offered || !defs[d].auth_only))
 				break;
 		if (d == ndefs)
 			return SMTP_ARG_PARAM_UNKNOWN;
@@ -703,7 +742,7 @@ parse_params(const char *s, size_t n, const struct param_def *defs, size_t ndefs
 }
 
 enum smtp_arg_status
-smtp_parse_mail_from(const char *arg, size_t len, struct smtp_path *path,
+smtp_parse_mail_from(const char *arg, size_t len, bool auth_offered, struct smtp_path *path,
 		     struct smtp_mail_params *params)
 {
 	enum smtp_arg_status st;
@@ -715,7 +754,8 @@ smtp_parse_mail_from(const char *arg, size_t len, struct smtp_path *path,
 	params->body = SMTP_BODY_7BIT;
 	st = parse_arg(arg, len, "FROM:", false, path, &rest, &rest_len);
 	if (st == SMTP_ARG_OK)
-		st = parse_params(rest, rest_len, mail_params, MAIL_PARAM_COUNT, params);
+		st = parse_params(rest, rest_len, mail_params, MAIL_PARAM_COUNT, auth_offered,
+				  params);
 	if (st != SMTP_ARG_OK) {
 		/* A failed parse leaves nothing that could pass for an address. */
 		memset(path, 0, sizeof(*path));
@@ -735,7 +775,7 @@ smtp_parse_rcpt_to(const char *arg, size_t len, struct smtp_path *path)
 	memset(path, 0, sizeof(*path));
 	st = parse_arg(arg, len, "TO:", true, path, &rest, &rest_len);
 	if (st == SMTP_ARG_OK)
-		st = parse_params(rest, rest_len, NULL, 0, NULL);
+		st = parse_params(rest, rest_len, NULL, 0, false, NULL);
 	if (st != SMTP_ARG_OK)
 		memset(path, 0, sizeof(*path));
 	return st;

@@ -14,10 +14,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMTP_LINE_MAX	1000 /* a command or text line, CRLF included (RFC 5321 4.5.3.1.4/6) */
-#define SMTP_PATH_MAX	256  /* reverse-path / forward-path (RFC 5321 4.5.3.1.3) */
-#define SMTP_LOCAL_MAX	64   /* local part (RFC 5321 4.5.3.1.1) */
-#define SMTP_DOMAIN_MAX 255  /* domain (RFC 5321 4.5.3.1.2) */
+#define SMTP_LINE_MAX	    1000 /* a command or text line, CRLF included (RFC 5321 4.5.3.1.4/6) */
+#define SMTP_PATH_MAX	    256	 /* reverse-path / forward-path (RFC 5321 4.5.3.1.3) */
+#define SMTP_LOCAL_MAX	    64	 /* local part (RFC 5321 4.5.3.1.1) */
+#define SMTP_DOMAIN_MAX	    255	 /* domain (RFC 5321 4.5.3.1.2) */
+#define SMTP_AUTH_PARAM_MAX 500	 /* MAIL's AUTH= value (RFC 4954 3 lengthens MAIL by 500) */
 
 enum smtp_verb {
 	SMTP_VERB_UNKNOWN,
@@ -96,11 +97,14 @@ struct smtp_mail_params {
 /*
  * Parses the argument of MAIL ("FROM:<path> [params]").  A space between
  * "FROM:" and "<" is tolerated (as most MTAs do).  Keywords are matched
- * case-insensitively: SIZE=digits, BODY=7BIT|8BITMIME, SMTPUTF8 (no value).
- * Returns SMTP_ARG_OK and fills path and params, or the first problem found.
+ * case-insensitively: SIZE=digits, BODY=7BIT|8BITMIME, SMTPUTF8 (no value),
+ * and, only when auth_offered (the session advertised AUTH), AUTH=<> or
+ * AUTH=xtext (RFC 4954 5, at most SMTP_AUTH_PARAM_MAX octets), which is
+ * checked and not kept.  Returns SMTP_ARG_OK and fills path and params, or
+ * the first problem found.
  */
-enum smtp_arg_status smtp_parse_mail_from(const char *arg, size_t len, struct smtp_path *path,
-					  struct smtp_mail_params *params);
+enum smtp_arg_status smtp_parse_mail_from(const char *arg, size_t len, bool auth_offered,
+					  struct smtp_path *path, struct smtp_mail_params *params);
 /*
  * Parses the argument of RCPT ("TO:<path> [params]").  No RCPT parameters
  * are implemented yet: any parameter is SMTP_ARG_PARAM_UNKNOWN.  The null

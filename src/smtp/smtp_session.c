@@ -160,6 +160,13 @@ smtp_session_output(struct smtp_session *s)
 	return &s->out;
 }
 
+/* AUTH (and MAIL's AUTH= parameter) is offered under TLS only (RFC 4954 4). */
+static bool
+auth_available(const struct smtp_session *s)
+{
+	return s->cfg.auth_offered && s->tls;
+}
+
 /* ---- command handlers ------------------------------------------------ */
 
 typedef enum smtp_event (*handler_fn)(struct smtp_session *s, const char *arg, size_t len);
@@ -184,7 +191,7 @@ do_helo(struct smtp_session *s, const char *arg, size_t len, bool esmtp)
 	reply(s, "250-SIZE %" PRIu64, s->cfg.max_message_size);
 	if (s->cfg.starttls_offered && !s->tls)
 		reply(s, "250-STARTTLS");
-	if (s->cfg.auth_offered && s->tls)
+	if (auth_available(s))
 		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-8BITMIME");
@@ -242,7 +249,7 @@ cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 	if (s->cfg.auth_required && s->authenticated == NULL)
 		return error_reply(s, s->tls ? "530 5.7.0 Authentication required"
 					     : "530 5.7.0 Must issue a STARTTLS command first");
-	st = smtp_parse_mail_from(arg, len, &path, &params);
+	st = smtp_parse_mail_from(arg, len, auth_available(s), &path, &params);
 	if (st != SMTP_ARG_OK)
 		return error_reply(s, mail_arg_replies[st]);
 	if (path.is_utf8 && !params.smtputf8)

@@ -738,6 +738,49 @@ def test_auth_plain_acting_for_another_user_refused(authsrv):
     c.close()
 
 
+def test_mail_auth_parameter_where_auth_offered(authsrv, certs):
+    """RFC 4954 5: MAIL's AUTH= parameter (<> or xtext), as Exim and Postfix send it
+    once authenticated, is checked and dropped where AUTH is offered (under TLS)."""
+    p = authsrv
+    with smtplib.SMTP(p.host, p.sub_port, timeout=30) as s:
+        s.starttls(context=client_context(certs))
+        s.login(ALICE, ALICE_PW)
+        refused = s.sendmail(ALICE, [BOB], msg("mail auth parameter"),
+                             mail_options=["AUTH=alice+40example.test"])
+        assert refused == {}
+    m = p.wait_messages(BOB, 1)
+    assert len(m) == 1
+    assert m[0].startswith(b"Return-Path: <alice@example.test>\n")
+    assert received_with(m[0]) == "ESMTPSA"
+
+    c = Conn(p.port)
+    c.ehlo()
+    # AUTH is not offered in clear text: neither is the parameter
+    expect(c.cmd("MAIL FROM:<x@example.org> AUTH=<>"), 555, "5.5.4")
+    c.starttls()
+    c.ehlo()
+    # not authenticated: taken as AUTH=<> would be, and dropped
+    expect(c.cmd("MAIL FROM:<x@example.org> AUTH=<>"), 250, "2.1.0")
+    expect(c.cmd("RSET"), 250, "2.0.0")
+    expect(c.cmd("MAIL FROM:<x@example.org> AUTH=" + "a" * 500), 250, "2.1.0")
+    expect(c.cmd("RSET"), 250, "2.0.0")
+    for bad in ("AUTH=alice+4", "AUTH=alice+ZZexample.test", "AUTH=" + "a" * 501,
+                "AUTH", "AUTH=<> AUTH=<>"):
+        expect(c.cmd(f"MAIL FROM:<x@example.org> {bad}"), 501, "5.5.4")
+    expect(c.cmd("MAIL FROM:<x@example.org> AUTH=x+2Bx"), 250, "2.1.0")
+    c.close()
+
+
+def test_mail_auth_parameter_unknown_without_auth(tls_only):
+    c = Conn(tls_only.port)
+    c.ehlo()
+    c.starttls()
+    assert "AUTH" not in c.ehlo().keywords()
+    expect(c.cmd("MAIL FROM:<x@example.org> AUTH=<>"), 555, "5.5.4")
+    expect(c.cmd("MAIL FROM:<x@example.org>"), 250, "2.1.0")
+    c.close()
+
+
 # ---- submission policy ---------------------------------------------------------------
 
 

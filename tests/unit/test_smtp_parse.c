@@ -33,6 +33,11 @@
 		.name = (n), .arg = (a), .status = SMTP_ARG_OK, .addr = (ad), .local = (lo),       \
 		.domain = (dom), .flags = (fl)                                                     \
 	}
+/* MAIL where the session offers AUTH (RFC 4954 5): status st, no other parameter. */
+#define AUTHP(n, a, st)                                                                            \
+	{                                                                                          \
+		.name = (n), .arg = (a), .status = (st), .auth = true                              \
+	}
 /* Success with path flags and MAIL parameters checked. */
 #define PARAMS(n, a, fl, hs, sz, b, u8)                                                            \
 	{                                                                                          \
@@ -62,6 +67,7 @@ struct path_case {
 	uint64_t size;
 	enum smtp_body_type body;
 	bool smtputf8;
+	bool auth; /* parsed as where AUTH is offered */
 };
 
 static const char *const status_names[] = {
@@ -136,7 +142,7 @@ check_round_trip(const char *name, const struct smtp_path *p, bool is_rcpt)
 		return 1;
 	}
 	st = is_rcpt ? smtp_parse_rcpt_to(line, (size_t)n, &again)
-		     : smtp_parse_mail_from(line, (size_t)n, &again, &params);
+		     : smtp_parse_mail_from(line, (size_t)n, false, &again, &params);
 	if (st != SMTP_ARG_OK) {
 		print_error("case '%s': re-parse of \"%s\" gives %s\n", name, line,
 			    status_names[st]);
@@ -176,7 +182,7 @@ run_mail_case(const struct path_case *c)
 	enum smtp_arg_status st;
 	int bad;
 
-	st = smtp_parse_mail_from(c->arg, case_len(c->arg, c->len), &p, &params);
+	st = smtp_parse_mail_from(c->arg, case_len(c->arg, c->len), c->auth, &p, &params);
 	bad = check_status(c->name, st, c->status);
 	if (bad != 0)
 		return bad;
@@ -437,6 +443,7 @@ static const struct path_case mail_cases[] = {
     BAD("unknown keyword", "FROM:<a@b.example> XFOO", SMTP_ARG_PARAM_UNKNOWN),
     BAD("unknown with value", "FROM:<a@b.example> RET=HDRS", SMTP_ARG_PARAM_UNKNOWN),
     BAD("auth param unknown", "FROM:<a@b.example> AUTH=<>", SMTP_ARG_PARAM_UNKNOWN),
+    BAD("auth param unknown, bad xtext", "FROM:<a@b.example> AUTH=a+4", SMTP_ARG_PARAM_UNKNOWN),
     BAD("unknown utf8 value", "FROM:<a@b.example> X-FOO=\xc3\xa9", SMTP_ARG_PARAM_UNKNOWN),
     BAD("bad utf8 value", "FROM:<a@b.example> X-FOO=\xc3", SMTP_ARG_PARAM_INVALID),
     BAD("equals in value", "FROM:<a@b.example> FOO=a=b", SMTP_ARG_PARAM_INVALID),
@@ -449,6 +456,34 @@ static const struct path_case mail_cases[] = {
     BAD("unknown before invalid", "FROM:<a@b.example> XFOO SIZE=x", SMTP_ARG_PARAM_UNKNOWN),
     BAD("invalid before unknown", "FROM:<a@b.example> SIZE=x XFOO", SMTP_ARG_PARAM_INVALID),
     BAD("path error before params", "FROM:<a..b@x.example> XFOO", SMTP_ARG_PATH_SYNTAX),
+
+    /* AUTH=<> / AUTH=xtext (RFC 4954 5, RFC 3461 4) where AUTH is offered: checked, dropped */
+    AUTHP("auth null", "FROM:<a@b.example> AUTH=<>", SMTP_ARG_OK),
+    AUTHP("auth xtext", "FROM:<a@b.example> AUTH=user+40localhost", SMTP_ARG_OK),
+    AUTHP("auth lowercase", "FROM:<a@b.example> auth=a+2bb", SMTP_ARG_OK),
+    AUTHP("auth xchar range", "FROM:<a@b.example> AUTH=!\"#<>~{}", SMTP_ARG_OK),
+    AUTHP("auth hex at end", "FROM:<a@b.example> AUTH=a+3D", SMTP_ARG_OK),
+    {.name = "auth among params",
+     .arg = "FROM:<> SIZE=5 AUTH=<> BODY=8BITMIME",
+     .status = SMTP_ARG_OK,
+     .addr = "",
+     .flags = F_NULL,
+     .has_size = true,
+     .size = 5,
+     .body = SMTP_BODY_8BITMIME,
+     .auth = true},
+    AUTHP("auth no value", "FROM:<a@b.example> AUTH", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth empty", "FROM:<a@b.example> AUTH=", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth lone plus", "FROM:<a@b.example> AUTH=+", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth plus one digit", "FROM:<a@b.example> AUTH=a+4", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth plus non-hex", "FROM:<a@b.example> AUTH=a+G0", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth plus plus", "FROM:<a@b.example> AUTH=a++40", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth equals", "FROM:<a@b.example> AUTH=a=b", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth utf8", "FROM:<a@b.example> AUTH=\xc3\xa9", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth DEL", "FROM:<a@b.example> AUTH=a\x7f", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth repeated", "FROM:<a@b.example> AUTH=<> auth=a", SMTP_ARG_PARAM_INVALID),
+    AUTHP("auth unknown still unknown", "FROM:<a@b.example> AUTH=<> XFOO", SMTP_ARG_PARAM_UNKNOWN),
+    AUTHP("auth path error first", "FROM:<a..b@x.example> AUTH=<>", SMTP_ARG_PATH_SYNTAX),
 };
 
 static const struct path_case rcpt_cases[] = {
@@ -553,7 +588,7 @@ run_limit_case(const struct limit_case *c)
 	line[n++] = '@';
 	n += fill_domain(line + n, c->domain_len);
 	line[n++] = '>';
-	st = smtp_parse_mail_from(line, n, &p, &params);
+	st = smtp_parse_mail_from(line, n, false, &p, &params);
 	if (st == SMTP_ARG_OK && p.local_len != (c->quoted ? c->local_len - 2 : c->local_len)) {
 		print_error("case '%s': local_len %zu\n", c->name, p.local_len);
 		return 1;
@@ -569,6 +604,28 @@ test_limits(void **state)
 	for (size_t i = 0; i < ARRAY_LEN(limit_cases); i++)
 		bad += run_limit_case(&limit_cases[i]);
 	assert_int_equal(bad, 0);
+}
+
+/* AUTH= takes at most SMTP_AUTH_PARAM_MAX octets of value. */
+static void
+test_auth_param_limit(void **state)
+{
+	static const char pre[] = "FROM:<a@b.example> AUTH=";
+	char line[sizeof(pre) + SMTP_AUTH_PARAM_MAX + 1];
+	struct smtp_path p;
+	struct smtp_mail_params params;
+	size_t n = sizeof(pre) - 1;
+
+	memcpy(line, pre, n);
+	memset(line + n, 'a', SMTP_AUTH_PARAM_MAX + 1);
+	assert_int_equal(smtp_parse_mail_from(line, n + SMTP_AUTH_PARAM_MAX, true, &p, &params),
+			 SMTP_ARG_OK);
+	assert_string_equal(p.addr, "a@b.example");
+	assert_int_equal(smtp_parse_mail_from(line, n + SMTP_AUTH_PARAM_MAX + 1, true, &p, &params),
+			 SMTP_ARG_PARAM_INVALID);
+	assert_int_equal(
+	    smtp_parse_mail_from(line, n + SMTP_AUTH_PARAM_MAX + 1, false, &p, &params),
+	    SMTP_ARG_PARAM_UNKNOWN);
 }
 
 struct command_case {
@@ -818,10 +875,15 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_command), cmocka_unit_test(test_mail_from),
-	    cmocka_unit_test(test_rcpt_to), cmocka_unit_test(test_limits),
-	    cmocka_unit_test(test_bdat),    cmocka_unit_test(test_helo),
-	    cmocka_unit_test(test_utf8),    cmocka_unit_test(test_case_count),
+	    cmocka_unit_test(test_command),
+	    cmocka_unit_test(test_mail_from),
+	    cmocka_unit_test(test_rcpt_to),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_auth_param_limit),
+	    cmocka_unit_test(test_bdat),
+	    cmocka_unit_test(test_helo),
+	    cmocka_unit_test(test_utf8),
+	    cmocka_unit_test(test_case_count),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -459,6 +459,7 @@ static const struct session_case cases[] = {
     {"MAIL and RCPT parameters",
      .steps = {EHLO_STEP,
 	       STEP("MAIL FROM:<a@b.test> FOO=bar\r\n", "555 5.5.4 Unsupported MAIL parameter\n"),
+	       STEP("MAIL FROM:<a@b.test> AUTH=<>\r\n", "555 5.5.4 Unsupported MAIL parameter\n"),
 	       STEP("MAIL FROM:<a@b.test> BODY=BINARYMIME\r\n",
 		    "501 5.5.4 Bad MAIL parameter value\n"),
 	       STEP("MAIL FROM:<a@b.test> SIZE=1000001\r\n",
@@ -726,6 +727,30 @@ static const struct session_case cases[] = {
 		    "535 5.7.8 Authentication credentials invalid\n421 4.7.0 mx.test Error: too "
 		    "many failed authentications\n")},
      .events = "STARTTLS AUTH AUTH AUTH", .state = CLOSED},
+    /* RFC 4954 5: AUTH=<> or AUTH=xtext on MAIL where AUTH is offered; checked, then dropped. */
+    {"MAIL AUTH= parameter", .opt = {.starttls = true, .auth = true},
+     .steps =
+	 {STEP("EHLO client.test\r\n", EHLO_TLS),
+	  /* Not offered before TLS: unknown there. */
+	  STEP("MAIL FROM:<a@b.test> AUTH=<>\r\n", "555 5.5.4 Unsupported MAIL parameter\n"),
+	  STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"),
+	  STEP("EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL),
+	  /* Not authenticated: taken and dropped all the same (as if AUTH=<>). */
+	  STEP("MAIL FROM:<a@b.test> AUTH=<>\r\n", MAIL_OK), STEP("RSET\r\n", OK),
+	  STEP("MAIL FROM:<a@b.test> SIZE=10 auth=user+40localhost BODY=8BITMIME\r\n", MAIL_OK),
+	  STEP("RSET\r\n", OK),
+	  STEP("MAIL FROM:<a@b.test> AUTH=a+4\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH=a+GG\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH=a+b@c\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH=\xc3\xa9\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH=\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("MAIL FROM:<a@b.test> AUTH=<> AUTH=<>\r\n", "501 5.5.4 Bad MAIL parameter value\n"),
+	  STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+	       "235 2.7.0 Authentication successful\n"),
+	  STEP("MAIL FROM:<alice@example.test> AUTH=alice+40example.test\r\n", MAIL_OK), RCPT_STEP,
+	  STEP("DATA\r\n", DATA_GO), STEP("x\r\n.\r\n", QUEUED), QUIT_STEP},
+     .events = "STARTTLS AUTH BEGIN END CLOSE", .msgs = {MSG("x\r\n")}, .state = CLOSED},
     {"no QUIT: the session waits",
      .steps = {EHLO_STEP, MAIL_STEP, STEP("RCPT TO:<c@d.test>\r\nNOO", RCPT_OK)}, .events = "",
      .state = SMTP_STATE_RCPT},
