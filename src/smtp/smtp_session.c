@@ -482,6 +482,16 @@ auth_plain_split(struct smtp_session *s, const unsigned char *p, size_t len)
 	return true;
 }
 
+/* Ends an AUTH exchange without a check (RFC 4954 4): no credentials are kept. */
+static enum smtp_event
+auth_abort(struct smtp_session *s, const char *text)
+{
+	util_wipe(s->auth_user, sizeof(s->auth_user));
+	util_wipe(s->auth_pass, sizeof(s->auth_pass));
+	enter_state(s, SMTP_STATE_READY);
+	return error_reply(s, text);
+}
+
 /* A base64 SASL response (initial or after a 334); returns the event. */
 static enum smtp_event
 auth_response(struct smtp_session *s, const char *b64, size_t len)
@@ -489,22 +499,17 @@ auth_response(struct smtp_session *s, const char *b64, size_t len)
 	unsigned char dec[2 * AUTH_FIELD_MAX + 4];
 	long n;
 
-	if (len == 1 && b64[0] == '*') {
-		enter_state(s, SMTP_STATE_READY);
-		return error_reply(s, "501 5.0.0 Authentication cancelled");
-	}
+	if (len == 1 && b64[0] == '*')
+		return auth_abort(s, "501 5.0.0 Authentication cancelled");
 	/* "=" is an empty initial response (RFC 4954 4). */
 	n = (len == 1 && b64[0] == '=') ? 0 : util_base64_decode(b64, len, dec, sizeof(dec));
-	if (n < 0) {
-		enter_state(s, SMTP_STATE_READY);
-		return error_reply(s, "501 5.5.2 Cannot decode response");
-	}
+	if (n < 0)
+		return auth_abort(s, "501 5.5.2 Cannot decode response");
 	switch (s->auth_step) {
 	case AUTH_PLAIN:
 		if (!auth_plain_split(s, dec, (size_t)n)) {
 			util_wipe(dec, sizeof(dec));
-			enter_state(s, SMTP_STATE_READY);
-			return error_reply(s, "501 5.5.2 Malformed PLAIN response");
+			return auth_abort(s, "501 5.5.2 Malformed PLAIN response");
 		}
 		break;
 	case AUTH_LOGIN_USER:
@@ -513,8 +518,7 @@ auth_response(struct smtp_session *s, const char *b64, size_t len)
 		if ((size_t)n >= AUTH_FIELD_MAX || memchr(dec, '\0', (size_t)n) != NULL ||
 		    (s->auth_step == AUTH_LOGIN_USER && n == 0)) {
 			util_wipe(dec, sizeof(dec));
-			enter_state(s, SMTP_STATE_READY);
-			return error_reply(s, "501 5.5.2 Malformed LOGIN response");
+			return auth_abort(s, "501 5.5.2 Malformed LOGIN response");
 		}
 		memcpy(dst, dec, (size_t)n);
 		dst[n] = '\0';
@@ -750,7 +754,16 @@ feed_command(struct smtp_session *s, const char *in, size_t len, enum smtp_event
 	line_len = (size_t)(lf - in);
 	if (s->skip_line) {
 		s->skip_line = false;
-		*ev = error_reply(s, "500 5.5.2 Error: command line too long");
+		/*
+		 * A SASL response has the command line's limit: every PLAIN or
+		 * LOGIN response auth_response can decode is shorter (under 700
+		 * octets of base64).  One over it ends the exchange (RFC 4954
+		 * 4), or the next command would be taken for a response.
+		 */
+		if (s->state == SMTP_STATE_AUTH)
+			*ev = auth_abort(s, "501 5.5.2 Error: authentication response too long");
+		else
+			*ev = error_reply(s, "500 5.5.2 Error: command line too long");
 		return line_len + 1;
 	}
 	if (line_len > 0 && in[line_len - 1] == '\r')

@@ -707,6 +707,26 @@ def test_auth_bad_base64_in_continuation_501(authsrv):
     c.close()
 
 
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_auth_overlong_response_ends_exchange_501(authsrv, mech):
+    """RFC 4954 4: a response over the line limit ends the AUTH exchange with a 501;
+    the next line is a command again, not taken as a response."""
+    c = tls_session(authsrv)
+    expect(c.cmd(f"AUTH {mech}"), 334)
+    if mech == "LOGIN":
+        expect(c.cmd(b64(ALICE)), 334)
+    expect(c.cmd("A" * 1200), 501, "5.5.2")
+    expect(c.cmd("NOOP"), 250, "2.0.0")
+    # a response and the next command pipelined in one write
+    expect(c.cmd("AUTH PLAIN"), 334)
+    c.send("B" * 5000 + "\r\nNOOP\r\n")
+    expect(c.reply(), 501, "5.5.2")
+    expect(c.reply(), 250, "2.0.0")
+    # not a failed password: no delay, and AUTH still works
+    expect(c.auth_plain(ALICE, ALICE_PW), 235, "2.7.0")
+    c.close()
+
+
 @pytest.mark.parametrize("mech", ["CRAM-MD5", "XOAUTH2 dGVzdA==", "GSSAPI", "PLAINX", "NTLM"])
 def test_auth_unknown_mechanism_504(authsrv, mech):
     c = tls_session(authsrv)

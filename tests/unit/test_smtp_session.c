@@ -386,20 +386,21 @@ struct session_case {
 #define OK	  "250 2.0.0 Ok\n"
 #define BYE	  "221 2.0.0 Bye\n"
 
-#define NO_HELO	    "503 5.5.1 Error: send HELO/EHLO first\n"
-#define NEED_MAIL   "503 5.5.1 Error: need MAIL command\n"
-#define NESTED	    "503 5.5.1 Error: nested MAIL command\n"
-#define IN_BDAT	    "503 5.5.1 Error: BDAT transaction in progress\n"
-#define NO_RCPTS    "554 5.5.1 Error: no valid recipients\n"
-#define TLS_IN_TXN  "503 5.5.1 Error: STARTTLS not allowed in a mail transaction\n"
-#define NOT_IMPL    "502 5.5.1 Error: command not implemented\n"
-#define UNKNOWN_CMD "500 5.5.2 Error: command not recognized\n"
-#define BAD_CHARS   "500 5.5.2 Error: invalid characters in command\n"
-#define TOO_LONG    "500 5.5.2 Error: command line too long\n"
-#define BARE_EOL    "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends\n"
-#define LONG_LINE   "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)\n"
-#define TOO_BIG	    "552 5.3.4 Error: message size exceeds fixed limit\n"
-#define BDAT_SYNTAX "501 5.5.4 Syntax: BDAT size [LAST]\n"
+#define NO_HELO	      "503 5.5.1 Error: send HELO/EHLO first\n"
+#define NEED_MAIL     "503 5.5.1 Error: need MAIL command\n"
+#define NESTED	      "503 5.5.1 Error: nested MAIL command\n"
+#define IN_BDAT	      "503 5.5.1 Error: BDAT transaction in progress\n"
+#define NO_RCPTS      "554 5.5.1 Error: no valid recipients\n"
+#define TLS_IN_TXN    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction\n"
+#define NOT_IMPL      "502 5.5.1 Error: command not implemented\n"
+#define UNKNOWN_CMD   "500 5.5.2 Error: command not recognized\n"
+#define BAD_CHARS     "500 5.5.2 Error: invalid characters in command\n"
+#define TOO_LONG      "500 5.5.2 Error: command line too long\n"
+#define AUTH_TOO_LONG "501 5.5.2 Error: authentication response too long\n"
+#define BARE_EOL      "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends\n"
+#define LONG_LINE     "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)\n"
+#define TOO_BIG	      "552 5.3.4 Error: message size exceeds fixed limit\n"
+#define BDAT_SYNTAX   "501 5.5.4 Syntax: BDAT size [LAST]\n"
 #define HELP_TEXT                                                                                  \
 	"214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT\n"             \
 	"214 2.0.0 See RFC 5321\n"
@@ -832,6 +833,33 @@ build_gen_cases(void)
 	GSTEP(gc, 3, "MAIL FROM:<a@b.test>\r\n", MAIL_OK);
 	GSTEP(gc, 4, "QUIT\r\n", BYE);
 
+	/*
+	 * RFC 4954 4: a SASL response over the line limit ends the exchange
+	 * with a 501; what follows is a command again, not a response.
+	 */
+	gc = gen_new("overlong SASL responses", "STARTTLS AUTH CLOSE", CLOSED);
+	gc->c.opt = (struct opts){.starttls = true, .auth = true};
+	GSTEP(gc, 0, "STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n");
+	GSTEP(gc, 1, "EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL);
+	GSTEP(gc, 2, "AUTH PLAIN\r\n", "334 \n");
+	p = gen(gc, "", 'A', 1200, "\r\nNOOP\r\n", &n);
+	gen_step(gc, 3, p, n, AUTH_TOO_LONG OK);
+	GSTEP(gc, 4, "AUTH LOGIN YWxpY2VAZXhhbXBsZS50ZXN0\r\n", "334 UGFzc3dvcmQ6\n");
+	p = gen(gc, "", 'B', 64 * 1024, "\r\n", &n);
+	gen_step(gc, 5, p, n, AUTH_TOO_LONG);
+	GSTEP(gc, 6, "MAIL FROM:<a@b.test>\r\n", MAIL_OK);
+	GSTEP(gc, 7, "RSET\r\n", OK);
+	/* The limit of a response is the command line's: 1000 octets with the CRLF. */
+	GSTEP(gc, 8, "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\n");
+	p = gen(gc, "", 'C', 998, "\r\n", &n);
+	gen_step(gc, 9, p, n, "501 5.5.2 Cannot decode response\n");
+	GSTEP(gc, 10, "AUTH PLAIN\r\n", "334 \n");
+	p = gen(gc, "", 'C', 999, "\r\n", &n);
+	gen_step(gc, 11, p, n, AUTH_TOO_LONG);
+	GSTEP(gc, 12, "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+	      "235 2.7.0 Authentication successful\n");
+	GSTEP(gc, 13, "QUIT\r\n", BYE);
+
 	/* RFC 5321 4.5.3.1.6: a text line is 1000 octets with its CRLF. */
 	gc = gen_new("DATA line of 1000 and 1001 octets", "BEGIN END BEGIN ABORT CLOSE", CLOSED);
 	GSTEP(gc, 0, "EHLO client.test\r\n", EHLO_OK);
@@ -1035,6 +1063,33 @@ test_starttls_injection(void **state)
 	smtp_session_free(s);
 }
 
+/* An AUTH exchange ended by an overlong response leaves no credentials behind. */
+static void
+test_auth_overlong_wipes(void **state)
+{
+	static char line[1201]; /* 1200 octets and a NUL */
+	size_t calls = 0;
+	struct smtp_session *s = session_new(&(struct opts){.auth = true}, &calls);
+	const char *user, *password;
+
+	smtp_session_set_tls(s, true);
+	FEED_ALL(s, "EHLO client.test\r\nAUTH LOGIN YWxpY2VAZXhhbXBsZS50ZXN0\r\n", SMTP_EVENT_NONE);
+	assert_output(s,
+		      GREETING EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL "334 UGFzc3dvcmQ6\n");
+	smtp_session_auth_take(s, &user, &password);
+	assert_string_equal(user, "alice@example.test");
+	memset(line, 'A', 1198);
+	memcpy(line + 1198, "\r\n", 2);
+	FEED_ALL(s, line, SMTP_EVENT_NONE);
+	assert_output(s, AUTH_TOO_LONG);
+	assert_int_equal(smtp_session_state(s), SMTP_STATE_READY);
+	smtp_session_auth_take(s, &user, &password);
+	assert_string_equal(user, "");
+	assert_string_equal(password, "");
+	assert_null(smtp_session_auth_user(s));
+	smtp_session_free(s);
+}
+
 /*
  * 421 replies from outside the input.  RFC 2034 puts the enhanced code right
  * after the reply code, as the session's own "too many errors" 421 does.
@@ -1202,10 +1257,15 @@ int
 main(void)
 {
 	static const struct CMUnitTest fixed[] = {
-	    cmocka_unit_test(test_commit_wait), cmocka_unit_test(test_starttls_injection),
-	    cmocka_unit_test(test_timeout),	cmocka_unit_test(test_close_421),
-	    cmocka_unit_test(test_envelope),	cmocka_unit_test(test_protocol),
-	    cmocka_unit_test(test_state_names), cmocka_unit_test(test_output_flood),
+	    cmocka_unit_test(test_commit_wait),
+	    cmocka_unit_test(test_starttls_injection),
+	    cmocka_unit_test(test_auth_overlong_wipes),
+	    cmocka_unit_test(test_timeout),
+	    cmocka_unit_test(test_close_421),
+	    cmocka_unit_test(test_envelope),
+	    cmocka_unit_test(test_protocol),
+	    cmocka_unit_test(test_state_names),
+	    cmocka_unit_test(test_output_flood),
 	};
 	size_t nfixed = ARRAY_LEN(fixed);
 	size_t ncases = ARRAY_LEN(cases);
