@@ -559,6 +559,17 @@ open_drop(struct job *j)
 		fprintf(stderr, "sendmail: %s\n", err);
 		return spool_status(e);
 	}
+	/* Root's file would be unreadable to a server that runs as `user`: it gets the file. */
+	if (geteuid() == 0 && j->conf->user != NULL) {
+		const struct passwd *pw = getpwnam(j->conf->user);
+
+		if (pw != NULL && queue_drop_give(j->drop, pw->pw_uid, pw->pw_gid) != 0) {
+			int e = errno;
+			fprintf(stderr, "sendmail: cannot give the message to %s: %s\n",
+				j->conf->user, strerror(e));
+			return spool_status(e);
+		}
+	}
 	return EX_OK;
 }
 

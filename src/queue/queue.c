@@ -1132,6 +1132,16 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 		close(spool_fd);
 		goto fail;
 	}
+	/*
+	 * `petrel sendmail` runs as whoever calls it (cron, a web server): any
+	 * local user may pass through the spool and put files into incoming/,
+	 * but not list or read them, nor remove another's (sticky); the files
+	 * take the directory's group (setgid), the server's, and are readable by
+	 * it (0640).  The rest of the spool stays the server's alone (0700).
+	 */
+	if (fchmod(spool_fd, 0711) != 0 || fchmod(q->incoming_fd, 03733) != 0)
+		log_warn("%s: cannot open incoming/ to local users: %s", spool_dir,
+			 strerror(errno));
 	if (journal_open_recover(q, spool_fd, err, err_cap) != 0) {
 		close(spool_fd);
 		goto fail;

@@ -252,6 +252,8 @@ struct queue_drop;
 /* Starts a message; NULL with err filled when the spool is unusable. */
 struct queue_drop *queue_drop_open(const char *spool_dir, const struct queue_envelope *env,
 				   char *err, size_t err_cap);
+/* Gives the file to uid/gid (root dropping mail for a server that runs as `user`).  0 or -1. */
+int queue_drop_give(struct queue_drop *d, uid_t uid, gid_t gid);
 /* Appends message octets (wire form: CRLF lines).  0, or -1 with errno set. */
 int queue_drop_write(struct queue_drop *d, const void *data, size_t len);
 /* Makes it durable and visible; writes the queue id into id.  0, or -1 with err filled. */

@@ -25,6 +25,7 @@ struct queue_drop {
 	char id[UTIL_ID_LEN + 1];
 	char tmp[UTIL_ID_LEN + 2]; /* ".ID" */
 	bool committed;
+	bool dir_unreadable; /* another user's incoming/ (queue_open): flushed by syncfs */
 };
 
 struct queue_drop *
@@ -37,6 +38,11 @@ queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *e
 	d->fd = -1;
 	snprintf(path, sizeof(path), "%s/incoming", spool_dir);
 	d->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (d->dir_fd < 0 && errno == EACCES) {
+		/* The server's incoming/ lets others in but not read it: enough to add a file. */
+		d->dir_fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		d->dir_unreadable = true;
+	}
 	if (d->dir_fd < 0) {
 		snprintf(err, err_cap, "%s: %s", path, strerror(errno));
 		free(d);
@@ -47,6 +53,12 @@ queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *e
 	d->fd =
 	    openat(d->dir_fd, d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (d->fd < 0) {
+		snprintf(err, err_cap, "%s/%s: %s", path, d->tmp, strerror(errno));
+		queue_drop_abort(d);
+		return NULL;
+	}
+	/* Readable by the server's group, which the file takes from incoming/ (queue_open). */
+	if (fchmod(d->fd, 0640) != 0) {
 		snprintf(err, err_cap, "%s/%s: %s", path, d->tmp, strerror(errno));
 		queue_drop_abort(d);
 		return NULL;
@@ -64,6 +76,12 @@ queue_drop_open(const char *spool_dir, const struct queue_envelope *env, char *e
 }
 
 int
+queue_drop_give(struct queue_drop *d, uid_t uid, gid_t gid)
+{
+	return fchown(d->fd, uid, gid);
+}
+
+int
 queue_drop_write(struct queue_drop *d, const void *data, size_t len)
 {
 	return queue_file_write_all(d->fd, data, len);
@@ -72,8 +90,9 @@ queue_drop_write(struct queue_drop *d, const void *data, size_t len)
 int
 queue_drop_commit(struct queue_drop *d, char id[UTIL_ID_LEN + 1], char *err, size_t err_cap)
 {
+	/* A directory one cannot read cannot be fsync'd: its file system is flushed instead. */
 	if (fdatasync(d->fd) != 0 || renameat(d->dir_fd, d->tmp, d->dir_fd, d->id) != 0 ||
-	    fsync(d->dir_fd) != 0) {
+	    (d->dir_unreadable ? syncfs(d->fd) : fsync(d->dir_fd)) != 0) {
 		snprintf(err, err_cap, "cannot store the message: %s", strerror(errno));
 		return -1;
 	}

@@ -943,3 +943,39 @@ def test_client_that_half_closes_mid_message_delivers_nothing(petrel):
     time.sleep(0.5)
     assert petrel.messages("u@example.test") == []
     alive(petrel)
+
+
+def test_sendmail_from_root_and_other_users_reaches_a_server_running_as_user(
+        petrel_factory, shared_dir):
+    """The server runs as `user` (nobody); `petrel sendmail` is called by root (cron) and
+    by another local user (a web server's): both messages are picked up and delivered.
+    That other user can put files into incoming/ but not list it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        pwd.getpwnam("nobody")
+        other = pwd.getpwnam("daemon")
+    except KeyError:
+        pytest.skip("no users 'nobody' and 'daemon'")
+    p = petrel_factory(start=False, user="nobody", mail_root=str(shared_dir / "mail"),
+                       spool_dir=str(shared_dir / "spool"))
+    p.mail_root, p.spool = shared_dir / "mail", shared_dir / "spool"
+    p.start()
+    conf = shared_dir / "petrel.conf"  # the test's config dir is private to root
+    shutil.copy(p.conf_path, conf)
+    conf.chmod(0o644)
+    for who, user in (("root", None), ("daemon", other)):
+        r = subprocess.run([str(PETREL_BIN), "sendmail", "-c", str(conf), "to@localhost"],
+                           input=f"Subject: from {who}\n\nhi\n".encode(), capture_output=True,
+                           timeout=30, user=user.pw_uid if user else None,
+                           group=user.pw_gid if user else None,
+                           extra_groups=[] if user else None)
+        assert r.returncode == 0, (who, r.stderr)
+    msgs = p.wait_messages("to@localhost", 2)
+    assert sorted(m.split(b"Subject: ")[1].split(b"\n")[0] for m in msgs) == \
+        [b"from daemon", b"from root"], p.log()
+    assert "Permission denied" not in p.log(), p.log()
+    r = subprocess.run(["ls", str(p.spool / "incoming")], capture_output=True,
+                       user=other.pw_uid, group=other.pw_gid, extra_groups=[])
+    assert r.returncode != 0, r.stdout
+    assert wait_queue_empty(p)
