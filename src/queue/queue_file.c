@@ -93,7 +93,11 @@ queue_file_parse(const char *data, size_t len, struct queue_file_env *env, char 
 			snprintf(env->id, sizeof(env->id), "%s", value);
 			free(value);
 		} else if (key_is(line, key_len, "arrival")) {
-			env->arrival = (time_t)strtoll(value, NULL, 10);
+			long long t = strtoll(value, NULL, 10);
+			/* Damaged: kept where time arithmetic cannot overflow (now - arrival). */
+			env->arrival = t < 0		 ? 0
+				       : t > (1LL << 40) ? (time_t)(1LL << 40)
+							 : (time_t)t;
 			free(value);
 		} else if (key_is(line, key_len, "sender")) {
 			free(env->sender);

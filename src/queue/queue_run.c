@@ -260,6 +260,22 @@ delivery_fill(struct queue_delivery *d, uint64_t body_len)
 	d->loaded = true;
 }
 
+/* Moves queue/ID (and ID.st) to spool/corrupt/ for the administrator.  0, or -1 (errno). */
+static int
+move_to_corrupt(struct queue *q, const char *id)
+{
+	char dir[4096], path[4200], st[UTIL_ID_LEN + 8];
+
+	snprintf(dir, sizeof(dir), "%s/corrupt", q->dir);
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return -1;
+	snprintf(st, sizeof(st), "%s.st", id);
+	snprintf(path, sizeof(path), "%s/%s", dir, st);
+	renameat(q->queue_fd, st, AT_FDCWD, path);
+	snprintf(path, sizeof(path), "%s/%s", dir, id);
+	return renameat(q->queue_fd, id, AT_FDCWD, path);
+}
+
 /* Worker: read the envelope and the progress of one entry. */
 static void
 load_run(struct util_pool_job *job)
@@ -281,7 +297,14 @@ load_run(struct util_pool_job *job)
 		return;
 	}
 	if (queue_file_read(d->fd, &d->env, err, sizeof(err)) != 0 || fstat(d->fd, &sb) != 0) {
-		log_err("%s: unreadable queue file: %s; left in place", e->id, err);
+		/* Retried, it would fail again at every attempt and never expire. */
+		if (move_to_corrupt(q, e->id) == 0) {
+			log_err("%s: unreadable queue file: %s; moved to corrupt/", e->id, err);
+			d->finished = true;
+		} else {
+			log_err("%s: unreadable queue file: %s; left in place (corrupt/: %s)",
+				e->id, err, strerror(errno));
+		}
 		util_pool_complete(q->pool, job);
 		return;
 	}
@@ -519,15 +542,19 @@ record_run(struct util_pool_job *job)
 		char st[UTIL_ID_LEN + 8];
 		struct stat sb;
 
-		/* A status file exists only after an attempt that left work. */
-		if (d->st.attempts > 0 || d->entry->attempts > 0 || d->entry->recovered) {
-			snprintf(st, sizeof(st), "%s.st", d->entry->id);
-			unlinkat(q->queue_fd, st, 0);
-		}
 		if (d->entry->jmsg != NULL)
 			queue_jmsg_finished(d->entry->jmsg);
 		else
 			queue_spare_put(q, d->entry->id, fstat(d->fd, &sb) == 0 ? sb.st_size : -1);
+		/*
+		 * A status file exists only after an attempt that left work.  Removed
+		 * after the message is retired: a crash in between leaves it without
+		 * its message (removed at start), never a message without its progress.
+		 */
+		if (d->st.attempts > 0 || d->entry->attempts > 0 || d->entry->recovered) {
+			snprintf(st, sizeof(st), "%s.st", d->entry->id);
+			unlinkat(q->queue_fd, st, 0);
+		}
 		log_info("%s: removed", d->entry->id);
 		d->finished = true;
 	} else if (d->entry->jmsg != NULL) {

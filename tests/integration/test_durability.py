@@ -213,3 +213,31 @@ def test_sighup_with_broken_users_file_keeps_running(petrel_factory, tmp_path):
     assert wait_log(p, r"reload failed"), p.log()
     assert p.proc.poll() is None
     assert _rcpt_code(p, "alice@localhost") == 250
+
+
+def test_damaged_queue_files_are_moved_aside(petrel):
+    """Queue files that cannot be read (garbage, a truncated header, an arrival time
+    past any clock) are moved to spool/corrupt/ once and logged, not retried for ever;
+    the server keeps running and delivering."""
+    petrel.stop()
+    q = petrel.spool / "queue"
+    q.mkdir(parents=True, exist_ok=True)
+    (q / "00000000000000B1").write_bytes(b"garbage\x00\xff\n")
+    (q / "00000000000000B2").write_bytes(b"PETREL-QUEUE 1\nid 00000000000000B2\nsender a@b\n")
+    (q / "00000000000000B2.st").write_bytes(b"whatever\n")
+    (q / "00000000000000B3").write_bytes(
+        b"PETREL-QUEUE 1\nid 00000000000000B3\narrival -99999999999999999999\n"
+        b"sender a@example.org\nrcpt far@localhost\n\nSubject: old\r\n\r\nx\r\n")
+    petrel.start()
+    for n in ("B1", "B2"):
+        assert wait_log(petrel, rf"00000000000000{n}: unreadable queue file: .*; moved to "
+                                r"corrupt/"), petrel.log()
+    assert wait_for(lambda: sorted(x.name for x in (petrel.spool / "corrupt").iterdir())
+                    == ["00000000000000B1", "00000000000000B2", "00000000000000B2.st"]), \
+        petrel.log()
+    # the one with an absurd arrival time is kept and delivered (no overflow)
+    assert len(petrel.wait_messages("far@localhost", 1)) == 1, petrel.log()
+    send(petrel, "sender@example.org", "bob@localhost", b"Subject: after\r\n\r\nok\r\n")
+    assert len(petrel.wait_messages("bob@localhost", 1)) == 1
+    assert wait_queue_empty(petrel), petrel.queue_files()
+    assert len(re.findall(r"00000000000000B1: unreadable", petrel.log())) == 1
