@@ -403,6 +403,14 @@ make_target(const char *t, size_t len, const char *alias_domain, char **out)
 		return "empty local part in target";
 	if (at + 1 == t + len)
 		return "empty domain in target";
+	if (memchr(t, '@', (size_t)(at - t)) != NULL)
+		return "two @ in target";
+	/*
+	 * The same rule as for a bare local part, whatever the domain: one that
+	 * is local becomes a directory name ("../etc@localhost" could only bounce).
+	 */
+	if (!deliver_local_part_is_safe(t, (size_t)(at - t)))
+		return "unsafe local part in target";
 	s = xstrndup(t, len);
 	lower(s + (at - t) + 1, len - (size_t)(at - t) - 1);
 	*out = s;

@@ -329,6 +329,11 @@ test_aliases_file_errors(void **state)
 	    {"empty target domain", "a@example.org: b@\n", ":1: empty domain in target"},
 	    {"empty target local", "a@example.org: @x.test\n", ":1: empty local part in target"},
 	    {"unsafe bare target", "a@example.org: ..\n", ":1: unsafe local part in target"},
+	    {"unsafe target with domain", "a@example.org: ../etc@example.org\n",
+	     ":1: unsafe local part in target"},
+	    {"leading dot target with domain", "a@example.org: .x@remote.example\n",
+	     ":1: unsafe local part in target"},
+	    {"two @ in target", "a@example.org: b@@example.org\n", ":1: two @ in target"},
 	    {"duplicate", "a@example.org: b\nA@example.org: c\n",
 	     ":2: duplicate alias a@example.org"},
 	};
