@@ -178,13 +178,26 @@ struct queue *queue_open(const char *spool_dir, const struct queue_limits *limit
 void queue_close(struct queue *q);
 void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx);
 /*
- * The expansion of one recipient of a message picked up from incoming/, as
- * at DATA (aliases): its final addresses in *out (owned strings, the array
- * too), or *n = 0 to keep it as it is (delivery then refuses it with the
- * reason).  Runs on a worker thread.  Without one, picked-up messages keep
- * their recipients and are expanded at delivery.
+ * An envelope's recipients being built: final addresses and the ones given
+ * for them (the orcpts of queue_envelope).  One entry per final address
+ * (compared case-insensitively): the first one named keeps it.
  */
-typedef void (*queue_expand_fn)(void *arg, const char *rcpt, char ***out, size_t *n);
+struct queue_rcpt_list {
+	char **rcpts;  /* owned */
+	char **orcpts; /* owned */
+	size_t len, cap;
+};
+void queue_rcpt_list_add(struct queue_rcpt_list *l, const char *rcpt, const char *orig);
+void queue_rcpt_list_free(struct queue_rcpt_list *l);
+
+/*
+ * The expansion of one recipient of a message picked up from incoming/, as
+ * at DATA (aliases): adds its final addresses to out (the address itself
+ * when it cannot be expanded: delivery then refuses it with the reason).
+ * Runs on a worker thread.  Without one, picked-up messages keep their
+ * recipients and are expanded at delivery.
+ */
+typedef void (*queue_expand_fn)(void *arg, const char *rcpt, struct queue_rcpt_list *out);
 void queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg);
 
 /* A descriptor that becomes readable when completions wait; then call queue_dispatch(). */

@@ -133,38 +133,6 @@ queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg)
 	q->pickup_expand_arg = arg;
 }
 
-/* The envelope of a picked-up message with its recipients expanded (rcpts/orcpts owned). */
-struct expanded_env {
-	char **rcpts, **orcpts;
-	size_t len, cap;
-};
-
-static void
-expanded_add(struct expanded_env *x, const char *rcpt, const char *orig)
-{
-	for (size_t i = 0; i < x->len; i++)
-		if (strcmp(x->rcpts[i], rcpt) == 0)
-			return; /* "a, A, a+x" are one mailbox: one copy */
-	if (x->len == x->cap) {
-		x->cap = x->cap ? x->cap * 2 : 8;
-		x->rcpts = xrealloc(x->rcpts, x->cap * sizeof(char *));
-		x->orcpts = xrealloc(x->orcpts, x->cap * sizeof(char *));
-	}
-	x->rcpts[x->len] = xstrdup(rcpt);
-	x->orcpts[x->len++] = xstrdup(orig);
-}
-
-static void
-expanded_free(struct expanded_env *x)
-{
-	for (size_t i = 0; i < x->len; i++) {
-		free(x->rcpts[i]);
-		free(x->orcpts[i]);
-	}
-	free(x->rcpts);
-	free(x->orcpts);
-}
-
 #define PICKUP_HEADER_MAX (8u * 1024 * 1024) /* the envelope of a dropped message */
 
 /*
@@ -178,7 +146,7 @@ static int
 pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 {
 	struct queue_file_env env;
-	struct expanded_env x = {0};
+	struct queue_rcpt_list x = {0};
 	struct queue_envelope out;
 	struct buf header;
 	struct stat st;
@@ -212,19 +180,8 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 		rc = 1; /* not written by petrel sendmail */
 		goto out_free;
 	}
-	for (size_t i = 0; i < env.rcpts_len; i++) {
-		char **t = NULL;
-		size_t tn = 0;
-
-		q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &t, &tn);
-		for (size_t k = 0; k < tn; k++) {
-			expanded_add(&x, t[k], env.rcpts[i]);
-			free(t[k]);
-		}
-		free(t);
-		if (tn == 0)
-			expanded_add(&x, env.rcpts[i], env.rcpts[i]);
-	}
+	for (size_t i = 0; i < env.rcpts_len; i++)
+		q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &x);
 	out = (struct queue_envelope){
 	    .sender = env.sender,
 	    .rcpts = (const char *const *)x.rcpts,
@@ -256,7 +213,7 @@ out_env:
 			unlinkat(q->tmp_fd, id, 0);
 	}
 	buf_free(&header);
-	expanded_free(&x);
+	queue_rcpt_list_free(&x);
 	queue_file_env_free(&env);
 out_free:
 	free(data);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "util/util_mem.h"
@@ -33,6 +34,34 @@ queue_file_header(struct buf *out, const char *id, time_t arrival, const struct 
 		rc |= buf_append_str(out, "expanded 1\n");
 	rc |= buf_append_str(out, "\n");
 	return rc ? -1 : 0;
+}
+
+void
+queue_rcpt_list_add(struct queue_rcpt_list *l, const char *rcpt, const char *orig)
+{
+	for (size_t i = 0; i < l->len; i++) {
+		if (strcasecmp(l->rcpts[i], rcpt) == 0)
+			return; /* one copy per final recipient */
+	}
+	if (l->len == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 8;
+		l->rcpts = xrealloc(l->rcpts, l->cap * sizeof(char *));
+		l->orcpts = xrealloc(l->orcpts, l->cap * sizeof(char *));
+	}
+	l->rcpts[l->len] = xstrdup(rcpt);
+	l->orcpts[l->len++] = xstrdup(orig);
+}
+
+void
+queue_rcpt_list_free(struct queue_rcpt_list *l)
+{
+	for (size_t i = 0; i < l->len; i++) {
+		free(l->rcpts[i]);
+		free(l->orcpts[i]);
+	}
+	free(l->rcpts);
+	free(l->orcpts);
+	memset(l, 0, sizeof(*l));
 }
 
 void

@@ -16,6 +16,7 @@
 struct conf;
 struct deliver_db;
 struct queue;
+struct queue_rcpt_list;
 struct event_base;
 struct tls_ctx;
 
@@ -53,8 +54,10 @@ void server_deliver_direct(void *const *msg_ctx, const struct queue_item *items,
 			   bool *delivered);
 /* Drops the session's reference to msg_ctx (a struct server_cfg) taken for the direct way. */
 void server_direct_release(void *msg_ctx);
-/* queue_expand_fn (arg: the server): aliases of a message's recipient from incoming/. */
-void server_pickup_expand(void *arg, const char *rcpt, char ***out, size_t *n);
+/* A recipient's aliases expanded into l (at DATA and at pickup). */
+void server_rcpt_expand(const struct server_cfg *cfg, const char *rcpt, struct queue_rcpt_list *l);
+/* queue_expand_fn (arg: the server): the same for a message from incoming/. */
+void server_pickup_expand(void *arg, const char *rcpt, struct queue_rcpt_list *l);
 /* The configuration currently in force, with a reference the caller drops.  Any thread. */
 struct server_cfg *server_current_cfg(struct server *srv);
 

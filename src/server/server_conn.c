@@ -288,71 +288,9 @@ commit_done(void *arg, int err)
 
 /* ---- session events ------------------------------------------------------ */
 
-/* The envelope's recipient list: aliases expanded now (as Postfix's cleanup does). */
-struct rcpt_list {
-	char **rcpts;  /* owned */
-	char **orcpts; /* owned: what the client wrote */
-	size_t len, cap;
-};
-
-static void
-rcpt_list_add(struct rcpt_list *l, const char *addr, const char *orig)
-{
-	for (size_t i = 0; i < l->len; i++) {
-		if (strcasecmp(l->rcpts[i], addr) == 0)
-			return; /* one copy per final recipient */
-	}
-	if (l->len == l->cap) {
-		l->cap = l->cap ? l->cap * 2 : 8;
-		l->rcpts = xrealloc(l->rcpts, l->cap * sizeof(char *));
-		l->orcpts = xrealloc(l->orcpts, l->cap * sizeof(char *));
-	}
-	l->rcpts[l->len] = xstrdup(addr);
-	l->orcpts[l->len++] = xstrdup(orig);
-}
-
-static void
-rcpt_list_expand(struct conn *c, struct rcpt_list *l)
-{
-	const struct conf *conf = c->cfg->conf;
-
-	for (size_t i = 0; i < smtp_session_rcpt_count(c->sess); i++) {
-		const char *rcpt = smtp_session_rcpt(c->sess, i);
-		struct deliver_target *t = NULL;
-		size_t n = 0;
-		char addr[600], err[256];
-
-		/* RCPT TO:<Postmaster> is the postmaster of our first domain (RFC 5321 4.5.1). */
-		if (strchr(rcpt, '@') == NULL)
-			snprintf(addr, sizeof(addr), "postmaster@%s", conf->local_domains[0]);
-		else
-			snprintf(addr, sizeof(addr), "%s", rcpt);
-		if (deliver_expand(c->cfg->db, conf, addr, &t, &n, err, sizeof(err)) != 0) {
-			/* Delivery meets the same error and bounces it with this reason. */
-			log_warn("<%s>: %s", rcpt, err);
-			rcpt_list_add(l, addr, rcpt);
-			continue;
-		}
-		for (size_t k = 0; k < n; k++)
-			rcpt_list_add(l, t[k].addr, rcpt);
-		deliver_targets_free(t, n);
-	}
-}
-
-static void
-rcpt_list_free(struct rcpt_list *l)
-{
-	for (size_t i = 0; i < l->len; i++) {
-		free(l->rcpts[i]);
-		free(l->orcpts[i]);
-	}
-	free(l->rcpts);
-	free(l->orcpts);
-}
-
 /* Every recipient (aliases expanded) is in a local domain: the direct way may take it. */
 static bool
-rcpts_all_local(const struct conf *conf, const struct rcpt_list *l)
+rcpts_all_local(const struct conf *conf, const struct queue_rcpt_list *l)
 {
 	for (size_t i = 0; i < l->len; i++) {
 		const char *at = strrchr(l->rcpts[i], '@');
@@ -367,10 +305,12 @@ static void
 begin_message(struct conn *c)
 {
 	const struct smtp_mail_params *p = smtp_session_mail_params(c->sess);
-	struct rcpt_list l = {0};
+	struct queue_rcpt_list l = {0};
 	struct queue_envelope env;
 
-	rcpt_list_expand(c, &l);
+	/* Aliases expanded now: the envelope holds the final recipients. */
+	for (size_t i = 0; i < smtp_session_rcpt_count(c->sess); i++)
+		server_rcpt_expand(c->cfg, smtp_session_rcpt(c->sess, i), &l);
 	env.sender = smtp_session_sender(c->sess);
 	env.rcpts = (const char *const *)l.rcpts;
 	env.orcpts = (const char *const *)l.orcpts;
@@ -386,7 +326,7 @@ begin_message(struct conn *c)
 	if (rcpts_all_local(c->cfg->conf, &l))
 		queue_msg_direct(c->msg, server_cfg_ref(c->cfg)); /* server_direct_release */
 	log_info("%s: client=unknown[%s]", queue_msg_id(c->msg), c->addr);
-	rcpt_list_free(&l);
+	queue_rcpt_list_free(&l);
 }
 
 static void

@@ -364,29 +364,36 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 }
 
 /*
- * A message dropped by `petrel sendmail` gets its aliases expanded when it
- * is picked up, as one received over SMTP gets them at DATA: a remote
- * target is then relayed like any foreign recipient.  An address whose
- * expansion fails is kept; its delivery refuses it with the reason.
+ * A recipient's aliases, expanded when the message comes in (as Postfix's
+ * cleanup does): at DATA, and when a message dropped by `petrel sendmail`
+ * is picked up.  Its final addresses go into l with rcpt as their original;
+ * a remote target is then relayed like any foreign recipient.  An address
+ * whose expansion fails is kept: its delivery refuses it with the reason.
  */
 void
-server_pickup_expand(void *arg, const char *rcpt, char ***out, size_t *n)
+server_rcpt_expand(const struct server_cfg *cfg, const char *rcpt, struct queue_rcpt_list *l)
 {
-	struct server_cfg *cfg = server_current_cfg(arg);
 	struct deliver_target *t = NULL;
-	size_t tn = 0;
+	size_t n = 0;
 	char addr[600], err[256];
 
-	*out = NULL;
-	*n = 0;
 	full_addr(cfg->conf, rcpt, addr, sizeof(addr));
-	if (deliver_expand(cfg->db, cfg->conf, addr, &t, &tn, err, sizeof(err)) == 0) {
-		*out = xcalloc(tn ? tn : 1, sizeof(char *));
-		for (size_t k = 0; k < tn; k++)
-			(*out)[k] = xstrdup(t[k].addr);
-		*n = tn;
-		deliver_targets_free(t, tn);
+	if (deliver_expand(cfg->db, cfg->conf, addr, &t, &n, err, sizeof(err)) != 0) {
+		log_warn("<%s>: %s", rcpt, err);
+		queue_rcpt_list_add(l, addr, rcpt);
+		return;
 	}
+	for (size_t k = 0; k < n; k++)
+		queue_rcpt_list_add(l, t[k].addr, rcpt);
+	deliver_targets_free(t, n);
+}
+
+void
+server_pickup_expand(void *arg, const char *rcpt, struct queue_rcpt_list *l)
+{
+	struct server_cfg *cfg = server_current_cfg(arg);
+
+	server_rcpt_expand(cfg, rcpt, l);
 	server_cfg_unref(cfg);
 }
 

@@ -843,7 +843,8 @@ def shared_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_privilege_drop_to_user(petrel_factory, shared_dir):
+def start_as_nobody(petrel_factory, shared_dir):
+    """A server started as root with user = nobody, its spool and mail in shared_dir."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     try:
@@ -854,6 +855,11 @@ def test_privilege_drop_to_user(petrel_factory, shared_dir):
                        spool_dir=str(shared_dir / "spool"))
     p.mail_root, p.spool = shared_dir / "mail", shared_dir / "spool"
     p.start()
+    return p, pw
+
+
+def test_privilege_drop_to_user(petrel_factory, shared_dir):
+    p, pw = start_as_nobody(petrel_factory, shared_dir)
     pid = p.proc.pid
     assert proc_ids(pid, "Uid") == [pw.pw_uid] * 4
     assert proc_ids(pid, "Gid") == [pw.pw_gid] * 4
@@ -950,17 +956,11 @@ def test_sendmail_from_root_and_other_users_reaches_a_server_running_as_user(
     """The server runs as `user` (nobody); `petrel sendmail` is called by root (cron) and
     by another local user (a web server's): both messages are picked up and delivered.
     That other user can put files into incoming/ but not list it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     try:
-        pwd.getpwnam("nobody")
         other = pwd.getpwnam("daemon")
     except KeyError:
-        pytest.skip("no users 'nobody' and 'daemon'")
-    p = petrel_factory(start=False, user="nobody", mail_root=str(shared_dir / "mail"),
-                       spool_dir=str(shared_dir / "spool"))
-    p.mail_root, p.spool = shared_dir / "mail", shared_dir / "spool"
-    p.start()
+        pytest.skip("no user 'daemon'")
+    p, _ = start_as_nobody(petrel_factory, shared_dir)
     conf = shared_dir / "petrel.conf"  # the test's config dir is private to root
     shutil.copy(p.conf_path, conf)
     conf.chmod(0o644)
