@@ -182,22 +182,27 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 	}
 	for (size_t i = 0; i < env.rcpts_len; i++)
 		q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &x);
+	/*
+	 * What the file says of where and when it came from is not taken on a
+	 * local user's word (it ends up in our Received: field and decides the
+	 * expiry): a drop is local, and as old as its file.
+	 */
 	out = (struct queue_envelope){
 	    .sender = env.sender,
 	    .rcpts = (const char *const *)x.rcpts,
 	    .orcpts = (const char *const *)x.orcpts,
 	    .rcpts_len = x.len,
-	    .helo = env.helo,
-	    .client_addr = env.client_addr,
-	    .client_name = env.client_name,
-	    .protocol = env.protocol,
+	    .helo = "",
+	    .client_addr = "127.0.0.1",
+	    .client_name = "localhost",
+	    .protocol = "local",
 	    .body_8bit = env.body_8bit,
 	    .smtputf8 = env.smtputf8,
 	    .expanded = true,
 	};
 	buf_init(&header, 64u * 1024 * 1024);
 	tmp = openat(q->tmp_fd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (tmp < 0 || queue_file_header(&header, id, env.arrival, &out) != 0 ||
+	if (tmp < 0 || queue_file_header(&header, id, st.st_mtime, &out) != 0 ||
 	    queue_file_write_all(tmp, header.data, header.len) != 0)
 		goto out_env;
 	for (off = env.body_off; (n = pread(in, data, PICKUP_HEADER_MAX, off)) > 0; off += n)
