@@ -877,6 +877,20 @@ check_cross(struct conf_parser *p, const struct conf *c)
 		     has_cert ? "tls_key" : "tls_cert");
 		return -1;
 	}
+	/*
+	 * Submission is AUTH before MAIL, and AUTH only under TLS: without a
+	 * certificate its listeners could take no mail (and implicit TLS none at
+	 * all).  Checked here, so that a reload that drops the certificate is
+	 * refused like a start would be.
+	 */
+	if (c->tls_cert == NULL &&
+	    (c->listen_submission_len > 0 || c->listen_submissions_len > 0)) {
+		bool implicit = c->listen_submissions_len > 0;
+		fail(p, at[implicit ? KEY_LISTEN_SUBMISSIONS : KEY_LISTEN_SUBMISSION],
+		     "%s needs tls_cert and tls_key",
+		     implicit ? "listen_submissions" : "listen_submission");
+		return -1;
+	}
 	if (c->retry_min_s > c->retry_max_s) {
 		unsigned line =
 		    at[KEY_RETRY_MIN] > at[KEY_RETRY_MAX] ? at[KEY_RETRY_MIN] : at[KEY_RETRY_MAX];

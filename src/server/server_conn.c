@@ -737,7 +737,8 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	c->kind = kind; /* fd: non-blocking already (evconnlistener accepts with SOCK_NONBLOCK) */
 	c->plain = kind != LISTENER_SUBMISSIONS;
 	if (kind == LISTENER_SUBMISSIONS)
-		c->bev = tls_bev_accept(c->cfg->tls, srv->base, fd);
+		/* (conf refuses implicit TLS without a certificate; never a NULL context here) */
+		c->bev = c->cfg->tls ? tls_bev_accept(c->cfg->tls, srv->base, fd) : NULL;
 	else
 		c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {

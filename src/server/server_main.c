@@ -382,10 +382,6 @@ server_run(const char *path)
 	}
 	if (srv.base == NULL)
 		log_fatal("cannot create the event loop");
-	if (conf->listen_submissions_len > 0 && srv.cfg->tls == NULL) {
-		log_err("listen_submissions needs tls_cert and tls_key");
-		goto fail;
-	}
 	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
 		if (listen_on(&srv, &conf->listen_smtp[i], LISTENER_SMTP) != 0)
 			goto fail;

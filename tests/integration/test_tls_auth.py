@@ -912,3 +912,23 @@ def test_petrel_passwd_output_verifies(petrel_factory, certs, tmp_path):
     c = tls_session(p)
     expect(c.auth_plain("erin@example.test", "pass word u"), 535, "5.7.8")
     c.close()
+
+
+def test_reload_that_drops_the_certificate_of_submissions_is_refused(petrel_factory, certs):
+    """A new config that keeps listen_submissions but drops tls_cert/tls_key is refused by
+    check-config and by SIGHUP (the old one stays): implicit TLS goes on.  (It was
+    reloaded, and the next connection to the port crashed the server.)"""
+    p = tls_server(petrel_factory, certs, submissions=True)
+    good = p.conf_path.read_text()
+    bad = "".join(l for l in good.splitlines(keepends=True) if not l.startswith("tls_"))
+    p.conf_path.write_text(bad)
+    r = subprocess.run([str(PETREL_BIN), "check-config", "-c", str(p.conf_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "listen_submissions needs tls_cert and tls_key" in r.stderr, \
+        r.stderr
+    p.proc.send_signal(signal.SIGHUP)
+    assert wait_log(p, r"reload failed"), p.log()
+    for _ in range(3):
+        with Conn(p.subs_port, implicit_tls=True, timeout=10) as c:
+            expect(c.greeting, 220)
+    assert p.proc.poll() is None

@@ -21,6 +21,7 @@
 
 #include "conf/conf.h"
 
+#define TLS_PAIR     "tls_cert = /etc/ssl/c.pem\ntls_key = /etc/ssl/k.pem\n"
 #define NAME	     "t.conf"
 #define ERR_CAP	     512
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -217,9 +218,9 @@ static const struct value_case value_cases[] = {
     {"submission none", "listen_submission = none", "listen_submission", ""},
     {"submission NONE", "listen_submission = NONE", "listen_submission", ""},
     {"submissions empty", "listen_submissions =", "listen_submissions", ""},
-    {"submissions port 465", "listen_submissions = 0.0.0.0:465", "listen_submissions",
+    {"submissions port 465", "listen_submissions = 0.0.0.0:465\n" TLS_PAIR, "listen_submissions",
      "0.0.0.0:465"},
-    {"submission port 65535", "listen_submission = [::1]:65535", "listen_submission",
+    {"submission port 65535", "listen_submission = [::1]:65535\n" TLS_PAIR, "listen_submission",
      "[::1]:65535"},
     /* local_domains */
     {"domains lower-cased", "local_domains = Example.ORG, MAIL.example.net", "local_domains",
@@ -427,6 +428,11 @@ static const struct error_case error_cases[] = {
      NAME ":2: tls_cert '/etc/ssl/c.pem' is set but tls_key is not"},
     {"tls_key alone", "\n\n\ntls_key = k.pem",
      NAME ":4: tls_key 'k.pem' is set but tls_cert is not"},
+    /* submission listeners need TLS (AUTH is offered only under TLS) */
+    {"submissions without tls", "# x\nlisten_submissions = 127.0.0.1:465",
+     NAME ":2: listen_submissions needs tls_cert and tls_key"},
+    {"submission without tls", "listen_submission = 127.0.0.1:587",
+     NAME ":1: listen_submission needs tls_cert and tls_key"},
     /* sizes */
     {"size bad suffix", "\n\nmax_message_size = 12X", NAME ":3: max_message_size: bad size '12X'"},
     {"size below 1K", "max_message_size = 1023",
