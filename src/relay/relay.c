@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,7 @@ lookup_unlink(struct relay *r, struct lookup *lk)
 }
 
 /* True when addr:port is one of our own listen_smtp sockets (a wildcard matches any address). */
+/* True when addr:port is where one of our MX listeners (j->self, wildcards expanded) listens. */
 static bool
 is_self(const struct relay_job *j, const struct sockaddr_storage *addr, uint16_t port)
 {
@@ -187,40 +189,112 @@ is_self(const struct relay_job *j, const struct sockaddr_storage *addr, uint16_t
 		if (me->ss_family == AF_INET) {
 			const struct sockaddr_in *m = (const struct sockaddr_in *)me;
 			const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
-			if (ntohs(m->sin_port) == port &&
-			    (m->sin_addr.s_addr == htonl(INADDR_ANY) ||
-			     m->sin_addr.s_addr == a->sin_addr.s_addr))
+			if (ntohs(m->sin_port) == port && m->sin_addr.s_addr == a->sin_addr.s_addr)
 				return true;
 		} else if (me->ss_family == AF_INET6) {
 			const struct sockaddr_in6 *m = (const struct sockaddr_in6 *)me;
 			const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
 			if (ntohs(m->sin6_port) == port &&
-			    (IN6_IS_ADDR_UNSPECIFIED(&m->sin6_addr) ||
-			     memcmp(&m->sin6_addr, &a->sin6_addr, sizeof(a->sin6_addr)) == 0))
+			    memcmp(&m->sin6_addr, &a->sin6_addr, sizeof(a->sin6_addr)) == 0)
 				return true;
 		}
+	}
+	/* Every 127/8 address is this machine's: a 0.0.0.0 listener answers on all of them. */
+	if (addr->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+		if ((ntohl(a->sin_addr.s_addr) >> 24) == 127 && j->loopback_port == port &&
+		    j->loopback_port != 0)
+			return true;
 	}
 	return false;
 }
 
-/* Our MX listeners as socket addresses (numeric hosts only; names cannot be compared). */
-static void
-collect_self(struct relay_job *j, const struct conf *conf)
-{
-	j->self = xcalloc(conf->listen_smtp_len + 1, sizeof(*j->self));
-	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
-		struct sockaddr_storage *ss = &j->self[j->self_len];
-		struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+#define IFADDRS_TTL_S 30 /* how long the machine's address list is trusted */
 
+/* The machine's own addresses (getifaddrs), read again at most every IFADDRS_TTL_S. */
+static void
+machine_addrs(struct relay *r, const struct sockaddr_storage **out, size_t *n)
+{
+	time_t now = time(NULL);
+	struct ifaddrs *ifa;
+
+	if ((r->ifaddrs == NULL || now - r->ifaddrs_at >= IFADDRS_TTL_S) && getifaddrs(&ifa) == 0) {
+		size_t len = 0;
+
+		for (struct ifaddrs *p = ifa; p != NULL; p = p->ifa_next)
+			len++;
+		free(r->ifaddrs);
+		r->ifaddrs = xcalloc(len + 1, sizeof(*r->ifaddrs));
+		r->ifaddrs_len = 0;
+		for (struct ifaddrs *p = ifa; p != NULL; p = p->ifa_next) {
+			if (p->ifa_addr == NULL)
+				continue;
+			if (p->ifa_addr->sa_family == AF_INET)
+				memcpy(&r->ifaddrs[r->ifaddrs_len++], p->ifa_addr,
+				       sizeof(struct sockaddr_in));
+			else if (p->ifa_addr->sa_family == AF_INET6)
+				memcpy(&r->ifaddrs[r->ifaddrs_len++], p->ifa_addr,
+				       sizeof(struct sockaddr_in6));
+		}
+		freeifaddrs(ifa);
+		r->ifaddrs_at = now;
+	}
+	*out = r->ifaddrs;
+	*n = r->ifaddrs_len;
+}
+
+static void
+self_add(struct relay_job *j, const struct sockaddr_storage *ss, uint16_t port)
+{
+	struct sockaddr_storage *me;
+
+	j->self = xrealloc(j->self, (j->self_len + 1) * sizeof(*j->self));
+	me = &j->self[j->self_len++];
+	*me = *ss;
+	if (me->ss_family == AF_INET)
+		((struct sockaddr_in *)me)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)me)->sin6_port = htons(port);
+}
+
+/*
+ * Our MX listeners as socket addresses (numeric hosts only; names cannot be
+ * compared).  A listener on 0.0.0.0 or [::] listens on every address of the
+ * machine: it stands for each of them (on Linux [::] also takes IPv4).
+ */
+static void
+collect_self(struct relay *r, struct relay_job *j, const struct conf *conf)
+{
+	for (size_t i = 0; i < conf->listen_smtp_len; i++) {
+		struct sockaddr_storage ss;
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		uint16_t port = conf->listen_smtp[i].port;
+		bool any4 = false, any6 = false;
+
+		memset(&ss, 0, sizeof(ss));
 		if (inet_pton(AF_INET, conf->listen_smtp[i].host, &s4->sin_addr) == 1) {
 			s4->sin_family = AF_INET;
-			s4->sin_port = htons(conf->listen_smtp[i].port);
-			j->self_len++;
+			any4 = s4->sin_addr.s_addr == htonl(INADDR_ANY);
 		} else if (inet_pton(AF_INET6, conf->listen_smtp[i].host, &s6->sin6_addr) == 1) {
 			s6->sin6_family = AF_INET6;
-			s6->sin6_port = htons(conf->listen_smtp[i].port);
-			j->self_len++;
+			any6 = IN6_IS_ADDR_UNSPECIFIED(&s6->sin6_addr);
+		} else {
+			continue;
+		}
+		if (!any4 && !any6) {
+			self_add(j, &ss, port);
+			continue;
+		}
+		{
+			const struct sockaddr_storage *m;
+			size_t n;
+
+			machine_addrs(r, &m, &n);
+			for (size_t k = 0; k < n; k++)
+				if (m[k].ss_family == AF_INET || any6)
+					self_add(j, &m[k], port);
+			j->loopback_port = port;
 		}
 	}
 }
@@ -232,7 +306,8 @@ dns_done(const struct relay_dns_result *res, void *arg)
 	struct relay_job *j = lk->job;
 	struct relay *r = j->relay;
 	uint16_t port = lk->port;
-	bool relayhost = lk->relayhost;
+	bool relayhost = lk->relayhost, self_found = false;
+	unsigned self_pref = 0;
 	char reason[256];
 
 	lookup_unlink(r, lk);
@@ -271,22 +346,36 @@ dns_done(const struct relay_dns_result *res, void *arg)
 		job_finish(j);
 		return;
 	}
+	/*
+	 * RFC 5321 5.1: finding itself in the MX list, a client drops that entry
+	 * and every one of equal or higher preference number.  A backup MX then
+	 * hands mail only to better ones, and two backups never pass it back
+	 * and forth.
+	 */
 	for (size_t t = 0; t < res->targets_len; t++) {
 		for (size_t a = 0; a < res->targets[t].addrs_len; a++) {
-			if (is_self(j, &res->targets[t].addrs[a], port))
-				continue;
-			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
+			if (is_self(j, &res->targets[t].addrs[a], port) &&
+			    (!self_found || res->targets[t].preference < self_pref)) {
+				self_found = true;
+				self_pref = res->targets[t].preference;
+			}
 		}
+	}
+	for (size_t t = 0; t < res->targets_len; t++) {
+		if (self_found && res->targets[t].preference >= self_pref)
+			continue;
+		for (size_t a = 0; a < res->targets[t].addrs_len; a++)
+			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
 	}
 	if (j->targets_len == 0) {
 		/*
-		 * Every server for the domain is this one: a configuration error
-		 * (the domain belongs in local_domains, or smtp_port is wrong), not a
-		 * loop.  Deferred, so the mail survives until the configuration is
-		 * fixed.
+		 * This server is the best MX left for the domain: a configuration
+		 * error (the domain belongs in local_domains, or smtp_port is wrong),
+		 * not a loop.  Deferred, so the mail survives until the configuration
+		 * is fixed.
 		 */
 		snprintf(reason, sizeof(reason),
-			 "4.4.6 mail for %.200s loops back to myself (its MX is this server; "
+			 "4.4.6 mail for %.200s loops back to myself (its best MX is this server; "
 			 "is it missing from local_domains?)",
 			 res->domain);
 		log_warn("%s: %s", j->item->id, reason);
@@ -355,7 +444,7 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	j->timeout_s = r->limits.timeout_s;
 	j->done = done;
 	j->arg = arg;
-	collect_self(j, conf);
+	collect_self(r, j, conf);
 	lk->job = j;
 	if (conf->relayhost != NULL) {
 		split_relayhost(conf->relayhost, 25, name, sizeof(name), &lk->port, &use_mx);
@@ -448,6 +537,7 @@ relay_free(struct relay *r)
 	pthread_mutex_destroy(&r->cache_lock);
 	pthread_mutex_destroy(&r->active_lock);
 	free(r->active);
+	free(r->ifaddrs);
 	tls_ctx_free(r->tls);
 	while (r->dests != NULL) {
 		struct relay_dest *d = r->dests;

@@ -39,6 +39,7 @@ struct relay_job {
 	char hostname[256];	       /* ours, for EHLO and Received */
 	struct sockaddr_storage *self; /* owned: our own listen_smtp addresses (port set) */
 	size_t self_len;
+	uint16_t loopback_port; /* a wildcard listener's port: all of 127/8 is ours there */
 	const struct queue_item *item;
 	size_t *rcpts; /* owned: indexes into item->rcpts */
 	size_t n;
@@ -80,6 +81,10 @@ struct relay {
 	pthread_t watchdog;
 	pthread_cond_t watchdog_wake;
 	bool watchdog_stop;
+	/* The machine's addresses, for listeners on 0.0.0.0 / [::] (event loop only). */
+	struct sockaddr_storage *ifaddrs;
+	size_t ifaddrs_len;
+	time_t ifaddrs_at;
 };
 
 /* relay_session.c: the pool job's run function (relay thread). */

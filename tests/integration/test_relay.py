@@ -745,6 +745,46 @@ def test_mx_pointing_at_ourselves_is_deferred_not_looped(net):
     assert "connect from unknown[127.0.0.5]" not in a.log().split(qid, 1)[1]
 
 
+def test_wildcard_listener_relays_to_other_hosts(net):
+    """listen_smtp = 0.0.0.0:P with smtp_port = P (every server's defaults, 25 and 25):
+    an MX elsewhere is another server and gets the mail (here an unroutable address:
+    a connect timeout); only the machine's own addresses (all of 127/8) are ourselves.
+    Before, a wildcard listener counted every address as ours: nothing was relayed."""
+    net.start_dns("--mx-host=w.test,mx.w.test,10", "--host-record=mx.w.test,192.0.2.10",
+                  "--mx-host=self.test,mx.self.test,10", "--host-record=mx.self.test,127.0.0.5")
+    a = net.sender(start=False, listen_smtp=f"0.0.0.0:{net.port}", smtp_timeout="2s")
+    a.port = net.port
+    a.start()
+    qid = send(a, ALICE, "bob@w.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@w.test", "deferred",
+                              reply=r"4\.4\.1 mx\.w\.test\[192\.0\.2\.10\].*connect.*"),
+                    timeout=20), a.log()[-3000:]
+    qid2 = send(a, ALICE, "bob@self.test", BODY)
+    assert wait_log(a, rf"{qid2}: .*loops back to myself"), a.log()[-3000:]
+    assert f"{qid}: 4.4.6" not in a.log() and "w.test loops back" not in a.log()
+
+
+def test_backup_mx_hands_mail_only_to_better_mx(net):
+    """RFC 5321 5.1: A is s.test's MX 20; finding itself in the list it drops itself and
+    MX 30 (B), keeping only MX 10, which is down: the mail waits at A.  Before, A sent it
+    to B and B back to A until the hop count bounced it."""
+    net.start_dns("--mx-host=s.test,mx1.s.test,10", "--host-record=mx1.s.test,127.0.0.4",
+                  "--mx-host=s.test,mx2.s.test,20", "--host-record=mx2.s.test,127.0.0.2",
+                  "--mx-host=s.test,mx3.s.test,30", "--host-record=mx3.s.test,127.0.0.3")
+    b = net.receiver("127.0.0.3", domains="b.test", dns_resolver=net.dns.address,
+                     smtp_port=net.port)
+    a = net.sender(start=False, listen_smtp=f"127.0.0.2:{net.port}")
+    a.host, a.port = "127.0.0.2", net.port
+    a.start()
+    qid = send(a, ALICE, "bob@s.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@s.test", "deferred", ("mx1.s.test", "127.0.0.4"),
+                              net.port)), a.log()[-3000:]
+    time.sleep(2)  # retries (retry_min 1 s) keep to MX 10
+    assert "from=<alice@a.test>" not in b.log(), b.log()
+    assert "mx3.s.test" not in a.log() and "bounced" not in a.log(), a.log()[-3000:]
+    assert in_queue(a, qid)
+
+
 # ---- a remote server that breaks the protocol ---------------------------------------
 
 
