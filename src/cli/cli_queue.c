@@ -131,11 +131,18 @@ msg_load(const struct spool *sp, enum where w, const char *id, struct msg *m)
 	m->fd = -1;
 	if (sp->fds[w] < 0)
 		return 1;
-	m->fd = openat(sp->fds[w], id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* Non-blocking: incoming/ takes files from any local user, a FIFO among them. */
+	m->fd = openat(sp->fds[w], id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (m->fd < 0) {
 		if (errno == ENOENT)
 			return 1;
 		fprintf(stderr, "petrel queue: %s/%s: %s\n", where_dir[w], id, strerror(errno));
+		return -1;
+	}
+	if (fstat(m->fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		fprintf(stderr, "petrel queue: %s/%s: not a regular file\n", where_dir[w], id);
+		close(m->fd);
+		m->fd = -1;
 		return -1;
 	}
 	if (queue_file_read(m->fd, &m->env, err, sizeof(err)) != 0) {
@@ -144,7 +151,7 @@ msg_load(const struct spool *sp, enum where w, const char *id, struct msg *m)
 		m->fd = -1;
 		return -1;
 	}
-	if (fstat(m->fd, &sb) == 0 && sb.st_size > m->env.body_off)
+	if (sb.st_size > m->env.body_off)
 		m->size = (uint64_t)(sb.st_size - m->env.body_off);
 	/* incoming/ holds no progress files: the status comes out empty. */
 	if (queue_file_status_read(sp->fds[w], id, m->env.rcpts_len, &m->st) != 0)

@@ -582,3 +582,15 @@ def test_queue_file_naming_another_message_is_removed_at_start(slow):
                     in p.log(), timeout=15), p.log()[-2000:]
     assert not (q / a).exists() and not (q / f"{a}.st").exists()
     assert queue_json(p) == []
+
+
+def test_list_with_a_fifo_in_incoming_does_not_hang(petrel_factory):
+    """incoming/ takes files from any local user: a FIFO named like a message there must
+    not block `petrel queue list` (it waits for a writer that never comes)."""
+    p = petrel_factory(start=False)
+    p.write_conf()
+    inc = p.spool / "incoming"
+    inc.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(inc / "00000000DEADBEEF")
+    r = cli("queue", "list", "-c", str(p.conf_path), timeout=20)
+    assert "00000000DEADBEEF" in r.stderr and "not a regular file" in r.stderr, r.stderr
