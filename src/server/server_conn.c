@@ -381,12 +381,24 @@ struct auth_check {
 	bool ok;
 };
 
+/*
+ * A hash to check against when there is none (no such user, or an address
+ * over its limit): the answer then takes as long as for a user who exists,
+ * so its timing does not tell which users do.
+ */
+#define AUTH_DUMMY_HASH "{SHA512-CRYPT}$6$petrel.nouser.$"
+
 static void
 auth_run(void *arg)
 {
 	struct auth_check *a = arg;
 
-	a->ok = a->stored != NULL && auth_password_verify(a->stored, a->password);
+	if (a->stored == NULL) {
+		(void)auth_password_verify(AUTH_DUMMY_HASH, a->password);
+		a->ok = false;
+		return;
+	}
+	a->ok = auth_password_verify(a->stored, a->password);
 }
 
 static struct ip_count *
@@ -421,11 +433,15 @@ auth_done(void *arg)
 	struct conn *c = a->c;
 	bool ok = a->ok;
 
+	struct ip_count *ic = ip_find(c->srv, c->addr);
+
 	util_wipe(a->password, strlen(a->password));
 	free(a->password);
 	free(a->stored);
 	free(a);
 	c->authing = false;
+	if (ic != NULL && ic->auth_pending > 0)
+		ic->auth_pending--; /* a failure is counted below, before the answer */
 	if (c->dead) {
 		conn_free(c);
 		return;
@@ -442,7 +458,6 @@ auth_done(void *arg)
 	}
 	{
 		/* A growing pause slows password guessing; the answer comes after it. */
-		struct ip_count *ic = ip_find(c->srv, c->addr);
 		struct timeval tv = {.tv_sec = 1, .tv_usec = 0};
 		time_t now = time(NULL);
 
@@ -474,11 +489,20 @@ start_auth(struct conn *c)
 	a->c = c;
 	a->stored = stored ? xstrdup(stored) : NULL;
 	a->password = xstrdup(password);
-	/* An address with too many recent failures fails without a check. */
-	if (ic != NULL && ic->auth_failures >= AUTH_FAIL_MAX_IP &&
-	    time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S) {
-		free(a->stored);
-		a->stored = NULL;
+	/*
+	 * An address with too many recent failures fails without a check.  The
+	 * checks still under way count as failures to come: AUTHs sent at once
+	 * on many connections must not all start before the first one fails.
+	 */
+	if (ic != NULL) {
+		size_t recent = time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S
+				    ? ic->auth_failures
+				    : 0;
+		if (recent + ic->auth_pending >= AUTH_FAIL_MAX_IP) {
+			free(a->stored);
+			a->stored = NULL;
+		}
+		ic->auth_pending++;
 	}
 	c->authing = true;
 	queue_work(c->srv->queue, auth_run, auth_done, a);

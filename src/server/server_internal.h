@@ -21,6 +21,7 @@ struct ip_count {
 	char addr[INET6_ADDRSTRLEN];
 	size_t count;	      /* open sessions */
 	size_t auth_failures; /* failed AUTHs, forgotten after AUTH_FAIL_WINDOW_S */
+	size_t auth_pending;  /* password checks under way (each may be one more failure) */
 	time_t auth_last_failure;
 };
 

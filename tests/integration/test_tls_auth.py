@@ -673,6 +673,21 @@ def test_auth_failures_limited_per_client_address(authsrv):
                            f"from the address had closed: {r}")
 
 
+def test_auth_failures_limit_holds_for_guesses_sent_at_once(authsrv):
+    """Guesses sent at the same moment on 30 connections from one address: the checks
+    under way count against the limit of 10 as failures to come, so the right password
+    among the late ones fails too.  (All passed the limit before the first had failed.)"""
+    p = authsrv
+    conns = [tls_session(p) for _ in range(30)]
+    for i, c in enumerate(conns):
+        pw = ALICE_PW if i == 24 else f"guess-{i}"
+        c.send(f"AUTH PLAIN {plain_b64(ALICE, pw)}\r\n".encode())
+    codes = [c.reply().code for c in conns]
+    for c in conns:
+        c.close()
+    assert codes == [535] * 30, codes
+
+
 def test_auth_cancel_501(authsrv):
     c = tls_session(authsrv)
     expect(c.cmd("AUTH PLAIN"), 334)
