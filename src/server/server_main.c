@@ -63,7 +63,7 @@ server_current_cfg(struct server *srv)
 
 /* Loads the configuration and what it names; NULL (logged) when anything is wrong. */
 static struct server_cfg *
-load_cfg(const char *path)
+load_cfg(const char *path, const struct server_cfg *running)
 {
 	struct server_cfg *cfg;
 	struct conf *conf;
@@ -88,6 +88,16 @@ load_cfg(const char *path)
 	if (conf->tls_cert != NULL) {
 		/* Read again on every SIGHUP: a renewed certificate needs no restart. */
 		cfg->tls = tls_server_ctx_new(conf->tls_cert, conf->tls_key, err, sizeof(err));
+		if (cfg->tls == NULL && running != NULL && running->tls != NULL) {
+			/*
+			 * At a reload, after the privileges were dropped, a key readable by
+			 * root only cannot be read again: the rest of the configuration
+			 * still applies, with the certificate loaded before.
+			 */
+			log_warn("%s; keeping the certificate loaded before (restart to change it)",
+				 err);
+			cfg->tls = tls_ctx_share(running->tls);
+		}
 		if (cfg->tls == NULL) {
 			log_err("%s", err);
 			server_cfg_unref(cfg);
@@ -200,7 +210,7 @@ hup_cb(evutil_socket_t sig, short what, void *arg)
 	struct server_cfg *cfg, *old;
 
 	log_info("SIGHUP: reloading %s", conf_path ? conf_path : "the embedded default");
-	cfg = load_cfg(conf_path);
+	cfg = load_cfg(conf_path, srv->cfg);
 	if (cfg == NULL) {
 		log_warn("reload failed; keeping the running configuration");
 		return;
@@ -357,7 +367,7 @@ server_run(const char *path)
 	memset(&srv, 0, sizeof(srv));
 	conf_path = path;
 	signal(SIGPIPE, SIG_IGN);
-	srv.cfg = load_cfg(path);
+	srv.cfg = load_cfg(path, NULL);
 	if (srv.cfg == NULL)
 		return 1;
 	conf = srv.cfg->conf;

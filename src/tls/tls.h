@@ -19,6 +19,8 @@ struct tls_conn; /* an SSL on a blocking socket */
 /* A client context for opportunistic TLS.  NULL (err filled) on failure. */
 struct tls_ctx *tls_client_ctx_new(char *err, size_t err_cap);
 void tls_ctx_free(struct tls_ctx *ctx);
+/* One more handle on the same context (freed with tls_ctx_free, each). */
+struct tls_ctx *tls_ctx_share(struct tls_ctx *ctx);
 
 /*
  * Handshakes as a client on the connected blocking socket fd (its

@@ -57,6 +57,16 @@ tls_ctx_free(struct tls_ctx *ctx)
 	free(ctx);
 }
 
+struct tls_ctx *
+tls_ctx_share(struct tls_ctx *ctx)
+{
+	struct tls_ctx *c = xcalloc(1, sizeof(*c));
+
+	SSL_CTX_up_ref(ctx->ssl_ctx);
+	c->ssl_ctx = ctx->ssl_ctx;
+	return c;
+}
+
 struct tls_conn *
 tls_client_connect(struct tls_ctx *ctx, int fd, const char *sni, char *err, size_t err_cap)
 {

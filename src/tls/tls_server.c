@@ -34,8 +34,16 @@ tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_
 	return ctx;
 fail:
 	e = ERR_get_error();
-	snprintf(err, err_cap, "TLS %s / %s: %s", cert_file, key_file,
-		 e ? ERR_reason_error_string(e) : "cannot create context");
+	if (e != 0) {
+		char why[256];
+
+		/* (ERR_reason_error_string is NULL for some errors, "Permission denied" among them)
+		 */
+		ERR_error_string_n(e, why, sizeof(why));
+		snprintf(err, err_cap, "TLS %s / %s: %s", cert_file, key_file, why);
+	} else {
+		snprintf(err, err_cap, "TLS %s / %s: cannot create context", cert_file, key_file);
+	}
 	ERR_clear_error();
 	if (ctx->ssl_ctx != NULL)
 		SSL_CTX_free(ctx->ssl_ctx);

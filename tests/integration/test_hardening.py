@@ -10,6 +10,7 @@ import pwd
 import re
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -843,8 +844,9 @@ def shared_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start_as_nobody(petrel_factory, shared_dir):
-    """A server started as root with user = nobody, its spool and mail in shared_dir."""
+def start_as_nobody(petrel_factory, shared_dir, **conf):
+    """A server started as root with user = nobody, its spool, mail and config file in
+    shared_dir (the config must be readable after the drop, for SIGHUP)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     try:
@@ -852,9 +854,11 @@ def start_as_nobody(petrel_factory, shared_dir):
     except KeyError:
         pytest.skip("no user 'nobody'")
     p = petrel_factory(start=False, user="nobody", mail_root=str(shared_dir / "mail"),
-                       spool_dir=str(shared_dir / "spool"))
+                       spool_dir=str(shared_dir / "spool"), **conf)
     p.mail_root, p.spool = shared_dir / "mail", shared_dir / "spool"
+    p.conf_path = shared_dir / "petrel.conf"
     p.start()
+    p.conf_path.chmod(0o644)
     return p, pw
 
 
@@ -961,9 +965,7 @@ def test_sendmail_from_root_and_other_users_reaches_a_server_running_as_user(
     except KeyError:
         pytest.skip("no user 'daemon'")
     p, _ = start_as_nobody(petrel_factory, shared_dir)
-    conf = shared_dir / "petrel.conf"  # the test's config dir is private to root
-    shutil.copy(p.conf_path, conf)
-    conf.chmod(0o644)
+    conf = p.conf_path
     for who, user in (("root", None), ("daemon", other)):
         r = subprocess.run([str(PETREL_BIN), "sendmail", "-c", str(conf), "to@localhost"],
                            input=f"Subject: from {who}\n\nhi\n".encode(), capture_output=True,
@@ -979,3 +981,34 @@ def test_sendmail_from_root_and_other_users_reaches_a_server_running_as_user(
                        user=other.pw_uid, group=other.pw_gid, extra_groups=[])
     assert r.returncode != 0, r.stdout
     assert wait_queue_empty(p)
+
+
+def test_reload_as_user_keeps_a_key_only_root_can_read(petrel_factory, shared_dir, certs):
+    """Started as root, running as nobody: at SIGHUP the TLS key (root's alone, as
+    certbot leaves it) cannot be read again.  The reload still applies the rest (a user
+    added to users_file) with the certificate loaded at start, and says so."""
+    users = shared_dir / "users"
+    users.write_text("alice@localhost:{PLAIN}secret\n")
+    users.chmod(0o644)
+    p, _ = start_as_nobody(petrel_factory, shared_dir, users_file=str(users),
+                           tls_cert=str(certs.cert), tls_key=str(certs.key))
+    assert _rcpt(p, "carol@localhost") == 550
+    users.write_text("alice@localhost:{PLAIN}secret\ncarol@localhost:{PLAIN}s\n")
+    p.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "configuration reloaded" in p.log()), p.log()
+    assert re.search(r"Permission denied.*keeping the certificate loaded before", p.log()), \
+        p.log()
+    assert _rcpt(p, "carol@localhost") == 250
+    c = session(p)
+    assert "STARTTLS" in c.ehlo().keywords()
+    c.starttls()
+    expect(c.ehlo(), 250)
+    c.close()
+
+
+def _rcpt(p, rcpt):
+    with Conn(p.port, timeout=10) as c:
+        expect(c.greeting, 220)
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+        return c.cmd(f"RCPT TO:<{rcpt}>").code
