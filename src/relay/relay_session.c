@@ -43,6 +43,7 @@ struct relay_conn {
 	char host[256];			/* the MX host name, for SNI */
 	char in[IO_CHUNK];
 	size_t in_len;
+	bool tls_failed; /* the server offered STARTTLS and the handshake failed */
 	/* under relay->active_lock: */
 	uint64_t deadline_ms; /* util_now_ms() past which the watchdog ends it; 0: none */
 	bool timed_out;	      /* the watchdog ended it */
@@ -381,9 +382,11 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 			flush_output(c);
 			arm(r, c, j->timeout_s);
 			c->tls = tls_client_connect(r->tls, c->fd, c->host, err, sizeof(err));
-			if (c->tls == NULL)
+			if (c->tls == NULL) {
 				log_info("%s: TLS with %s failed: %s", j->item->id, c->name,
 					 lost_why(r, c, err));
+				c->tls_failed = true;
+			}
 			act = relay_client_tls_done(c->client, c->tls != NULL);
 			continue;
 		case RELAY_ACT_NONE:
@@ -488,9 +491,9 @@ relay_session_cache_clear(struct relay *r)
 
 static struct relay_conn *
 open_conn(struct relay *r, const struct relay_job *j, const struct relay_target *t, const char *key,
-	  char *err, size_t err_cap)
+	  bool tls, char *err, size_t err_cap)
 {
-	struct relay_client_conf cfg = {.helo_name = j->hostname, .tls_wanted = true};
+	struct relay_client_conf cfg = {.helo_name = j->hostname, .tls_wanted = tls};
 	struct relay_conn *c;
 	int fd = connect_to(t, j->timeout_s, err, err_cap);
 
@@ -606,6 +609,7 @@ relay_session_run(struct util_pool_job *job)
 	struct relay_client_msg msg;
 	char received[1200];
 	bool fresh_only = false; /* a cached connection to this target just failed */
+	bool plain_next = false; /* its TLS handshake just failed: once more in plaintext */
 
 	for (size_t k = 0; k < j->n; k++) {
 		undecided[k] = true;
@@ -653,14 +657,17 @@ relay_session_run(struct util_pool_job *job)
 				rcpts[msg.rcpts_len++] = it->rcpts[j->rcpts[k]];
 			}
 		}
-		if (!fresh_only)
+		bool plain = plain_next;
+
+		plain_next = false;
+		if (!fresh_only && !plain)
 			c = cache_take(r, key);
 		fresh_only = false;
 		if (c != NULL) {
 			reused = true;
 			rc = 0;
 		} else {
-			c = open_conn(r, j, tg, key, err, sizeof(err));
+			c = open_conn(r, j, tg, key, !plain, err, sizeof(err));
 			if (c == NULL) {
 				for (size_t m = 0; m < msg.rcpts_len; m++) {
 					snprintf(why[sub[m]], sizeof(why[0]), "4.4.1 %s: %s",
@@ -680,6 +687,19 @@ relay_session_run(struct util_pool_job *job)
 			started = true;
 		}
 		host = relay_client_host_error(c->client, &permanent, &host_reply);
+		if (host && c->tls_failed) {
+			/*
+			 * Opportunistic TLS (RFC 7435): a server that offers STARTTLS but
+			 * cannot complete a handshake with us (TLS 1.0 only, a broken
+			 * setup) gets the mail in plaintext, as it would without STARTTLS,
+			 * instead of never.
+			 */
+			log_info("%s: trying %s again without TLS", it->id, relay_name);
+			conn_close(r, c);
+			plain_next = true;
+			t--;
+			continue;
+		}
 		if (host && reused && !permanent) {
 			/* The server dropped the idle connection: try a new one. */
 			conn_close(r, c);

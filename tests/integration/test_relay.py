@@ -979,3 +979,35 @@ def test_remote_that_drips_its_tls_handshake_is_timed_out(net):
         assert wait_for(lambda: any(s.startswith(b"(cut") for s in mx.seen), 10), mx.seen
     finally:
         mx.close()
+
+
+def test_failed_starttls_handshake_is_retried_in_plaintext(net):
+    """Opportunistic TLS: a server that offers STARTTLS but whose handshake fails (here
+    it answers the ClientHello with garbage) gets the message over a new connection in
+    plaintext, not never."""
+
+    def respond(mx, conn):
+        first = read_until(conn, b"\r\n")
+        if first.startswith(b"STARTTLS"):
+            conn.sendall(b"220 2.0.0 go ahead\r\n")
+            conn.recv(65536)  # the ClientHello
+            conn.sendall(b"this is no TLS server hello\r\n" * 4)
+            mx.seen.append(b"(handshake refused)")
+            return
+        buf = first + read_until(conn, b"DATA\r\n") if b"DATA\r\n" not in first else first
+        mx.seen.append(buf)
+        conn.sendall(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+        mx.seen.append(read_until(conn, b"\r\n.\r\n"))
+        conn.sendall(b"250 2.0.0 Ok: queued\r\n")
+        read_until(conn, b"\r\n")  # QUIT
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond, starttls=True)
+    try:
+        a, qid = send_via_smarthost(net)
+        assert wait_log(a, log_re(qid, "bob@b.test", "sent"), timeout=20), a.log()[-3000:]
+        assert re.search(rf"{qid}: TLS with .* failed", a.log()), a.log()[-3000:]
+        assert re.search(rf"{qid}: trying .* again without TLS", a.log()), a.log()[-3000:]
+        assert b"(handshake refused)" in mx.seen
+        assert any(s.endswith(b"\r\n.\r\n") and b"relayed byte for byte" in s for s in mx.seen)
+    finally:
+        mx.close()
