@@ -145,6 +145,14 @@ enqueue(struct relay *r, struct relay_job *j, const char *dest_name)
 	dest_run(r, d);
 }
 
+/*
+ * Addresses tried for one delivery attempt, best first.  Each may take
+ * smtp_timeout to connect and again to greet: a domain of many MX hosts
+ * with many addresses each (hostile or broken) would otherwise hold a relay
+ * thread for hours.
+ */
+#define TARGETS_MAX 5
+
 static void
 add_target(struct relay_job *j, const char *host, const struct sockaddr_storage *ss, uint16_t port)
 {
@@ -364,7 +372,9 @@ dns_done(const struct relay_dns_result *res, void *arg)
 	for (size_t t = 0; t < res->targets_len; t++) {
 		if (self_found && res->targets[t].preference >= self_pref)
 			continue;
-		for (size_t a = 0; a < res->targets[t].addrs_len; a++)
+		/* The best TARGETS_MAX addresses, as Postfix's smtp_mx_address_limit. */
+		for (size_t a = 0; a < res->targets[t].addrs_len && j->targets_len < TARGETS_MAX;
+		     a++)
 			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
 	}
 	if (j->targets_len == 0) {

@@ -1011,3 +1011,20 @@ def test_failed_starttls_handshake_is_retried_in_plaintext(net):
         assert any(s.endswith(b"\r\n.\r\n") and b"relayed byte for byte" in s for s in mx.seen)
     finally:
         mx.close()
+
+
+def test_at_most_five_addresses_are_tried_per_attempt(net):
+    """A domain with 8 MX addresses, none answering: one attempt tries the best 5 (as
+    Postfix's smtp_mx_address_limit), so a domain of many dead hosts cannot hold a relay
+    thread for hours."""
+    addrs = [f"127.0.0.{i}" for i in range(10, 18)]
+    net.start_dns("--mx-host=many.test,mx.many.test,10",
+                  *[f"--host-record=mx.many.test,{a}" for a in addrs])
+    a = net.sender()
+    qid = send(a, ALICE, "bob@many.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@many.test", "deferred")), a.log()[-3000:]
+    first = a.log().split("status=deferred", 1)[0]
+    tried = set(re.findall(rf"{qid}: to=<bob@many\.test>, relay=mx\.many\.test\[([\d.]+)\]",
+                           first))
+    tried |= set(re.findall(r"mx\.many\.test\[([\d.]+)\]:\d+: connect", first))
+    assert len(tried) == 5, (tried, first[-3000:])
