@@ -458,6 +458,16 @@ bounce_committed(void *arg, int err)
 	util_pool_submit(d->q->pool, &d->job);
 }
 
+/* Non-ASCII octets in s[0..len): how far (len when none). */
+static size_t
+first_8bit(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return i;
+	return len;
+}
+
 static void
 bounce_built(struct util_pool_job *job)
 {
@@ -473,14 +483,26 @@ bounce_built(struct util_pool_job *job)
 	    .client_addr = "127.0.0.1",
 	    .client_name = "localhost",
 	    .protocol = "local",
-	    .body_8bit = d->item.body_8bit,
-	    .smtputf8 = d->item.smtputf8,
 	};
+	const char *hdr_end;
 
 	if (d->bounce == NULL || q->closing) {
 		bounce_committed(d, d->bounce == NULL ? EINVAL : ECANCELED);
 		return;
 	}
+	/*
+	 * The notification's own needs, not the original's: 8BITMIME when it
+	 * holds 8-bit octets (quoted headers), SMTPUTF8 only for a UTF-8 address
+	 * or header field of its own.  A bounce marked SMTPUTF8 without need is
+	 * refused by servers without the extension, and a bounce is never
+	 * bounced: the sender would hear nothing.
+	 */
+	hdr_end = memmem(d->bounce, d->bounce_len, "\r\n\r\n", 4);
+	env.body_8bit = first_8bit(d->bounce, d->bounce_len) < d->bounce_len;
+	env.smtputf8 =
+	    first_8bit(d->item.sender, strlen(d->item.sender)) < strlen(d->item.sender) ||
+	    (hdr_end != NULL &&
+	     first_8bit(d->bounce, (size_t)(hdr_end - d->bounce)) < (size_t)(hdr_end - d->bounce));
 	m = queue_msg_new(q, &env);
 	log_info("%s: sender non-delivery notification: %s", d->item.id, queue_msg_id(m));
 	queue_msg_append(m, d->bounce, d->bounce_len, NULL, NULL);

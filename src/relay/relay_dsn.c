@@ -65,6 +65,14 @@ append_clean(struct buf *out, const char *s, size_t max)
 	return rc;
 }
 
+/* A server was contacted: "host[addr]:port", not "local" nor "none" (never reached). */
+static bool
+remote_relay(const char *relay)
+{
+	return relay != NULL && relay[0] != '\0' && strcmp(relay, "local") != 0 &&
+	       strcmp(relay, "none") != 0;
+}
+
 int
 relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 {
@@ -73,8 +81,9 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 
 	util_rfc5322_date(dsn->now, date, sizeof(date));
 	util_rfc5322_date(dsn->arrival, arrival, sizeof(arrival));
-	snprintf(boundary, sizeof(boundary), "%s.%lld/%s", dsn->queue_id, (long long)dsn->now,
-		 dsn->hostname);
+	/* At most 70 characters (RFC 2046 5.1.1): no host name in it. */
+	snprintf(boundary, sizeof(boundary), "%s.%lld/petrel-dsn", dsn->queue_id,
+		 (long long)dsn->now);
 
 	rc |= buf_printf(out, "From: MAILER-DAEMON@%s (Mail Delivery System)\r\n", dsn->hostname);
 	rc |= buf_printf(out, "To: <%s>\r\n", dsn->sender);
@@ -102,7 +111,7 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 		rc |= buf_append_str(out, "<");
 		rc |= append_clean(out, r->addr, 300);
 		rc |= buf_append_str(out, ">: ");
-		if (r->relay != NULL && r->relay[0] != '\0' && strcmp(r->relay, "local") != 0) {
+		if (remote_relay(r->relay)) {
 			rc |= buf_append_str(out, "host ");
 			rc |= append_clean(out, r->relay, 200);
 			rc |= buf_append_str(out, " said: ");
@@ -125,7 +134,7 @@ relay_dsn_build(const struct relay_dsn *dsn, struct buf *out)
 		rc |= buf_append_str(out, "\r\nFinal-Recipient: rfc822; ");
 		rc |= append_clean(out, r->addr, 300);
 		rc |= buf_printf(out, "\r\nAction: failed\r\nStatus: %s\r\n", status);
-		if (r->relay != NULL && r->relay[0] != '\0' && strcmp(r->relay, "local") != 0) {
+		if (remote_relay(r->relay)) {
 			size_t host_len = strcspn(r->relay, "[:");
 			rc |= buf_printf(out, "Remote-MTA: dns; %.*s\r\n", (int)host_len, r->relay);
 		}

@@ -1028,3 +1028,41 @@ def test_at_most_five_addresses_are_tried_per_attempt(net):
                            first))
     tried |= set(re.findall(r"mx\.many\.test\[([\d.]+)\]:\d+: connect", first))
     assert len(tried) == 5, (tried, first[-3000:])
+
+
+def test_bounce_of_an_smtputf8_message_reaches_a_server_without_it(net):
+    """An all-ASCII message sent with SMTPUTF8 bounces (null MX); its notification is
+    ASCII too and needs no SMTPUTF8, so a sender's server that lacks the extension gets
+    it.  (It inherited the flag and was refused, and a bounce is never bounced: the
+    sender heard nothing.)"""
+
+    def respond(mx, conn):
+        mx.seen.append(read_until(conn, b"DATA\r\n"))
+        conn.sendall(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+        mx.seen.append(read_until(conn, b"\r\n.\r\n"))
+        conn.sendall(b"250 2.0.0 Ok: queued\r\n")
+        read_until(conn, b"\r\n")
+
+    net.start_dns("--dns-rr=nullmx.test,15,000000", "--mx-host=b.test,mx.b.test,10",
+                  "--host-record=mx.b.test,127.0.0.4")
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a = net.sender()
+        with smtp(a) as s:
+            s.ehlo("client.example")
+            assert s.mail("bob@b.test", ["SMTPUTF8"])[0] == 250
+            assert s.rcpt("someone@nullmx.test")[0] == 250
+            code, resp = s.data(BODY)
+            assert code == 250, resp
+            qid = resp.decode().rsplit(" ", 1)[1]
+        assert wait_log(a, log_re(qid, "someone@nullmx.test", "bounced", "none"))
+        assert wait_log(a, r"to=<bob@b\.test>, relay=mx\.b\.test\[127\.0\.0\.4\]:\d+, "
+                           r"delay=\d+, status=sent"), a.log()[-3000:]
+        mail_from = [s for s in mx.seen if s.startswith(b"MAIL FROM:<>")]
+        assert mail_from and b"SMTPUTF8" not in mail_from[0], mx.seen
+        dsn = next(s for s in mx.seen if s.endswith(b"\r\n.\r\n"))
+        assert b"Remote-MTA: dns; none" not in dsn and b"host none said" not in dsn, dsn
+        m = re.search(rb'boundary="([^"]+)"', dsn)
+        assert m and len(m[1]) <= 70, m
+    finally:
+        mx.close()
