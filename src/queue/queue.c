@@ -566,9 +566,9 @@ batch_spool(struct direct_batch *b, size_t k)
 	if (b->err[k] == 0)
 		b->preloaded[k] = queue_delivery_preload(q, m->id, m->header.data, m->header.len);
 	else
-		log_err(
-		    "%s: cannot deliver or queue (%s); kept in the journal, trying again in %us",
-		    m->id, strerror(b->err[k]), q->limits.retry_min_s);
+		log_err("%s: cannot deliver or queue (%s); kept in the journal, trying again "
+			"after retry_min",
+			m->id, strerror(b->err[k]));
 }
 
 static void

@@ -177,6 +177,9 @@ struct queue *queue_open(const char *spool_dir, const struct queue_limits *limit
 /* Stops the threads after in-flight work ends; pending callbacks are dropped. */
 void queue_close(struct queue *q);
 void queue_set_deliverer(struct queue *q, queue_deliver_fn fn, void *ctx);
+/* New retry and lifetime limits (SIGHUP); for the attempts that end from now on.  Loop thread. */
+void queue_set_retry_limits(struct queue *q, unsigned retry_min_s, unsigned retry_max_s,
+			    unsigned lifetime_s);
 /*
  * An envelope's recipients being built: final addresses and the ones given
  * for them (the orcpts of queue_envelope).  One entry per final address

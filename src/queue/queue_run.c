@@ -114,6 +114,15 @@ backoff_ms(const struct queue_limits *l, unsigned attempts)
 	return ms - ms / 10 + (uint64_t)random() % (ms / 5 + 1);
 }
 
+void
+queue_set_retry_limits(struct queue *q, unsigned retry_min_s, unsigned retry_max_s,
+		       unsigned lifetime_s)
+{
+	q->limits.retry_min_s = retry_min_s;
+	q->limits.retry_max_s = retry_max_s;
+	q->limits.lifetime_s = lifetime_s;
+}
+
 long
 queue_next_due_ms(const struct queue *q)
 {

@@ -563,6 +563,13 @@ relay_free(struct relay *r)
 	free(r);
 }
 
+void
+relay_set_timeout(struct relay *r, unsigned timeout_s)
+{
+	if (timeout_s > 0)
+		r->limits.timeout_s = timeout_s;
+}
+
 int
 relay_fd_dns(const struct relay *r)
 {

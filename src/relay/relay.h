@@ -37,6 +37,8 @@ struct relay *relay_new(const char *dns_resolver, const struct relay_limits *lim
 			size_t err_cap);
 /* Waits for running sessions, closes cached connections.  Pending work is dropped. */
 void relay_free(struct relay *r);
+/* A new smtp_timeout (SIGHUP), for the conversations that start from now on.  Loop thread. */
+void relay_set_timeout(struct relay *r, unsigned timeout_s);
 int relay_fd_dns(const struct relay *r);
 int relay_fd_done(const struct relay *r);
 /* Runs DNS callbacks and finished sessions' completions (event loop thread). */

@@ -221,7 +221,11 @@ hup_cb(evutil_socket_t sig, short what, void *arg)
 	pthread_mutex_unlock(&srv->cfg_lock);
 	/* Sessions that started before keep their own reference. */
 	server_cfg_unref(old);
-	log_info("configuration reloaded (listeners change only on restart)");
+	queue_set_retry_limits(srv->queue, cfg->conf->retry_min_s, cfg->conf->retry_max_s,
+			       cfg->conf->queue_lifetime_s);
+	relay_set_timeout(srv->relay, cfg->conf->smtp_timeout_s);
+	log_info("configuration reloaded (listeners, user, spool_dir and dns_resolver change "
+		 "only on restart)");
 	queue_flush_all(srv->queue);
 }
 

@@ -241,3 +241,19 @@ def test_damaged_queue_files_are_moved_aside(petrel):
     assert len(petrel.wait_messages("bob@localhost", 1)) == 1
     assert wait_queue_empty(petrel), petrel.queue_files()
     assert len(re.findall(r"00000000000000B1: unreadable", petrel.log())) == 1
+
+
+def test_sighup_applies_queue_lifetime_and_retry(petrel_factory):
+    """queue_lifetime and the retry bounds take effect at SIGHUP, for the attempts that
+    end after it (they were read once at start: the reload said it was done and kept
+    the old values)."""
+    p = petrel_factory(queue_lifetime="1h", retry_min="1s", retry_max="1s")
+    (p.mail_root / "localhost").mkdir(parents=True, exist_ok=True)
+    (p.mail_root / "localhost" / "bob").write_text("not a directory\n")
+    qid = send(p, "sender@example.org", "bob@localhost", b"Subject: x\r\n\r\nx\r\n")
+    assert wait_log(p, rf"{qid}: to=<bob@localhost>.*status=deferred"), p.log()
+    p.conf["queue_lifetime"] = "1s"
+    p.write_conf()
+    p.proc.send_signal(signal.SIGHUP)
+    assert wait_log(p, r"configuration reloaded"), p.log()
+    assert wait_log(p, rf"{qid}: to=<bob@localhost>.*status=expired", timeout=20), p.log()
