@@ -55,6 +55,7 @@ struct conn {
 	bool plain;	  /* c->bev is the socket's own (no TLS): replies may go straight to it */
 	bool read_paused; /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
 	bool eof;	  /* the client closed its side: answer what it sent, then close */
+	bool handshaking; /* a TLS handshake under way: no reply can go out before it ends */
 	struct conn *prev, *next;
 };
 
@@ -368,6 +369,7 @@ start_tls(struct conn *c)
 	c->bev = tls;
 	c->plain = false;
 	c->read_paused = false;
+	c->handshaking = true;
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
@@ -659,6 +661,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		tls_bev_describe(c->bev, desc, sizeof(desc));
 		log_info("%s TLS connection established from unknown[%s]: %s",
 			 c->kind == LISTENER_SUBMISSIONS ? "implicit" : "STARTTLS", c->addr, desc);
+		c->handshaking = false;
 		if (smtp_session_state(c->sess) == SMTP_STATE_TLS)
 			smtp_session_tls_started(c->sess);
 		conn_process(c);
@@ -760,6 +763,7 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	addr_string(sa, c->addr, sizeof(c->addr));
 	c->kind = kind; /* fd: non-blocking already (evconnlistener accepts with SOCK_NONBLOCK) */
 	c->plain = kind != LISTENER_SUBMISSIONS;
+	c->handshaking = kind == LISTENER_SUBMISSIONS;
 	if (kind == LISTENER_SUBMISSIONS)
 		/* (conf refuses implicit TLS without a certificate; never a NULL context here) */
 		c->bev = c->cfg->tls ? tls_bev_accept(c->cfg->tls, srv->base, fd) : NULL;
@@ -830,7 +834,10 @@ server_conn_shutdown_all(struct server *srv)
 		/* A client that does not read its 421 must not hold the stop up. */
 		if (!c->dead)
 			bufferevent_set_timeouts(c->bev, NULL, &grace);
-		if (!c->dead && !c->committing && !c->closing) {
+		if (!c->dead && c->handshaking) {
+			/* Its 421 could go out only after a handshake: closed now instead. */
+			conn_close(c);
+		} else if (!c->dead && !c->committing && !c->closing) {
 			/* A message half received is dropped: only the 250 makes it ours. */
 			if (c->msg != NULL) {
 				queue_msg_abort(c->msg);

@@ -947,3 +947,17 @@ def test_reload_that_drops_the_certificate_of_submissions_is_refused(petrel_fact
         with Conn(p.subs_port, implicit_tls=True, timeout=10) as c:
             expect(c.greeting, 220)
     assert p.proc.poll() is None
+
+
+def test_sigterm_with_a_tls_handshake_never_made_stops_at_once(petrel_factory, certs):
+    """A client connected to the implicit-TLS port that never starts its handshake can
+    get no 421: a stop closes it at once instead of waiting its 30 s grace for it."""
+    p = tls_server(petrel_factory, certs, submissions=True)
+    c = socket.create_connection(("127.0.0.1", p.subs_port), timeout=10)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rc = p.stop()
+    assert rc == 0, p.log()
+    assert time.monotonic() - t0 < 10, "the stop waited for a TLS handshake never made"
+    assert "still open" not in p.log(), p.log()
+    c.close()
