@@ -1149,7 +1149,6 @@ queue_open(const char *spool_dir, const struct queue_limits *limits, char *err, 
 	close(spool_fd);
 	recover(q);
 	q->pool = util_pool_new(q->limits.workers, DIRECT_BATCHES);
-	queue_pickup(q); /* what petrel sendmail left while the server was down */
 	return q;
 fail:
 	queue_close(q);

@@ -136,6 +136,27 @@ queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg)
 #define PICKUP_HEADER_MAX (8u * 1024 * 1024) /* the envelope of a dropped message */
 
 /*
+ * The form petrel sendmail writes a message in, as DATA accepts one: CRLF
+ * lines of at most 1000 octets, no bare CR or LF, no NUL.  Checked across
+ * chunks (*prev, *col carry over); the relay sends the spool as it is.
+ */
+static bool
+body_clean(const char *s, size_t n, char *prev, size_t *col)
+{
+	for (size_t i = 0; i < n; i++) {
+		char b = s[i];
+
+		if (b == '\0' || (b == '\n') != (*prev == '\r'))
+			return false; /* NUL, a bare LF, or a CR not followed by LF */
+		*col = b == '\n' ? 0 : *col + 1;
+		if (*col > 1000)
+			return false;
+		*prev = b;
+	}
+	return true;
+}
+
+/*
  * incoming/ID becomes queue/ID with its recipients expanded (written as
  * tmp/ID, flushed, renamed).  The file was written by another user's
  * process: only a regular file with one link is taken (never a symlink or
@@ -153,12 +174,16 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 	char *data = NULL;
 	ssize_t n = 0;
 	off_t off;
+	char prev = '\n';
+	size_t col = 0;
 	int in, tmp = -1, rc = -1;
 
 	err[0] = '\0';
 	in = openat(q->incoming_fd, id, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (in < 0 && errno == ELOOP) {
-		snprintf(err, err_cap, "refused: a symbolic link");
+	if (in < 0 && (errno == ELOOP || errno == EACCES || errno == EPERM)) {
+		/* A symlink, or a file kept from us: never to be read. */
+		snprintf(err, err_cap, "refused: %s",
+			 errno == ELOOP ? "a symbolic link" : strerror(errno));
 		return 1;
 	}
 	if (in < 0 || fstat(in, &st) != 0) {
@@ -180,12 +205,16 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 		rc = 1; /* not written by petrel sendmail */
 		goto out_free;
 	}
-	for (size_t i = 0; i < env.rcpts_len; i++)
-		q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &x);
+	for (size_t i = 0; i < env.rcpts_len; i++) {
+		if (q->pickup_expand != NULL)
+			q->pickup_expand(q->pickup_expand_arg, env.rcpts[i], &x);
+		else
+			queue_rcpt_list_add(&x, env.rcpts[i], env.rcpts[i]);
+	}
 	/*
 	 * What the file says of where and when it came from is not taken on a
 	 * local user's word (it ends up in our Received: field and decides the
-	 * expiry): a drop is local, and as old as its file.
+	 * expiry): a drop is local, and arrives when it is picked up.
 	 */
 	out = (struct queue_envelope){
 	    .sender = env.sender,
@@ -201,22 +230,39 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 	    .expanded = true,
 	};
 	buf_init(&header, 64u * 1024 * 1024);
-	tmp = openat(q->tmp_fd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (tmp < 0 || queue_file_header(&header, id, st.st_mtime, &out) != 0 ||
+	/* O_EXCL: the name was the dropper's choice; never over a message being received. */
+	tmp = openat(q->tmp_fd, id, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (tmp < 0 && errno == EEXIST) {
+		snprintf(err, err_cap, "refused: its name is taken");
+		rc = 1;
+		goto out_env;
+	}
+	if (tmp < 0 || queue_file_header(&header, id, time(NULL), &out) != 0 ||
 	    queue_file_write_all(tmp, header.data, header.len) != 0)
 		goto out_env;
-	for (off = env.body_off; (n = pread(in, data, PICKUP_HEADER_MAX, off)) > 0; off += n)
+	for (off = env.body_off; (n = pread(in, data, PICKUP_HEADER_MAX, off)) > 0; off += n) {
+		if (!body_clean(data, (size_t)n, &prev, &col)) {
+			snprintf(err, err_cap,
+				 "refused: bare CR or LF, NUL or a line over 1000 octets in it");
+			rc = 1;
+			goto out_env;
+		}
 		if (queue_file_write_all(tmp, data, (size_t)n) != 0)
 			goto out_env;
+	}
+	if (n == 0 && prev == '\r') {
+		snprintf(err, err_cap, "refused: it ends with a bare CR");
+		rc = 1;
+		goto out_env;
+	}
 	if (n < 0 || fdatasync(tmp) != 0 || renameat(q->tmp_fd, id, q->queue_fd, id) != 0)
 		goto out_env;
 	rc = 0;
 out_env:
-	if (rc != 0 && err[0] == '\0') {
+	if (rc != 0 && err[0] == '\0')
 		snprintf(err, err_cap, "cannot queue it: %s", strerror(errno));
-		if (tmp >= 0)
-			unlinkat(q->tmp_fd, id, 0);
-	}
+	if (rc != 0 && tmp >= 0)
+		unlinkat(q->tmp_fd, id, 0);
 	buf_free(&header);
 	queue_rcpt_list_free(&x);
 	queue_file_env_free(&env);
@@ -252,12 +298,8 @@ pickup_run(struct util_pool_job *job)
 			unlinkat(q->incoming_fd, de->d_name, 0);
 			continue;
 		}
-		if (q->pickup_expand == NULL) {
-			if (renameat(q->incoming_fd, de->d_name, q->queue_fd, de->d_name) != 0) {
-				log_warn("pickup of %s: %s", de->d_name, strerror(errno));
-				continue;
-			}
-		} else if ((rc = pickup_one(q, de->d_name, err, sizeof(err))) != 0) {
+		/* Copied, never renamed: the file stays its dropper's, the copy is ours. */
+		if ((rc = pickup_one(q, de->d_name, err, sizeof(err))) != 0) {
 			log_warn("pickup of %s: %s", de->d_name, err);
 			if (rc > 0)
 				unlinkat(q->incoming_fd, de->d_name, 0); /* refused: never again */
@@ -272,15 +314,19 @@ pickup_run(struct util_pool_job *job)
 	if (dir != NULL)
 		closedir(dir);
 	/*
-	 * The queue files must be durable before their drop files are removed
-	 * (a rename removed it already; the copies are removed now).
+	 * The queue files must be durable before their drop files are removed.
+	 * If they cannot be, the copies go and the drop files stay, the only
+	 * copies: a copy delivered while its drop file stays would be picked up
+	 * and delivered again.
 	 */
 	if (p->len > 0 && fsync(q->queue_fd) != 0) {
-		log_warn("pickup: fsync: %s", strerror(errno));
-	} else {
-		for (size_t i = 0; i < p->len && q->pickup_expand != NULL; i++)
-			unlinkat(q->incoming_fd, p->ids[i], 0);
+		log_warn("pickup: fsync: %s; trying again later", strerror(errno));
+		for (size_t i = 0; i < p->len; i++)
+			unlinkat(q->queue_fd, p->ids[i], 0);
+		p->len = 0;
 	}
+	for (size_t i = 0; i < p->len; i++)
+		unlinkat(q->incoming_fd, p->ids[i], 0);
 	if (p->len > 0 && fsync(q->incoming_fd) != 0)
 		log_warn("pickup: fsync: %s", strerror(errno));
 	util_pool_complete(q->pool, job);

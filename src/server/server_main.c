@@ -432,6 +432,7 @@ server_run(const char *path)
 	queue_set_deliverer(srv.queue, server_deliver, &srv);
 	queue_set_direct(srv.queue, server_deliver_direct, server_direct_release);
 	queue_set_pickup_expand(srv.queue, server_pickup_expand, &srv);
+	queue_pickup(srv.queue); /* what petrel sendmail left while the server was down */
 	queue_set_bounce(srv.queue, relay_dsn_bounce, srv.bounce_hostname);
 
 	srv.ev_term = evsignal_new(srv.base, SIGTERM, stop_cb, &srv);

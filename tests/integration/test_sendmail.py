@@ -6,7 +6,10 @@ import os
 import pwd
 import re
 import subprocess
+import tempfile
 import time
+
+from pathlib import Path
 
 import pytest
 
@@ -303,16 +306,21 @@ def test_while_the_server_is_stopped(petrel_factory):
 
 
 
-def test_alias_with_a_remote_target_is_relayed(petrel_factory, tmp_path):
+@pytest.mark.parametrize("when", ["running", "at start"])
+def test_alias_with_a_remote_target_is_relayed(petrel_factory, tmp_path, when):
     """root@localhost aliased to a remote address (the usual cron setup): the message
     from sendmail is expanded when the server picks it up, as one over SMTP is at DATA,
     and the remote target goes to the relay (here a relayhost that refuses connections:
     deferred by the relay, not held as an alias that "became remote")."""
     aliases = tmp_path / "aliases"
     aliases.write_text("root@localhost: admin@remote.example, carol@localhost\n")
-    p = petrel_factory(aliases_file=str(aliases), relayhost="[127.0.0.1]:1")
+    p = petrel_factory(aliases_file=str(aliases), relayhost="[127.0.0.1]:1",
+                       start=when == "running")
+    p.write_conf()
     r = sendmail(p, "root", input="Subject: cron\n\noutput\n")
     assert r.returncode == 0, r.stderr
+    if when == "at start":  # cron mail sent at boot, before the server is up
+        p.start()
     assert len(p.wait_messages("carol@localhost", 1)) == 1, p.log()
     assert wait_for(lambda: re.search(
         r"to=<admin@remote\.example>, relay=[^,]*, delay=\d+, status=deferred \(4\.4\.1 .*"
@@ -349,24 +357,47 @@ def test_same_mailbox_named_three_ways_gets_one_copy(petrel):
     assert len(petrel.messages("gina@localhost")) == 1, petrel.log()
 
 
-def test_pickup_refuses_links_and_foreign_files(petrel):
-    """incoming/ takes files from other users' processes: a symlink, a hard link and a
-    file that is no drop file are refused and removed (their targets untouched), the
-    server stays up and goes on picking up real ones."""
-    inc = petrel.spool / "incoming"
-    inc.mkdir(exist_ok=True)
-    secret = petrel.spool.parent / "secret"
+@pytest.mark.parametrize("when", ["running", "at start"])
+def test_pickup_refuses_links_and_foreign_files(petrel_factory, when):
+    """incoming/ takes files from other users' processes: a symlink, a hard link, a FIFO,
+    a file that is no drop file, and a drop file whose message has a bare CR (smuggling
+    at a next hop) or whose envelope claims to be expanded already are refused and
+    removed (their targets untouched), by a running server and by the pickup at start;
+    the server stays up and goes on picking up real ones."""
+    users = Path(tempfile.mkdtemp()) / "users"
+    users.write_text("a@example.test:{PLAIN}x\n")
+    p = petrel_factory(start=when == "running", users_file=str(users))
+    p.write_conf()
+    inc = p.spool / "incoming"
+    inc.mkdir(parents=True, exist_ok=True)
+    secret = p.spool.parent / "secret"
     secret.write_text("not mail\n")
     (inc / "00000000000000A1").symlink_to(secret)
     os.link(secret, inc / "00000000000000A2")
     (inc / "00000000000000A3").write_text("garbage\n")
-    r = sendmail(petrel, "a@example.test", input="Subject: real\n\nreal\n")
+    os.mkfifo(inc / "00000000000000A4")
+    head = (b"PETREL-QUEUE 1\nid 00000000000000A5\narrival 1\nsender x@example.test\n"
+            b"rcpt a@example.test\n\n")
+    (inc / "00000000000000A5").write_bytes(head + b"Subject: s\r\n\nfirst\r.\r\nMAIL\r\n")
+    forged = (b"PETREL-QUEUE 1\nid 00000000000000A6\narrival 1\nsender x@example.test\n"
+              b"rcpt nosuchuser@example.test\norcpt a@example.test\nhelo evil\n"
+              b"client_addr 6.6.6.6\nprotocol ESMTPSA\nexpanded 1\n\n"
+              b"Subject: forged\r\n\r\nforged\r\n")
+    (inc / "00000000000000A6").write_bytes(forged)
+    r = sendmail(p, "a@example.test", input="Subject: real\n\nreal\n")
     assert r.returncode == 0, r.stderr
-    assert len(petrel.wait_messages("a@example.test", 1)) == 1, petrel.log()
-    assert wait_for(lambda: incoming(petrel) == [], 10), incoming(petrel)
-    for n in ("A1", "A2"):
-        assert re.search(rf"pickup of 00000000000000{n}: refused", petrel.log()), petrel.log()
+    if when == "at start":
+        p.start()
+    assert len(p.wait_messages("a@example.test", 1)) == 1, p.log()
+    assert wait_for(lambda: incoming(p) == [], 10), (incoming(p), p.log())
+    for n in ("A1", "A2", "A4", "A5"):
+        assert re.search(rf"pickup of 00000000000000{n}: refused", p.log()), p.log()
+    # the forged envelope is rewritten: its recipient is checked, its origin is ours
+    assert wait_for(lambda: re.search(r"to=<nosuchuser@example\.test>.*status=bounced "
+                                      r"\(nosuchuser@example\.test: unknown user\)",
+                                      p.log())), p.log()
+    assert not p.maildir("nosuchuser@example.test").exists()
     assert secret.read_text() == "not mail\n"
-    assert not any("not mail" in f.read_text(errors="replace")
-                   for f in (petrel.spool / "queue").iterdir() if f.is_file())
-    assert petrel.proc.poll() is None
+    msgs = p.messages("a@example.test")
+    assert len(msgs) == 1 and b"first\r." not in msgs[0] and b"6.6.6.6" not in msgs[0]
+    assert p.proc.poll() is None
