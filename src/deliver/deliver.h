@@ -30,6 +30,12 @@ struct deliver_db *deliver_db_load(const struct conf *c, char *err, size_t err_c
 void deliver_db_free(struct deliver_db *db);
 /* The password field ("{SCHEME}hash") of user@domain, or NULL if not listed.  Borrowed. */
 const char *deliver_db_password(const struct deliver_db *db, const char *address);
+/*
+ * A password hash of the users file (its first), to check a password
+ * against when the user does not exist: the answer then costs what a real
+ * check costs, its scheme and rounds included.  NULL without users.
+ */
+const char *deliver_db_decoy_hash(const struct deliver_db *db);
 
 /*
  * True when a local part can safely name a Maildir directory: non-empty, at

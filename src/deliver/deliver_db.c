@@ -36,6 +36,7 @@ struct deliver_db {
 	size_t cap;		/* power of two */
 	size_t len;		/* slots in use */
 	bool has_users;		/* a users_file was loaded: only listed users exist */
+	char *decoy;		/* owned: the first user's password hash (deliver_db_decoy_hash) */
 };
 
 static void fail(char *err, size_t err_cap, const char *fmt, ...)
@@ -233,6 +234,7 @@ deliver_db_free(struct deliver_db *db)
 		if (db->slots[i].key != NULL)
 			entry_free(&db->slots[i]);
 	free(db->slots);
+	free(db->decoy);
 	free(db);
 }
 
@@ -360,6 +362,8 @@ parse_user(struct deliver_db *db, const char *line, size_t len, const char *path
 		return -1;
 	}
 	e->password = xstrndup(pw, (size_t)(pw_end - pw));
+	if (db->decoy == NULL && e->password[0] != '\0')
+		db->decoy = xstrdup(e->password);
 	return 0;
 }
 
@@ -502,6 +506,12 @@ deliver_db_load(const struct conf *c, char *err, size_t err_cap)
 fail:
 	deliver_db_free(db);
 	return NULL;
+}
+
+const char *
+deliver_db_decoy_hash(const struct deliver_db *db)
+{
+	return db->decoy;
 }
 
 const char *

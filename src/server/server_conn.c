@@ -32,9 +32,10 @@
 #define INPUT_HIGH	   (2 * READ_CHUNK) /* the socket is left unread while this much waits */
 #define OUTPUT_HIGH	   (128 * 1024)	    /* stop reading while this much output waits */
 #define PENDING_HIGH	   (256 * 1024) /* stop reading while this much body waits for the disk */
-#define SHUTDOWN_WRITE_S   5   /* how long a client may take to read a 421 (at stop, timeout) */
-#define AUTH_FAIL_WINDOW_S 600 /* failed AUTHs of a client address are counted this long */
-#define AUTH_FAIL_MAX_IP   10  /* failed AUTHs from one address before all of its AUTHs fail */
+#define SHUTDOWN_WRITE_S   5	  /* how long a client may take to read a 421 (at stop, timeout) */
+#define AUTH_FAIL_WINDOW_S 600	  /* failed AUTHs of a client address are counted this long */
+#define AUTH_FAIL_MAX_IP   10	  /* failed AUTHs from one address before all of its AUTHs fail */
+#define AUTH_WAIT_US	   100000 /* an AUTH over its address's limit looks again after this */
 
 struct conn {
 	struct server *srv;
@@ -44,18 +45,20 @@ struct conn {
 	struct queue_msg *msg;	  /* the message being received, if any */
 	struct event *timer;	  /* smtp_timeout without progress */
 	struct event *auth_delay; /* a failed AUTH is answered late */
+	struct event *auth_retry; /* an AUTH waiting for its address's checks under way */
 	enum listener_kind kind;
 	bool authing; /* a password check is on a worker thread */
 	char addr[INET6_ADDRSTRLEN];
 	struct sockaddr_storage sa;
-	bool committing;  /* waiting for the queue: read nothing */
-	bool closing;	  /* close once the output is written */
-	bool dead;	  /* the socket is gone; free when the commit or password check returns */
-	bool counted;	  /* holds a slot in the per-address count */
-	bool plain;	  /* c->bev is the socket's own (no TLS): replies may go straight to it */
-	bool read_paused; /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
-	bool eof;	  /* the client closed its side: answer what it sent, then close */
-	bool handshaking; /* a TLS handshake under way: no reply can go out before it ends */
+	bool committing;   /* waiting for the queue: read nothing */
+	bool closing;	   /* close once the output is written */
+	bool dead;	   /* the socket is gone; free when the commit or password check returns */
+	bool counted;	   /* holds a slot in the per-address count */
+	bool plain;	   /* c->bev is the socket's own (no TLS): replies may go straight to it */
+	bool read_paused;  /* INPUT_HIGH octets wait: the socket is left unread (input_flow) */
+	bool eof;	   /* the client closed its side: answer what it sent, then close */
+	bool handshaking;  /* a TLS handshake under way: no reply can go out before it ends */
+	bool auth_waiting; /* an AUTH waits for its address's checks under way (start_auth) */
 	struct conn *prev, *next;
 };
 
@@ -206,6 +209,7 @@ conn_close(struct conn *c)
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	evtimer_del(c->timer);
+	evtimer_del(c->auth_retry);
 	if (c->committing || c->authing) {
 		/*
 		 * The commit goes on (the message may have reached the disk), or the
@@ -232,6 +236,7 @@ conn_free(struct conn *c)
 	srv->nconns--;
 	event_free(c->timer);
 	event_free(c->auth_delay);
+	event_free(c->auth_retry);
 	smtp_session_free(c->sess);
 	server_cfg_unref(c->cfg);
 	free(c);
@@ -379,24 +384,26 @@ start_tls(struct conn *c)
 struct auth_check {
 	struct conn *c;
 	char *stored;	/* owned: the users file's hash, NULL when no such user */
+	char *decoy;	/* owned: a hash to check against instead (see auth_run), or NULL */
 	char *password; /* owned, wiped */
+	bool refused;	/* the address is over its limit: no check, and no failure counted */
 	bool ok;
 };
 
 /*
- * A hash to check against when there is none (no such user, or an address
- * over its limit): the answer then takes as long as for a user who exists,
- * so its timing does not tell which users do.
+ * With no hash to check (no such user, or an address over its limit) the
+ * password is checked against a decoy, one of the users file's own hashes
+ * (its scheme and rounds): the answer takes as long as for a user who
+ * exists, so its timing does not tell which users do.
  */
-#define AUTH_DUMMY_HASH "{SHA512-CRYPT}$6$petrel.nouser.$"
-
 static void
 auth_run(void *arg)
 {
 	struct auth_check *a = arg;
 
 	if (a->stored == NULL) {
-		(void)auth_password_verify(AUTH_DUMMY_HASH, a->password);
+		if (a->decoy != NULL)
+			(void)auth_password_verify(a->decoy, a->password);
 		a->ok = false;
 		return;
 	}
@@ -436,10 +443,12 @@ auth_done(void *arg)
 	bool ok = a->ok;
 
 	struct ip_count *ic = ip_find(c->srv, c->addr);
+	bool refused = a->refused;
 
 	util_wipe(a->password, strlen(a->password));
 	free(a->password);
 	free(a->stored);
+	free(a->decoy);
 	free(a);
 	c->authing = false;
 	if (ic != NULL && ic->auth_pending > 0)
@@ -466,8 +475,11 @@ auth_done(void *arg)
 		if (ic != NULL) {
 			if (now - ic->auth_last_failure > AUTH_FAIL_WINDOW_S)
 				ic->auth_failures = 0;
-			ic->auth_failures++;
-			ic->auth_last_failure = now;
+			/* Refused unchecked: no password was tried, no failure to count. */
+			if (!refused) {
+				ic->auth_failures++;
+				ic->auth_last_failure = now;
+			}
 			tv.tv_sec = ic->auth_failures < 5 ? (time_t)ic->auth_failures : 5;
 		}
 		log_warn("unknown[%s]: SASL authentication failed", c->addr);
@@ -475,34 +487,60 @@ auth_done(void *arg)
 	}
 }
 
+static void start_auth(struct conn *c);
+
+static void
+auth_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	start_auth(arg);
+}
+
 static void
 start_auth(struct conn *c)
 {
-	struct auth_check *a = xcalloc(1, sizeof(*a));
+	struct auth_check *a;
 	struct ip_count *ic = ip_find(c->srv, c->addr);
-	const char *user, *password, *stored;
+	const char *user, *password, *stored, *decoy;
 	char key[300];
 
-	smtp_session_auth_take(c->sess, &user, &password);
-	snprintf(key, sizeof(key), "%s", user);
-	for (char *p = key; *p; p++)
-		*p = (char)tolower((unsigned char)*p);
-	stored = deliver_db_password(c->cfg->db, key);
-	a->c = c;
-	a->stored = stored ? xstrdup(stored) : NULL;
-	a->password = xstrdup(password);
 	/*
 	 * An address with too many recent failures fails without a check.  The
-	 * checks still under way count as failures to come: AUTHs sent at once
-	 * on many connections must not all start before the first one fails.
+	 * checks under way count as failures to come: past the limit with them,
+	 * an AUTH waits for them to end (a success frees its place) instead of
+	 * starting, so guesses sent at once on many connections meet the same
+	 * limit, and logins sent at once with the right password all succeed.
 	 */
 	if (ic != NULL) {
 		size_t recent = time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S
 				    ? ic->auth_failures
 				    : 0;
-		if (recent + ic->auth_pending >= AUTH_FAIL_MAX_IP) {
+		if (recent < AUTH_FAIL_MAX_IP && recent + ic->auth_pending >= AUTH_FAIL_MAX_IP) {
+			struct timeval tv = {.tv_sec = 0, .tv_usec = AUTH_WAIT_US};
+
+			c->auth_waiting = true;
+			evtimer_add(c->auth_retry, &tv);
+			return;
+		}
+	}
+	c->auth_waiting = false;
+	a = xcalloc(1, sizeof(*a));
+	smtp_session_auth_take(c->sess, &user, &password);
+	snprintf(key, sizeof(key), "%s", user);
+	for (char *p = key; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	stored = deliver_db_password(c->cfg->db, key);
+	decoy = deliver_db_decoy_hash(c->cfg->db);
+	a->c = c;
+	a->stored = stored ? xstrdup(stored) : NULL;
+	a->decoy = decoy ? xstrdup(decoy) : NULL;
+	a->password = xstrdup(password);
+	/* Over the limit already: refused without a check. */
+	if (ic != NULL) {
+		if (time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S &&
+		    ic->auth_failures >= AUTH_FAIL_MAX_IP) {
 			free(a->stored);
 			a->stored = NULL;
+			a->refused = true;
 		}
 		ic->auth_pending++;
 	}
@@ -779,6 +817,7 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	}
 	c->timer = evtimer_new(srv->base, timer_cb, c);
 	c->auth_delay = evtimer_new(srv->base, auth_delay_cb, c);
+	c->auth_retry = evtimer_new(srv->base, auth_retry_cb, c);
 	c->next = srv->conns;
 	if (srv->conns != NULL)
 		srv->conns->prev = c;

@@ -688,6 +688,23 @@ def test_auth_failures_limit_holds_for_guesses_sent_at_once(authsrv):
     assert codes == [535] * 30, codes
 
 
+def test_logins_sent_at_once_with_the_right_password_all_succeed(authsrv):
+    """20 logins at once from one address (a webmail front end), all with the right
+    password: each succeeds (those past the limit wait for the checks under way instead
+    of failing), and the address is not locked out afterwards."""
+    p = authsrv
+    conns = [tls_session(p) for _ in range(20)]
+    for c in conns:
+        c.send(f"AUTH PLAIN {plain_b64(ALICE, ALICE_PW)}\r\n".encode())
+    codes = [c.reply().code for c in conns]
+    for c in conns:
+        c.close()
+    assert codes == [235] * 20, codes
+    c = tls_session(p)
+    expect(c.auth_plain(ALICE, ALICE_PW), 235, "2.7.0")
+    c.close()
+
+
 def test_auth_cancel_501(authsrv):
     c = tls_session(authsrv)
     expect(c.cmd("AUTH PLAIN"), 334)
