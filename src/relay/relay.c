@@ -184,7 +184,6 @@ lookup_unlink(struct relay *r, struct lookup *lk)
 		lk->next->prev = lk->prev;
 }
 
-/* True when addr:port is one of our own listen_smtp sockets (a wildcard matches any address). */
 /* True when addr:port is where one of our MX listeners (j->self, wildcards expanded) listens. */
 static bool
 is_self(const struct relay_job *j, const struct sockaddr_storage *addr, uint16_t port)
