@@ -102,12 +102,13 @@ cli_mail_lines_finish(struct cli_mail_lines *l, char *out, size_t *out_len)
 	if (l->ended)
 		return;
 	l->ended = true;
-	/* A CR just before the end ends the last line; "." there ends the message. */
-	l->cr_pending = false;
+	/* A CR just before the end ends the last line (an empty one too); "." there ends the
+	 * message. */
 	if (l->dot_pending)
 		return;
-	if (!l->at_bol)
+	if (l->cr_pending || !l->at_bol)
 		end_line(l, out, out_len);
+	l->cr_pending = false;
 }
 
 /* ---- the header section ----------------------------------------------------------- */

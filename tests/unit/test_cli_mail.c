@@ -42,6 +42,7 @@ static const struct lines_case lines_cases[] = {
     {"bare CR dot line with -i", false, IN("a\r.\r\nb\n"), "a\r\n.\r\nb\r\n", CLI_MAIL_LINES_MORE},
     {"bare CR then LF line", true, IN("a\r\rb"), "a\r\n\r\nb\r\n", CLI_MAIL_LINES_MORE},
     {"CR at the end", true, IN("a\r"), "a\r\n", CLI_MAIL_LINES_MORE},
+    {"CR ending an empty last line", true, IN("a\n\r"), "a\r\n\r\n", CLI_MAIL_LINES_MORE},
     {"empty lines", true, IN("\n\n"), "\r\n\r\n", CLI_MAIL_LINES_MORE},
     {"dot LF ends", true, IN("a\n.\nb\n"), "a\r\n", CLI_MAIL_LINES_END},
     {"dot CRLF ends", true, IN("a\r\n.\r\nb\r\n"), "a\r\n", CLI_MAIL_LINES_END},
