@@ -140,6 +140,20 @@ queue_set_pickup_expand(struct queue *q, queue_expand_fn fn, void *arg)
  * lines of at most 1000 octets, no bare CR or LF, no NUL.  Checked across
  * chunks (*prev, *col carry over); the relay sends the spool as it is.
  */
+/* An address as petrel sendmail writes one: at most 256 octets, no control characters. */
+static bool
+addr_clean(const char *a)
+{
+	size_t len = strlen(a);
+
+	if (len > 256)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)a[i] < 0x20 || a[i] == 0x7f)
+			return false;
+	return true;
+}
+
 static bool
 body_clean(const char *s, size_t n, char *prev, size_t *col)
 {
@@ -149,7 +163,7 @@ body_clean(const char *s, size_t n, char *prev, size_t *col)
 		if (b == '\0' || (b == '\n') != (*prev == '\r'))
 			return false; /* NUL, a bare LF, or a CR not followed by LF */
 		*col = b == '\n' ? 0 : *col + 1;
-		if (*col > 1000)
+		if (*col > 999) /* 998 octets and the CR */
 			return false;
 		*prev = b;
 	}
@@ -204,6 +218,15 @@ pickup_one(struct queue *q, const char *id, char *err, size_t err_cap)
 	if (queue_file_parse(data, (size_t)n, &env, err, err_cap) != 0) {
 		rc = 1; /* not written by petrel sendmail */
 		goto out_free;
+	}
+	for (size_t i = 0; i <= env.rcpts_len; i++) {
+		/* (they end up in our Return-Path: and Delivered-To: fields, and in commands) */
+		if (!addr_clean(i == env.rcpts_len ? env.sender : env.rcpts[i])) {
+			snprintf(err, err_cap, "refused: a control character in an address");
+			queue_file_env_free(&env);
+			rc = 1;
+			goto out_free;
+		}
 	}
 	for (size_t i = 0; i < env.rcpts_len; i++) {
 		if (q->pickup_expand != NULL)

@@ -361,7 +361,8 @@ def test_same_mailbox_named_three_ways_gets_one_copy(petrel):
 def test_pickup_refuses_links_and_foreign_files(petrel_factory, when):
     """incoming/ takes files from other users' processes: a symlink, a hard link, a FIFO,
     a file that is no drop file, and a drop file whose message has a bare CR (smuggling
-    at a next hop) or whose envelope claims to be expanded already are refused and
+    at a next hop) or whose sender holds a control character are refused and removed; one
+    whose envelope claims to be expanded already is rewritten and checked.  All are
     removed (their targets untouched), by a running server and by the pickup at start;
     the server stays up and goes on picking up real ones."""
     users = Path(tempfile.mkdtemp()) / "users"
@@ -384,13 +385,15 @@ def test_pickup_refuses_links_and_foreign_files(petrel_factory, when):
               b"client_addr 6.6.6.6\nprotocol ESMTPSA\nexpanded 1\n\n"
               b"Subject: forged\r\n\r\nforged\r\n")
     (inc / "00000000000000A6").write_bytes(forged)
+    (inc / "00000000000000A7").write_bytes(head.replace(b"sender x@", b"sender \rx@")
+                                           + b"Subject: s\r\n\r\nx\r\n")
     r = sendmail(p, "a@example.test", input="Subject: real\n\nreal\n")
     assert r.returncode == 0, r.stderr
     if when == "at start":
         p.start()
     assert len(p.wait_messages("a@example.test", 1)) == 1, p.log()
     assert wait_for(lambda: incoming(p) == [], 10), (incoming(p), p.log())
-    for n in ("A1", "A2", "A4", "A5"):
+    for n in ("A1", "A2", "A4", "A5", "A7"):
         assert re.search(rf"pickup of 00000000000000{n}: refused", p.log()), p.log()
     # the forged envelope is rewritten: its recipient is checked, its origin is ours
     assert wait_for(lambda: re.search(r"to=<nosuchuser@example\.test>.*status=bounced "
