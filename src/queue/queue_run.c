@@ -467,16 +467,6 @@ bounce_committed(void *arg, int err)
 	util_pool_submit(d->q->pool, &d->job);
 }
 
-/* Non-ASCII octets in s[0..len): how far (len when none). */
-static size_t
-first_8bit(const char *s, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)s[i] >= 0x80)
-			return i;
-	return len;
-}
-
 static void
 bounce_built(struct util_pool_job *job)
 {
@@ -507,11 +497,9 @@ bounce_built(struct util_pool_job *job)
 	 * bounced: the sender would hear nothing.
 	 */
 	hdr_end = memmem(d->bounce, d->bounce_len, "\r\n\r\n", 4);
-	env.body_8bit = first_8bit(d->bounce, d->bounce_len) < d->bounce_len;
-	env.smtputf8 =
-	    first_8bit(d->item.sender, strlen(d->item.sender)) < strlen(d->item.sender) ||
-	    (hdr_end != NULL &&
-	     first_8bit(d->bounce, (size_t)(hdr_end - d->bounce)) < (size_t)(hdr_end - d->bounce));
+	env.body_8bit = util_has_8bit(d->bounce, d->bounce_len);
+	env.smtputf8 = util_has_8bit(d->item.sender, strlen(d->item.sender)) ||
+		       (hdr_end != NULL && util_has_8bit(d->bounce, (size_t)(hdr_end - d->bounce)));
 	m = queue_msg_new(q, &env);
 	log_info("%s: sender non-delivery notification: %s", d->item.id, queue_msg_id(m));
 	queue_msg_append(m, d->bounce, d->bounce_len, NULL, NULL);

@@ -10,6 +10,8 @@
 
 #include <string.h>
 
+#include "util/util_mem.h"
+
 /* A bounded writer into a fixed array: an overflow is remembered, never silently cut. */
 struct out {
 	char *buf;
@@ -424,15 +426,6 @@ build_addr(struct smtp_path *path)
 	return out_end(&o) ? SMTP_ARG_OK : SMTP_ARG_PATH_TOO_LONG;
 }
 
-static bool
-has_high_bit(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] >= 0x80)
-			return true;
-	return false;
-}
-
 /* Mailbox = Local-part "@" ( Domain / address-literal ), exactly s[0..n). */
 static enum smtp_arg_status
 parse_mailbox(const char *s, size_t n, struct smtp_path *path)
@@ -459,7 +452,7 @@ parse_mailbox(const char *s, size_t n, struct smtp_path *path)
 	path->domain[dlen] = '\0';
 	path->domain_len = dlen;
 	path->is_utf8 =
-	    has_high_bit(path->local, path->local_len) || has_high_bit(s + dstart, dlen);
+	    util_has_8bit(path->local, path->local_len) || util_has_8bit(s + dstart, dlen);
 	return build_addr(path);
 }
 

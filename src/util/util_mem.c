@@ -60,6 +60,15 @@ util_wipe(void *p, size_t n)
 		explicit_bzero(p, n);
 }
 
+bool
+util_has_8bit(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] >= 0x80)
+			return true;
+	return false;
+}
+
 void
 util_strlcpy(char *dst, const char *src, size_t cap)
 {

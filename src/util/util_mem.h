@@ -8,6 +8,7 @@
 #ifndef PETREL_UTIL_MEM_H
 #define PETREL_UTIL_MEM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 void *xmalloc(size_t size);
@@ -17,6 +18,8 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 /* Copies src into dst (capacity cap > 0), cutting it to fit; always NUL-terminates. */
 void util_strlcpy(char *dst, const char *src, size_t cap);
+/* True when s[0..n) holds an octet >= 0x80 (8-bit or UTF-8 text). */
+bool util_has_8bit(const char *s, size_t n);
 /* Overwrites n bytes in a way the compiler may not elide (passwords, AUTH data). */
 void util_wipe(void *p, size_t n);
 
