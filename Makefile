@@ -4,7 +4,7 @@
 #   make unit       cmocka unit tests        make fuzz   libFuzzer harnesses
 #   make test       everything the CI runs   make bench  side-by-side benchmark with Postfix
 CC      ?= cc
-PKGS     = libevent libevent_openssl libevent_pthreads openssl libunbound
+PKGS     = libevent libevent_openssl libevent_pthreads openssl libunbound libidn2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 WARN     = -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
@@ -62,11 +62,11 @@ unit: $(UNIT_BIN)
 # libFuzzer harnesses (clang); the same sources also build as corpus replayers with $(CC).
 build/fuzz/%: tests/fuzz/%.c $(PURE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ $^
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined -o $@ $^ -lidn2
 
 $(BUILD)/replay/%: tests/fuzz/%.c tests/fuzz/replay_main.c $(PURE_SRC)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $^
+	$(CC) $(ALL_CFLAGS) $(LDSAN) -o $@ $^ -lidn2
 
 fuzz: $(FUZZ_BIN)
 replay: $(REPLAY_BIN)

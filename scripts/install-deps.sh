@@ -2,7 +2,7 @@
 # Installs, from Debian's repositories, what petrel needs to build and test.
 # Safe to run again: only missing packages are installed.
 set -eu
-PKGS="build-essential pkg-config clang libclang-rt-14-dev libevent-dev libssl-dev libunbound-dev
+PKGS="build-essential pkg-config clang libclang-rt-14-dev libevent-dev libssl-dev libunbound-dev libidn2-dev
 libcrypt-dev libcmocka-dev python3 python3-pytest swaks curl openssl dnsmasq-base postfix
 dnsutils msmtp clang-format"
 missing=""

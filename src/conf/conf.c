@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/util_idna.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
@@ -514,11 +515,16 @@ set_domains(struct conf *c, const struct conf_key *k, char *val, char *why, size
 	*CONF_FIELD(c, k, char **) = list;
 	while ((item = list_next(&cursor)) != NULL) {
 		size_t item_len = len_without_dot(item, strlen(item));
+		char ascii[UTIL_IDNA_MAX + 1];
+		long ascii_len;
+
 		if (item[0] == '\0')
 			return empty_item(why, why_cap);
-		if (!is_dns_name(item, item_len))
+		/* A Unicode name is kept in its A-label form, as DNS and the queue know it. */
+		ascii_len = util_idna_to_ascii(item, item_len, ascii, sizeof(ascii), NULL);
+		if (ascii_len < 0 || !is_dns_name(ascii, (size_t)ascii_len))
 			return bad(why, why_cap, "domain name", item);
-		list[*len] = xstrndup(item, item_len);
+		list[*len] = xstrndup(ascii, (size_t)ascii_len);
 		for (char *p = list[*len]; *p != '\0'; p++)
 			*p = lower(*p);
 		(*len)++;
@@ -1028,8 +1034,18 @@ conf_free(struct conf *c)
 bool
 conf_is_local_domain(const struct conf *c, const char *domain, size_t len)
 {
+	char ascii[UTIL_IDNA_MAX + 1];
+
 	if (c == NULL || domain == NULL)
 		return false;
+	if (util_idna_needed(domain, len)) {
+		long n = util_idna_to_ascii(domain, len, ascii, sizeof(ascii), NULL);
+
+		if (n < 0)
+			return false;
+		domain = ascii;
+		len = (size_t)n;
+	}
 	len = len_without_dot(domain, len);
 	if (len == 0)
 		return false;

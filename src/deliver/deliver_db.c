@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "conf/conf.h"
+#include "util/util_idna.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
@@ -115,6 +116,16 @@ is_local_domain(const struct conf *c, const char *domain, size_t len)
 {
 	/* conf_is_local_domain() lives in conf.c; deliver keeps its own copy of this
 	 * small test so it links (and is tested) without the config parser. */
+	char ascii[UTIL_IDNA_MAX + 1];
+
+	if (util_idna_needed(domain, len)) {
+		long n = util_idna_to_ascii(domain, len, ascii, sizeof(ascii), NULL);
+
+		if (n < 0)
+			return false;
+		domain = ascii;
+		len = (size_t)n;
+	}
 	if (len > 0 && domain[len - 1] == '.')
 		len--;
 	for (size_t i = 0; i < c->local_domains_len; i++) {
@@ -250,6 +261,7 @@ make_key(const char *addr, size_t len, char key[KEY_MAX + 1], size_t *key_len)
 {
 	const char *at = NULL;
 	size_t local_len;
+	long n;
 
 	for (size_t i = len; i > 0; i--)
 		if (addr[i - 1] == '@') {
@@ -263,10 +275,14 @@ make_key(const char *addr, size_t len, char key[KEY_MAX + 1], size_t *key_len)
 		return "unsafe or empty local part";
 	if (!domain_is_sane(at + 1, len - local_len - 1))
 		return "bad or empty domain";
-	memcpy(key, addr, len);
-	key[len] = '\0';
-	lower(key, len);
-	*key_len = len;
+	memcpy(key, addr, local_len + 1);
+	/* "müller.example" is keyed as "xn--mller-kva.example", as rcpt_keys() looks it up. */
+	n = util_idna_to_ascii(at + 1, len - local_len - 1, key + local_len + 1,
+			       KEY_MAX - local_len, NULL);
+	if (n <= 0)
+		return "bad or empty domain";
+	*key_len = local_len + 1 + (size_t)n;
+	lower(key, *key_len);
 	return NULL;
 }
 
@@ -549,6 +565,17 @@ static bool
 rcpt_keys(const struct conf *c, const char *local, size_t local_len, const char *domain,
 	  size_t domain_len, struct rcpt_keys *k)
 {
+	char ascii[UTIL_IDNA_MAX + 1];
+
+	/* Keys, and the Maildir's directory, use a domain's A-label form. */
+	if (util_idna_needed(domain, domain_len)) {
+		long n = util_idna_to_ascii(domain, domain_len, ascii, sizeof(ascii), NULL);
+
+		if (n < 0)
+			return false;
+		domain = ascii;
+		domain_len = (size_t)n;
+	}
 	if (domain_len > 0 && domain[domain_len - 1] == '.')
 		domain_len--;
 	if (local_len > LOCAL_MAX || domain_len > DOMAIN_MAX)

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <unbound.h>
 
+#include "util/util_idna.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 
@@ -585,6 +586,19 @@ lookup_start(struct relay_dns *dns, const char *domain, bool host_only, relay_dn
 		return q;
 	case RELAY_DNS_LITERAL_NONE:
 		break;
+	}
+	if (util_idna_needed(domain, strlen(domain))) {
+		char ascii[UTIL_IDNA_MAX + 1];
+		const char *why;
+
+		if (util_idna_to_ascii(domain, strlen(domain), ascii, sizeof(ascii), &why) < 0) {
+			set_error(q, "not a domain: invalid international name (%s)", why);
+			make_ready(q, RELAY_DNS_NXDOMAIN);
+			return q;
+		}
+		free(q->domain);
+		q->domain = xstrdup(ascii); /* DNS knows the A-label form only */
+		domain = q->domain;
 	}
 	if (!relay_dns_name_is_valid(domain)) {
 		set_error(q, "not a domain: invalid name");

@@ -656,6 +656,52 @@ def test_smtputf8_message_to_peer_without_smtputf8_bounces(net):
     assert wait_queue_empty(a)
 
 
+def test_international_domain_is_looked_up_and_delivered_by_its_a_label(net):
+    """bob@bücher.test (SMTPUTF8): A looks up the MX of xn--bcher-kva.test (DNS holds
+    A-labels only) and relays; B, whose local_domains names the A-label form, takes the
+    Unicode spelling as its own domain and delivers into the A-label's Maildir."""
+    net.start_dns("--mx-host=xn--bcher-kva.test,mx.b.test,10",
+                  "--host-record=mx.b.test,127.0.0.2")
+    b = net.receiver("127.0.0.2", domains="xn--bcher-kva.test")
+    a = net.sender()
+    with smtp(a) as s:
+        s.command_encoding = "utf-8"
+        assert s.ehlo("client.example")[0] == 250
+        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
+        for rcpt in ("bob@bücher.test", "Carol@BÜCHER.test"):
+            code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
+            assert code == 250, resp
+        code, resp = s.data(b"Subject: idn\r\n\r\nhello\r\n")
+        assert code == 250, resp
+    [bob] = b.wait_messages("bob@xn--bcher-kva.test", 1)
+    [carol] = b.wait_messages("carol@xn--bcher-kva.test", 1)
+    assert b"Delivered-To: bob@xn--bcher-kva.test\n" in bob
+    assert b"Delivered-To: carol@xn--bcher-kva.test\n" in carol
+    assert wait_queue_empty(a)
+    assert a.messages(ALICE) == []  # no bounce
+
+
+def test_invalid_international_domain_bounces_without_a_lookup(net):
+    """A name that is not valid IDNA2008 (a label with a disallowed code point, U+2044)
+    can be no host: bounced at once as a bad domain, not retried."""
+    net.start_dns("--host-record=mx.b.test,127.0.0.2")
+    a = net.sender()
+    rcpt = "bob@a\u2044b.test"
+    with smtp(a) as s:
+        s.command_encoding = "utf-8"
+        assert s.ehlo("client.example")[0] == 250
+        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
+        code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
+        assert code == 250, resp
+        code, resp = s.data(b"Subject: idn\r\n\r\nhello\r\n")
+        assert code == 250, resp
+    [dsn] = bounce_of(a)
+    text, rcpts, headers = dsn_parts(dsn)
+    assert [r["Status"] for r in rcpts] == ["5.1.2"]
+    assert "invalid international name" in text, text
+    assert wait_queue_empty(a)
+
+
 def test_bounce_to_remote_sender_is_relayed(net):
     # The sender lives at b.test: A's DSN (from <>) is relayed like any mail.
     net.start_dns("--dns-rr=nullmx.test,15,000000", "--mx-host=b.test,mx.b.test,10",

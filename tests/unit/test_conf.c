@@ -226,6 +226,10 @@ static const struct value_case value_cases[] = {
     {"domains lower-cased", "local_domains = Example.ORG, MAIL.example.net", "local_domains",
      "example.org,mail.example.net"},
     {"domains trailing dot", "local_domains = example.org.", "local_domains", "example.org"},
+    {"domains unicode kept as a-labels",
+     "local_domains = M\xc3\xbcller.Example, b\xc3\xbc"
+     "cher.test.",
+     "local_domains", "xn--mller-kva.example,xn--bcher-kva.test"},
     /* paths and strings */
     {"users_file", "users_file = /etc/petrel/users", "users_file", "/etc/petrel/users"},
     {"aliases_file", "aliases_file = aliases", "aliases_file", "aliases"},
@@ -378,6 +382,12 @@ static const struct error_case error_cases[] = {
      NAME ":1: local_domains: bad domain name 'exa mple.org'"},
     {"domain at sign", "local_domains = example.org, user@example.net",
      NAME ":1: local_domains: bad domain name 'user@example.net'"},
+    {"domain invalid idna",
+     "local_domains = a\xe2\x81\x84"
+     "b.example",
+     NAME ":1: local_domains: bad domain name 'a\\xe2\\x81\\x84b.example'"},
+    {"domain not utf-8", "local_domains = m\xfcller.example",
+     NAME ":1: local_domains: bad domain name 'm\\xfcller.example'"},
     {"domain list trailing comma", "local_domains = example.org,",
      NAME ":1: local_domains: empty list item"},
     {"domains none", "local_domains = None",
@@ -759,6 +769,13 @@ static const struct domain_case domain_cases[] = {
     {"second in list", "a.example, b.example", "B.EXAMPLE", 0, true},
     {"length-limited slice", "example.org", "example.org>junk", 11, true},
     {"slice cut short", "example.org", "example.org", 7, false},
+    /* a Unicode name and its A-label form are one domain (RFC 5890) */
+    {"unicode query, a-label config", "xn--mller-kva.example", "m\xc3\xbcller.example", 0, true},
+    {"a-label query, unicode config", "M\xc3\x9cller.example", "xn--mller-kva.example", 0, true},
+    {"unicode both, case folded", "m\xc3\xbcller.example", "M\xc3\x9cLLER.EXAMPLE.", 0, true},
+    {"unicode other name", "xn--mller-kva.example", "m\xc3\xb6ller.example", 0, false},
+    {"unicode slice", "xn--mller-kva.example", "m\xc3\xbcller.example>x", 15, true},
+    {"not utf-8", "xn--mller-kva.example", "m\xfcller.example", 0, false},
 };
 
 static void

@@ -586,6 +586,59 @@ test_check_rcpt(void **state)
 	run_rcpt_cases(exp_users, "", no_delim, sizeof(no_delim) / sizeof(no_delim[0]));
 }
 
+/* A domain spelled with Unicode labels and its A-label form are one domain. */
+static void
+test_international_domain(void **state)
+{
+	static const char users[] = "j\xc3\xb6rg@M\xc3\x9cller.example:{PLAIN}a\n"
+				    "anna@xn--mller-kva.example:{PLAIN}b\n";
+	static const char aliases[] = "info@m\xc3\xbcller.example: anna, j\xc3\xb6rg\n";
+	char err[256] = "", got[512];
+	char *up = temp_file(users), *ap = temp_file(aliases);
+	struct conf *c = conf_new(up, ap, "+");
+	struct deliver_db *db;
+	struct deliver_target *t;
+	size_t n;
+
+	free(c->local_domains[1]);
+	c->local_domains[1] = xstrdup("xn--mller-kva.example");
+	db = deliver_db_load(c, err, sizeof(err));
+	if (db == NULL)
+		fail_msg("load: %s", err);
+	assert_int_equal(deliver_check_rcpt(db, c, "j\xc3\xb6rg", 5, "m\xc3\xbcller.example", 15),
+			 DELIVER_RCPT_OK);
+	assert_int_equal(deliver_check_rcpt(db, c, "j\xc3\xb6rg", 5, "xn--mller-kva.example", 21),
+			 DELIVER_RCPT_OK);
+	assert_int_equal(deliver_check_rcpt(db, c, "anna+x", 6, "M\xc3\x9cLLER.example.", 16),
+			 DELIVER_RCPT_OK);
+	assert_int_equal(deliver_check_rcpt(db, c, "eve", 3, "m\xc3\xbcller.example", 15),
+			 DELIVER_RCPT_UNKNOWN);
+	/* The Maildir's directory is the A-label form, whatever the spelling. */
+	assert_int_equal(
+	    deliver_expand(db, c, "info@M\xc3\x9cller.example", &t, &n, err, sizeof(err)), 0);
+	join_targets(t, n, got, sizeof(got));
+	assert_string_equal(got, "anna@xn--mller-kva.example,j\xc3\xb6rg@xn--mller-kva.example");
+	deliver_targets_free(t, n);
+	assert_int_equal(deliver_resolve(db, c, "anna@m\xc3\xbcller.example", &t, err, sizeof(err)),
+			 0);
+	assert_string_equal(t[0].domain, "xn--mller-kva.example");
+	deliver_targets_free(t, 1);
+	/* Not a valid IDNA2008 name (U+2044): no local domain, left to the relay. */
+	assert_int_equal(deliver_expand(db, c,
+					"a@a\xe2\x81\x84"
+					"b.example",
+					&t, &n, err, sizeof(err)),
+			 0);
+	join_targets(t, n, got, sizeof(got));
+	assert_string_equal(got, "!a@a\xe2\x81\x84"
+				 "b.example");
+	deliver_targets_free(t, n);
+	deliver_db_free(db);
+	conf_del(c);
+	free(up);
+	free(ap);
+}
+
 static void
 test_empty_db(void **state)
 {
@@ -2446,6 +2499,7 @@ main(void)
 	    cmocka_unit_test(test_expand),
 	    cmocka_unit_test(test_expand_delimiters),
 	    cmocka_unit_test(test_check_rcpt),
+	    cmocka_unit_test(test_international_domain),
 	    cmocka_unit_test(test_empty_db),
 	    cmocka_unit_test(test_many_users),
 	    BOTH_WAYS(test_maildir_write),
