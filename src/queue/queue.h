@@ -111,6 +111,9 @@ enum queue_rcpt_status {
 	QUEUE_RCPT_FAIL,    /* permanent failure: bounce */
 };
 
+/* What an expired recipient's reason starts with; the last error follows. */
+#define QUEUE_EXPIRED_PREFIX "4.4.7 delivery time expired: "
+
 struct queue_rcpt_result {
 	enum queue_rcpt_status status;
 	char reason[256]; /* for DEFER and FAIL: the remote or local reply */

@@ -652,7 +652,7 @@ queue_delivery_finish(struct queue_delivery *d)
 				util_strlcpy(why, r->reason[0] ? r->reason : "no attempt succeeded",
 					     sizeof(why));
 				snprintf(r->reason, sizeof(r->reason),
-					 "4.4.7 delivery time expired: %.200s", why);
+					 QUEUE_EXPIRED_PREFIX "%.200s", why);
 			}
 			log_info("%s: to=<%s>, relay=none, delay=%.0f, status=expired (%s)",
 				 d->item.id, d->item.rcpts[i],

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "queue/queue.h"
@@ -29,6 +30,7 @@ struct relay_dsn {
 	const char *sender; /* the original sender (the DSN's recipient) */
 	time_t arrival;
 	time_t now;
+	uint64_t unique; /* random: the DSN's Message-ID and MIME boundary (one a DSN) */
 	const struct relay_dsn_rcpt *rcpts;
 	size_t rcpts_len;
 	const char *headers; /* the original message's header section (CRLF lines) */

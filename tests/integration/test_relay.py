@@ -168,11 +168,23 @@ def dsn_parts(msg):
     assert msg["To"] == f"<{ALICE}>"
     parts = msg.get_payload()
     types = [p.get_content_type() for p in parts]
-    assert types == ["text/plain", "message/delivery-status", "text/rfc822-headers"], types
-    blocks = parts[1].get_payload()
+    if types[1] == "message/global-delivery-status":
+        # RFC 6533: UTF-8 in an address or in the quoted headers; Python's parser
+        # takes the report for one message, so its field blocks are split here.
+        assert types == ["text/plain", "message/global-delivery-status",
+                         "message/global-headers"], types
+        assert parts[0].get_param("charset") == "utf-8"
+        raw = parts[1].as_bytes().decode().split("\n\n", 1)[1]
+        blocks = [email.message_from_string(b.strip() + "\n", policy=email.policy.compat32)
+                  for b in re.split(r"\n\s*\n", raw) if b.strip()]
+        headers = parts[2].as_bytes().decode().split("\n\n", 1)[1]
+    else:
+        assert types == ["text/plain", "message/delivery-status", "text/rfc822-headers"], types
+        blocks = parts[1].get_payload()
+        headers = parts[2].get_payload()
     rcpts = [dict(b.items()) for b in blocks if b.get("Final-Recipient")]
     assert blocks[0].get("Reporting-MTA") == "dns; mx.a.test"
-    return parts[0].get_payload(), rcpts, parts[2].get_payload()
+    return parts[0].get_payload(), rcpts, headers
 
 
 def dsn_check(msg, failed, status_rx, original=BODY):
@@ -651,6 +663,9 @@ def test_smtputf8_message_to_peer_without_smtputf8_bounces(net):
     [dsn] = bounce_of(a)
     text, rcpts, headers = dsn_parts(dsn)
     assert [r["Status"] for r in rcpts] == ["5.6.7"]
+    # RFC 6533: the address keeps its UTF-8 under the utf-8 address type
+    assert dsn.get_payload()[1].get_content_type() == "message/global-delivery-status"
+    assert [r["Final-Recipient"] for r in rcpts] == ["utf-8; bøb@b.test"]
     assert "Subject: gr" in headers
     assert "SMTPUTF8" in text
     assert wait_queue_empty(a)
