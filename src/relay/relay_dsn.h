@@ -49,7 +49,7 @@ int relay_dsn_build(const struct relay_dsn *dsn, struct buf *out);
  */
 void relay_dsn_status(const char *reason, char *dst, size_t cap);
 
-/* queue_bounce_fn: ctx is the reporting hostname (a const char *, outliving the queue). */
+/* queue_bounce_fn: ctx is the reporting hostname (a const char *, alive during the call). */
 char *relay_dsn_bounce(void *ctx, const struct queue_item *item,
 		       const struct queue_rcpt_result *results, const bool *failed_now,
 		       size_t *len);

@@ -45,7 +45,6 @@ struct server {
 	struct server_cfg *cfg;
 	struct queue *queue;
 	struct relay *relay;
-	char *bounce_hostname; /* the reporting MTA's name in bounces (fixed at start) */
 	struct listener **listeners;
 	size_t listeners_len;
 	struct event *ev_term, *ev_int, *ev_hup, *ev_usr1, *ev_queue, *ev_timer;

@@ -61,6 +61,18 @@ server_current_cfg(struct server *srv)
 	return cfg;
 }
 
+/* The queue's bounce hook: the DSN names the host of the configuration in force now. */
+static char *
+server_bounce(void *ctx, const struct queue_item *item, const struct queue_rcpt_result *results,
+	      const bool *failed_now, size_t *len)
+{
+	struct server_cfg *cfg = server_current_cfg(ctx);
+	char *msg = relay_dsn_bounce(cfg->conf->hostname, item, results, failed_now, len);
+
+	server_cfg_unref(cfg);
+	return msg;
+}
+
 /* Loads the configuration and what it names; NULL (logged) when anything is wrong. */
 static struct server_cfg *
 load_cfg(const char *path, const struct server_cfg *running)
@@ -133,6 +145,7 @@ listen_on(struct server *srv, const struct conf_listen *l, enum listener_kind ki
 	struct addrinfo hints, *res = NULL;
 	char port[8];
 	struct evconnlistener *el;
+	bool v6 = strchr(l->host, ':') != NULL;
 	int rc;
 
 	memset(&hints, 0, sizeof(hints));
@@ -148,13 +161,16 @@ listen_on(struct server *srv, const struct conf_listen *l, enum listener_kind ki
 	li = xcalloc(1, sizeof(*li));
 	li->srv = srv;
 	li->kind = kind;
+	/* [::]:25 is IPv6 only, so that 0.0.0.0:25 can be listed beside it. */
 	el = evconnlistener_new_bind(srv->base, accept_cb, li,
 				     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-					 LEV_OPT_CLOSE_ON_EXEC,
+					 LEV_OPT_CLOSE_ON_EXEC |
+					 (res->ai_family == AF_INET6 ? LEV_OPT_BIND_IPV6ONLY : 0),
 				     1024, res->ai_addr, (int)res->ai_addrlen);
 	freeaddrinfo(res);
 	if (el == NULL) {
-		log_err("listen %s:%s: %s", l->host, port, strerror(errno));
+		log_err("listen %s%s%s:%s: %s", v6 ? "[" : "", l->host, v6 ? "]" : "", port,
+			strerror(errno));
 		free(li);
 		return -1;
 	}
@@ -162,7 +178,7 @@ listen_on(struct server *srv, const struct conf_listen *l, enum listener_kind ki
 	evconnlistener_set_error_cb(el, accept_error_cb);
 	srv->listeners = xrealloc(srv->listeners, (srv->listeners_len + 1) * sizeof(li));
 	srv->listeners[srv->listeners_len++] = li;
-	log_info("listening on %s:%s", l->host, port);
+	log_info("listening on %s%s%s:%s", v6 ? "[" : "", l->host, v6 ? "]" : "", port);
 	return 0;
 }
 
@@ -428,12 +444,11 @@ server_run(const char *path)
 		log_err("relay: %s", err);
 		goto fail;
 	}
-	srv.bounce_hostname = xstrdup(conf->hostname);
 	queue_set_deliverer(srv.queue, server_deliver, &srv);
 	queue_set_direct(srv.queue, server_deliver_direct, server_direct_release);
 	queue_set_pickup_expand(srv.queue, server_pickup_expand, &srv);
 	queue_pickup(srv.queue); /* what petrel sendmail left while the server was down */
-	queue_set_bounce(srv.queue, relay_dsn_bounce, srv.bounce_hostname);
+	queue_set_bounce(srv.queue, server_bounce, &srv);
 
 	srv.ev_term = evsignal_new(srv.base, SIGTERM, stop_cb, &srv);
 	srv.ev_int = evsignal_new(srv.base, SIGINT, stop_cb, &srv);
@@ -472,7 +487,6 @@ server_run(const char *path)
 	relay_free(srv.relay);
 	srv.relay = NULL;
 	queue_close(srv.queue);
-	free(srv.bounce_hostname);
 	close_listeners(&srv);
 	event_free(srv.ev_relay_dns);
 	event_free(srv.ev_relay_done);
@@ -503,7 +517,6 @@ fail:
 	close_listeners(&srv);
 	if (srv.base != NULL)
 		event_base_free(srv.base);
-	free(srv.bounce_hostname);
 	server_cfg_unref(srv.cfg);
 	return 1;
 }

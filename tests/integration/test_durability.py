@@ -257,3 +257,23 @@ def test_sighup_applies_queue_lifetime_and_retry(petrel_factory):
     p.proc.send_signal(signal.SIGHUP)
     assert wait_log(p, r"configuration reloaded"), p.log()
     assert wait_log(p, rf"{qid}: to=<bob@localhost>.*status=expired", timeout=20), p.log()
+
+
+def test_sighup_renames_the_reporting_host_of_bounces(petrel_factory):
+    """A bounce built after a SIGHUP that changed `hostname` names the new host in From:,
+    Message-ID and Reporting-MTA (the name was copied once at start)."""
+    p = petrel_factory(hostname="mx1.example.test", queue_lifetime="1h", retry_min="1s",
+                       retry_max="1s")
+    (p.mail_root / "localhost").mkdir(parents=True, exist_ok=True)
+    (p.mail_root / "localhost" / "bob").write_text("not a directory\n")
+    qid = send(p, "alice@localhost", "bob@localhost", b"Subject: x\r\n\r\nx\r\n")
+    assert wait_log(p, rf"{qid}: to=<bob@localhost>.*status=deferred"), p.log()
+    p.conf["hostname"] = "mx2.example.test"
+    p.conf["queue_lifetime"] = "1s"
+    p.write_conf()
+    p.proc.send_signal(signal.SIGHUP)
+    assert wait_log(p, r"configuration reloaded"), p.log()
+    [dsn] = p.wait_messages("alice@localhost", 1, timeout=20)
+    assert b"From: MAILER-DAEMON@mx2.example.test" in dsn, dsn
+    assert b"Reporting-MTA: dns; mx2.example.test" in dsn, dsn
+    assert b"mx1.example.test" not in dsn, dsn

@@ -1012,3 +1012,20 @@ def _rcpt(p, rcpt):
         c.ehlo()
         expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
         return c.cmd(f"RCPT TO:<{rcpt}>").code
+
+
+def test_ipv4_and_ipv6_wildcard_listeners_side_by_side(petrel_factory):
+    """listen_smtp = 0.0.0.0:P, [::]:P (the usual pair): the IPv6 socket is IPv6-only, so
+    both bind and each takes its own family (without IPV6_V6ONLY the second bind failed
+    with 'Address already in use' and the server did not start)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    p = petrel_factory(start=False)
+    p.conf["listen_smtp"] = f"0.0.0.0:{p.port}, [::]:{p.port}"
+    p.start()
+    for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect((addr, p.port))
+            assert s.recv(512).startswith(b"220 "), addr
+    assert f"listening on [::]:{p.port}" in p.log(), p.log()
