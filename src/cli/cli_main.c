@@ -4,15 +4,19 @@
  * Each group of commands lives in its own file (cli.h).
  */
 #include <event2/event.h>
+#include <idn2.h>
 #include <openssl/crypto.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <unbound.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "server/server.h"
+#include "tls/tls.h"
 #include "util/util_log.h"
 
 #define PETREL_VERSION "0.1.0"
@@ -47,6 +51,31 @@ cmd_serve(int argc, char **argv)
 	return server_run(cli_config_path(file));
 }
 
+/* What `serve` would refuse at start beyond the file's syntax: 0, or 1 with a message. */
+static int
+check_start(const struct conf *c)
+{
+	char err[512];
+	int rc = 0;
+
+	if (c->user != NULL && c->user[0] != '\0' && getpwnam(c->user) == NULL) {
+		fprintf(stderr, "%s: user %s: no such user\n", c->path ? c->path : "(default)",
+			c->user);
+		rc = 1;
+	}
+	if (c->tls_cert != NULL && c->tls_key != NULL) {
+		struct tls_ctx *tls = tls_server_ctx_new(c->tls_cert, c->tls_key, err, sizeof(err));
+
+		if (tls == NULL) {
+			fprintf(stderr, "%s: tls_cert/tls_key: %s\n",
+				c->path ? c->path : "(default)", err);
+			rc = 1;
+		}
+		tls_ctx_free(tls);
+	}
+	return rc;
+}
+
 static int
 cmd_check_config(int argc, char **argv)
 {
@@ -54,7 +83,7 @@ cmd_check_config(int argc, char **argv)
 	struct conf *c;
 	struct deliver_db *db;
 	char err[512];
-	int opt;
+	int opt, rc;
 
 	while ((opt = getopt(argc, argv, "c:")) != -1) {
 		if (opt != 'c')
@@ -76,18 +105,27 @@ cmd_check_config(int argc, char **argv)
 		return 1;
 	}
 	deliver_db_free(db);
+	rc = check_start(c);
 	conf_free(c);
-	return 0;
+	return rc;
 }
 
 static int
 cmd_version(int argc, char **argv)
 {
-	if (argc != 1)
+	int opt;
+
+	/* -c is taken, as by every command, and means nothing here. */
+	while ((opt = getopt(argc, argv, "c:")) != -1)
+		if (opt != 'c')
+			return CLI_USAGE;
+	if (optind != argc)
 		return CLI_USAGE;
 	printf("petrel %s\n", PETREL_VERSION);
 	printf("libevent %s\n", event_get_version());
 	printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+	printf("libunbound %s\n", ub_version());
+	printf("libidn2 %s\n", idn2_check_version(NULL));
 	return 0;
 }
 
@@ -97,7 +135,7 @@ static const struct cli_command commands[] = {
     {"sendmail", cli_sendmail, "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]", 64},
     {"queue", cli_queue, "list [--json] | show ID | flush | delete ID...|ALL  [-c FILE]", 2},
     {"passwd", cli_passwd, "(reads the password on stdin)", 2},
-    {"version", cmd_version, "", 2},
+    {"version", cmd_version, "[-c FILE]", 2},
 };
 
 /* Names the binary may be installed under, as the tools it stands in for. */

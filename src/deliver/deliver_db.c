@@ -329,7 +329,7 @@ read_lines(struct deliver_db *db, const char *path, line_fn fn, char *err, size_
 		}
 	}
 	if (rc == 0 && ferror(f)) {
-		fail(err, err_cap, "%s: read error", path);
+		fail(err, err_cap, "%s: %s", path, strerror(errno)); /* EISDIR for a directory */
 		rc = -1;
 	}
 	/* The users file holds password hashes: do not leave them in freed memory. */

@@ -19,6 +19,10 @@ def test_version():
     assert re.match(r"petrel \d+\.\d+", r.stdout), r.stdout
     assert re.search(r"libevent", r.stdout, re.I), r.stdout
     assert re.search(r"openssl", r.stdout, re.I), r.stdout
+    assert re.search(r"^libunbound \d", r.stdout, re.M), r.stdout
+    assert re.search(r"^libidn2 \d", r.stdout, re.M), r.stdout
+    # every command takes -c FILE
+    assert run("version", "-c", "/nonexistent.conf").stdout == r.stdout
 
 
 def test_check_config_good(tmp_path):
@@ -92,6 +96,23 @@ def test_check_config_missing_file(tmp_path):
     r = run("check-config", "-c", str(tmp_path / "nope.conf"))
     assert r.returncode != 0
     assert "nope.conf" in r.stderr
+
+
+@pytest.mark.parametrize("lines, want", [
+    ("tls_cert = /nonexistent.pem\ntls_key = /nonexistent.key\n",
+     r"tls_cert/tls_key: .*nonexistent\.pem"),
+    ("user = nosuchuser\n", r"user nosuchuser: no such user"),
+    ("users_file = {dir}\n", r"Is a directory"),
+])
+def test_check_config_refuses_what_serve_would_refuse(tmp_path, lines, want):
+    """check-config said 0 for a certificate that does not exist and for a user that does
+    not exist; serve then refused to start."""
+    conf = tmp_path / "p.conf"
+    conf.write_text("hostname = a.example\n" + lines.format(dir=tmp_path))
+    r = run("check-config", "-c", str(conf))
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert re.search(want, r.stderr), r.stderr
+    assert r.stderr.startswith(str(conf) if "users_file" not in lines else str(tmp_path)), r.stderr
 
 
 def _serve(conf, cwd):
