@@ -185,9 +185,45 @@ lookup_unlink(struct relay *r, struct lookup *lk)
 }
 
 /* True when addr:port is where one of our MX listeners (j->self, wildcards expanded) listens. */
-static bool
-is_self(const struct relay_job *j, const struct sockaddr_storage *addr, uint16_t port)
+/* ::ffff:a.b.c.d is a.b.c.d: written as such it is compared and connected to as IPv4. */
+static struct sockaddr_storage
+unmapped(const struct sockaddr_storage *ss)
 {
+	struct sockaddr_storage out = *ss;
+	const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+
+	if (ss->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&out;
+
+		memset(&out, 0, sizeof(out));
+		a4->sin_family = AF_INET;
+		a4->sin_port = a6->sin6_port;
+		memcpy(&a4->sin_addr, &a6->sin6_addr.s6_addr[12], 4);
+	}
+	return out;
+}
+
+/*
+ * 0.0.0.0/8 and :: are no destination (RFC 1122 3.2.1.3, RFC 4291 2.5.2);
+ * Linux connects them to this machine, so they count as ourselves.
+ */
+static bool
+is_unspecified(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 0;
+	return ss->ss_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+static bool
+is_self(const struct relay_job *j, const struct sockaddr_storage *given, uint16_t port)
+{
+	struct sockaddr_storage plain = unmapped(given);
+	const struct sockaddr_storage *addr = &plain;
+
+	if (is_unspecified(addr))
+		return true;
 	for (size_t i = 0; i < j->self_len; i++) {
 		const struct sockaddr_storage *me = &j->self[i];
 
@@ -323,6 +359,17 @@ dns_done(const struct relay_dns_result *res, void *arg)
 	case RELAY_DNS_OK:
 		break;
 	case RELAY_DNS_NULL_MX:
+		if (relayhost) {
+			/* As NXDOMAIN below: our configuration is wrong, keep the mail. */
+			snprintf(
+			    reason, sizeof(reason),
+			    "4.3.5 relayhost %.200s accepts no mail (null MX; check relayhost)",
+			    res->domain);
+			log_warn("%s: %s", j->item->id, reason);
+			job_fail_all(j, QUEUE_RCPT_DEFER, reason);
+			job_finish(j);
+			return;
+		}
 		/* RFC 7505 3: the domain accepts no mail. */
 		snprintf(reason, sizeof(reason),
 			 "556 5.1.10 Recipient address rejected: domain %.200s accepts no mail "
@@ -347,6 +394,16 @@ dns_done(const struct relay_dns_result *res, void *arg)
 		job_finish(j);
 		return;
 	case RELAY_DNS_NO_ADDRESS:
+		/* RFC 5321 5.1: MX hosts of which none is usable are an error (Postfix: 5.4.4). */
+		snprintf(reason, sizeof(reason), "%s: %.200s",
+			 relayhost ? "4.3.5 relayhost unusable (check relayhost)"
+				   : "5.4.4 No usable mail server",
+			 res->error);
+		if (relayhost)
+			log_warn("%s: %s", j->item->id, reason);
+		job_fail_all(j, relayhost ? QUEUE_RCPT_DEFER : QUEUE_RCPT_FAIL, reason);
+		job_finish(j);
+		return;
 	case RELAY_DNS_TEMPFAIL:
 		snprintf(reason, sizeof(reason), "4.4.3 DNS lookup failed: %.200s", res->error);
 		job_fail_all(j, QUEUE_RCPT_DEFER, reason);
@@ -373,8 +430,11 @@ dns_done(const struct relay_dns_result *res, void *arg)
 			continue;
 		/* The best TARGETS_MAX addresses, as Postfix's smtp_mx_address_limit. */
 		for (size_t a = 0; a < res->targets[t].addrs_len && j->targets_len < TARGETS_MAX;
-		     a++)
-			add_target(j, res->targets[t].hostname, &res->targets[t].addrs[a], port);
+		     a++) {
+			struct sockaddr_storage plain = unmapped(&res->targets[t].addrs[a]);
+
+			add_target(j, res->targets[t].hostname, &plain, port);
+		}
 	}
 	if (j->targets_len == 0) {
 		/*

@@ -98,9 +98,9 @@ relay_dns_status_is_permanent(enum relay_dns_status st)
 	switch (st) {
 	case RELAY_DNS_NXDOMAIN:
 	case RELAY_DNS_NULL_MX:
+	case RELAY_DNS_NO_ADDRESS:
 		return true;
 	case RELAY_DNS_OK:
-	case RELAY_DNS_NO_ADDRESS:
 	case RELAY_DNS_TEMPFAIL:
 		return false;
 	}

@@ -41,7 +41,8 @@ enum relay_dns_status {
 	RELAY_DNS_NXDOMAIN,   /* permanent: no such domain, a bare IP address, a malformed
 				 name or literal, or (implicit MX) neither MX nor A/AAAA */
 	RELAY_DNS_NULL_MX,    /* permanent: MX "0 ." (RFC 7505): bounce 556 5.1.10 */
-	RELAY_DNS_NO_ADDRESS, /* temporary: MX hosts exist but none has an address */
+	RELAY_DNS_NO_ADDRESS, /* permanent: MX hosts exist, none has an address (every
+				 lookup answered; RFC 5321 5.1 "MUST be reported as an error") */
 	RELAY_DNS_TEMPFAIL,   /* temporary: SERVFAIL, timeout, REFUSED, any other error */
 };
 

@@ -1,6 +1,8 @@
 #include "tls/tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +69,14 @@ tls_ctx_share(struct tls_ctx *ctx)
 	return c;
 }
 
+static bool
+is_address(const char *s)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
 struct tls_conn *
 tls_client_connect(struct tls_ctx *ctx, int fd, const char *sni, char *err, size_t err_cap)
 {
@@ -77,7 +87,9 @@ tls_client_connect(struct tls_ctx *ctx, int fd, const char *sni, char *err, size
 		openssl_error(err, err_cap, "SSL_new");
 		goto fail;
 	}
-	if (sni != NULL && sni[0] != '\0' && sni[0] != '[')
+	/* A host name only: RFC 6066 3 allows no address there (a literal's "[...]" or its bare
+	 * text). */
+	if (sni != NULL && sni[0] != '\0' && sni[0] != '[' && !is_address(sni))
 		SSL_set_tlsext_host_name(c->ssl, sni);
 	if (SSL_connect(c->ssl) != 1) {
 		openssl_error(err, err_cap, "TLS handshake");

@@ -628,6 +628,22 @@ def test_aaaa_only_mx_host(net):
     assert wait_log(a, log_re(qid, "bob@b.test", "sent", ("mx6.b.test", "::1"), net.port))
 
 
+def test_no_mx_host_with_an_address_bounces(net):
+    """MX records whose hosts all lack addresses (NXDOMAIN, every lookup answered): RFC
+    5321 5.1 says this MUST be reported as an error; bounced 5.4.4 at once as Postfix
+    does (it was deferred until queue_lifetime)."""
+    net.start_dns("--mx-host=b.test,mx1.b.test,10", "--mx-host=b.test,mx2.b.test,20")
+    a = net.sender()
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@b.test", "bounced", "none",
+                              reply=r"5\.4\.4 No usable mail server: no MX host of b\.test .*")), \
+        a.log()[-3000:]
+    [dsn] = bounce_of(a)
+    text, rcpts, headers = dsn_parts(dsn)
+    assert [r["Status"] for r in rcpts] == ["5.4.4"]
+    assert wait_queue_empty(a)
+
+
 def test_connection_reused_for_the_next_message(net):
     net.start_dns("--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
     b = net.receiver("127.0.0.2")
@@ -804,6 +820,33 @@ def test_mx_pointing_at_ourselves_is_deferred_not_looped(net):
     assert wait_for(lambda: a.queue_files() in ([qid], sorted([qid, qid + ".st"]))), \
         a.queue_files()
     assert "connect from unknown[127.0.0.5]" not in a.log().split(qid, 1)[1]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::ffff:127.0.0.5", "::"])
+def test_mx_at_an_unspecified_or_mapped_address_is_ourselves(net, address):
+    """An MX host at 0.0.0.0 or :: (no destination, RFC 1122 3.2.1.3; Linux connects them
+    to this machine) or at our own address written IPv4-mapped: deferred as a loop to
+    ourselves. Before, each was taken for another server: the message went round through
+    petrel 51 times until the hop count bounced it."""
+    net.start_dns("--mx-host=odd.test,mx.odd.test,10", f"--host-record=mx.odd.test,{address}")
+    a = net.sender(start=False, listen_smtp=f"127.0.0.5:{net.port}")
+    a.host, a.port = "127.0.0.5", net.port
+    a.start()
+    qid = send(a, ALICE, "bob@odd.test", BODY)
+    assert wait_log(a, rf"{qid}: .*loops back to myself"), a.log()[-3000:]
+    assert "status=sent" not in a.log(), a.log()[-3000:]
+    assert "info: connect from" not in a.log().split(qid, 1)[1]
+
+
+def test_relayhost_with_a_null_mx_defers(net):
+    """relayhost = a domain whose MX is null (RFC 7505): our configuration is wrong, not
+    the recipients: deferred (4.3.5), as Postfix does, not bounced."""
+    net.start_dns("--dns-rr=smart.test,15,000000")  # the null MX "." (RFC 7505)
+    a = net.sender(relayhost="smart.test")
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    assert wait_log(a, log_re(qid, "bob@b.test", "deferred", reply=r"4\.3\.5 relayhost .*null MX.*")), \
+        a.log()[-3000:]
+    assert a.messages(ALICE) == []  # no bounce
 
 
 def test_wildcard_listener_relays_to_other_hosts(net):
@@ -1039,6 +1082,28 @@ def test_remote_that_drips_its_tls_handshake_is_timed_out(net):
         a, qid = send_via_smarthost(net, smtp_timeout="3s")
         deferred_soon_and_cut(a, mx, qid)
         assert re.search(rf"{qid}: TLS with .* failed: timed out", a.log()), a.log()[-3000:]
+    finally:
+        mx.close()
+
+
+def test_no_address_is_sent_as_the_tls_server_name(net):
+    """Mail to bob@[127.0.0.4] goes to that address; its STARTTLS ClientHello names no
+    server (RFC 6066 3: no literal address in server_name). It sent "127.0.0.4"."""
+
+    def respond(mx, conn):
+        read_until(conn, b"STARTTLS\r\n")
+        conn.sendall(b"220 2.0.0 go ahead\r\n")
+        mx.seen.append(conn.recv(65536))  # the ClientHello
+        conn.close()
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond, starttls=True)
+    try:
+        a = net.sender()
+        send(a, ALICE, "bob@[127.0.0.4]", BODY)
+        assert wait_for(lambda: len(mx.seen) >= 2, 10), mx.seen
+        hello = mx.seen[1]
+        assert hello[:1] == b"\x16", hello[:16]  # a TLS handshake record
+        assert b"127.0.0.4" not in hello, hello
     finally:
         mx.close()
 

@@ -423,7 +423,7 @@ test_status(void **state)
 	    {RELAY_DNS_OK, "OK", false},
 	    {RELAY_DNS_NXDOMAIN, "NXDOMAIN", true},
 	    {RELAY_DNS_NULL_MX, "NULL_MX", true},
-	    {RELAY_DNS_NO_ADDRESS, "NO_ADDRESS", false},
+	    {RELAY_DNS_NO_ADDRESS, "NO_ADDRESS", true},
 	    {RELAY_DNS_TEMPFAIL, "TEMPFAIL", false},
 	};
 
