@@ -55,11 +55,17 @@ enum deliver_rcpt_status {
  * receive mail: the local part is checked for safety, lower-cased, cut at the
  * first recipient_delimiter character (when what precedes it is not empty),
  * then looked up in aliases and users.  With no users_file every safe local
- * part exists.
+ * part exists; postmaster exists at every local domain (RFC 5321 4.5.1).
  */
 enum deliver_rcpt_status deliver_check_rcpt(const struct deliver_db *db, const struct conf *c,
 					    const char *local, size_t local_len, const char *domain,
 					    size_t domain_len);
+/*
+ * The same for a whole "local@domain" as a queue file holds it, its local
+ * part possibly quoted ("a b"@d is the user a b).
+ */
+enum deliver_rcpt_status deliver_check_addr(const struct deliver_db *db, const struct conf *c,
+					    const char *addr);
 
 struct deliver_target {
 	char *addr;    /* owned: "user@domain", lower-cased for local targets */

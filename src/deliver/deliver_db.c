@@ -503,6 +503,9 @@ fail:
 	return -1;
 }
 
+static int check_targets(const struct deliver_db *db, const struct conf *c, char *err,
+			 size_t err_cap);
+
 struct deliver_db *
 deliver_db_load(const struct conf *c, char *err, size_t err_cap)
 {
@@ -516,7 +519,8 @@ deliver_db_load(const struct conf *c, char *err, size_t err_cap)
 			goto fail;
 	}
 	if (c->aliases_file != NULL &&
-	    read_lines(db, c->aliases_file, parse_alias, err, err_cap) < 0)
+	    (read_lines(db, c->aliases_file, parse_alias, err, err_cap) < 0 ||
+	     check_targets(db, c, err, err_cap) < 0))
 		goto fail;
 	return db;
 fail:
@@ -549,6 +553,40 @@ deliver_db_password(const struct deliver_db *db, const char *address)
 }
 
 /* ---- recipients ---- */
+
+/*
+ * The local part as it names a mailbox: a quoted string ("a b", as the SMTP
+ * parser writes a local part that is no dot-string) without its quotes and
+ * backslashes, so "a b"@d and the users file's a b@d are one user.  Writes
+ * out (cap octets); returns the length, or -1 when it does not fit.
+ */
+static long
+unquote_local(const char *s, size_t len, char *out, size_t cap)
+{
+	size_t o = 0;
+
+	if (len < 2 || s[0] != '"' || s[len - 1] != '"') {
+		if (len > cap)
+			return -1;
+		memcpy(out, s, len);
+		return (long)len;
+	}
+	for (size_t i = 1; i + 1 < len; i++) {
+		if (s[i] == '\\' && i + 2 < len)
+			i++;
+		if (o == cap)
+			return -1;
+		out[o++] = s[i];
+	}
+	return (long)o;
+}
+
+/* RFC 5321 4.5.1: postmaster at every local domain, listed or not. */
+static bool
+is_postmaster(const char *local, size_t len)
+{
+	return len == 10 && strncasecmp(local, "postmaster", 10) == 0;
+}
 
 /* The lookup keys of one local@domain recipient. */
 struct rcpt_keys {
@@ -615,6 +653,44 @@ find_user(const struct deliver_db *db, const struct rcpt_keys *k)
 	return e != NULL && e->password != NULL ? e : NULL;
 }
 
+/*
+ * With a users_file only listed users exist: a local alias target that is
+ * neither a user nor an alias (a typo: "team: alice, alcie") is an error of
+ * the aliases file, not a Maildir made for nobody to read.
+ */
+static int
+check_targets(const struct deliver_db *db, const struct conf *c, char *err, size_t err_cap)
+{
+	if (!db->has_users)
+		return 0;
+	for (size_t i = 0; i < db->cap; i++) {
+		const struct db_entry *e = &db->slots[i];
+
+		for (size_t t = 0; e->key != NULL && t < e->targets_len; t++) {
+			const char *addr = e->targets[t], *at = strrchr(addr, '@');
+			char local[LOCAL_MAX], esc[2][128];
+			struct rcpt_keys k;
+			long n;
+
+			if (!is_local_domain(c, at + 1, strlen(at + 1)))
+				continue;
+			n = unquote_local(addr, (size_t)(at - addr), local, sizeof(local));
+			if (n > 0 && rcpt_keys(c, local, (size_t)n, at + 1, strlen(at + 1), &k) &&
+			    (find_alias(db, &k) != NULL || find_user(db, &k) != NULL ||
+			     is_postmaster(local, k.base_local_len)))
+				continue;
+			fail(err, err_cap,
+			     "%s: alias %s: target %s is neither a user of %s nor an alias",
+			     c->aliases_file,
+			     util_log_escape(esc[0], sizeof(esc[0]), e->key, e->key_len),
+			     util_log_escape(esc[1], sizeof(esc[1]), addr, strlen(addr)),
+			     c->users_file);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 enum deliver_rcpt_status
 deliver_check_rcpt(const struct deliver_db *db, const struct conf *c, const char *local,
 		   size_t local_len, const char *domain, size_t domain_len)
@@ -627,9 +703,24 @@ deliver_check_rcpt(const struct deliver_db *db, const struct conf *c, const char
 		return DELIVER_RCPT_UNKNOWN;
 	if (find_alias(db, &k) != NULL)
 		return DELIVER_RCPT_OK;
-	if (db == NULL || !db->has_users)
+	if (db == NULL || !db->has_users || is_postmaster(local, k.base_local_len))
 		return DELIVER_RCPT_OK;
 	return find_user(db, &k) != NULL ? DELIVER_RCPT_OK : DELIVER_RCPT_UNKNOWN;
+}
+
+enum deliver_rcpt_status
+deliver_check_addr(const struct deliver_db *db, const struct conf *c, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	char local[LOCAL_MAX];
+	long n;
+
+	if (at == NULL)
+		return DELIVER_RCPT_UNKNOWN;
+	n = unquote_local(addr, (size_t)(at - addr), local, sizeof(local));
+	if (n <= 0)
+		return DELIVER_RCPT_BAD_LOCAL;
+	return deliver_check_rcpt(db, c, local, (size_t)n, at + 1, strlen(at + 1));
 }
 
 struct expansion {
@@ -706,7 +797,8 @@ expand_addr(struct expansion *x, const char *addr, const struct db_entry *parent
 	const char *domain;
 	const struct db_entry *alias;
 	struct rcpt_keys k;
-	char esc[128];
+	char esc[128], local[LOCAL_MAX];
+	long n;
 
 	if (at == NULL || at[1] == '\0' || (at[1] == '.' && at[2] == '\0')) {
 		fail(x->err, x->err_cap, "%s: no domain",
@@ -723,8 +815,9 @@ expand_addr(struct expansion *x, const char *addr, const struct db_entry *parent
 			remote[len - 1] = '\0';
 		return add_target(x, remote, false, NULL, NULL);
 	}
-	if (!deliver_local_part_is_safe(addr, local_len) ||
-	    !rcpt_keys(x->c, addr, local_len, domain, strlen(domain), &k)) {
+	n = unquote_local(addr, local_len, local, sizeof(local));
+	if (n <= 0 || !deliver_local_part_is_safe(local, (size_t)n) ||
+	    !rcpt_keys(x->c, local, (size_t)n, domain, strlen(domain), &k)) {
 		fail(x->err, x->err_cap, "%s: unsafe local part",
 		     util_log_escape(esc, sizeof(esc), addr, len));
 		return -1;

@@ -73,27 +73,21 @@ targets_of(const struct conf *conf, const struct deliver_db *db, const struct qu
 	   size_t i, struct deliver_target **out, size_t *n, char *err, size_t err_cap)
 {
 	char addr[600], orig[600];
-	const char *at;
 
 	full_addr(conf, item->rcpts[i], addr, sizeof(addr));
 	if (!item->expanded)
 		return deliver_expand(db, conf, addr, out, n, err, err_cap);
 	full_addr(conf, item->orcpts[i], orig, sizeof(orig));
-	at = strrchr(orig, '@');
-	if (is_local(conf, orig)) {
-		struct deliver_target *t = NULL;
-		size_t tn = 0;
+	/*
+	 * The recipient the client gave must still exist (a user removed since
+	 * is unknown now); its expansion was made when the message came in.
+	 */
+	if (is_local(conf, orig) && deliver_check_addr(db, conf, orig) != DELIVER_RCPT_OK) {
 		char esc[300];
 
-		if (deliver_check_rcpt(db, conf, orig, (size_t)(at - orig), at + 1,
-				       strlen(at + 1)) == DELIVER_RCPT_UNKNOWN) {
-			snprintf(err, err_cap, "%s: unknown user",
-				 util_log_escape(esc, sizeof(esc), orig, strlen(orig)));
-			return -1;
-		}
-		if (deliver_expand(db, conf, orig, &t, &tn, err, err_cap) != 0)
-			return -1;
-		deliver_targets_free(t, tn);
+		snprintf(err, err_cap, "%s: unknown user",
+			 util_log_escape(esc, sizeof(esc), orig, strlen(orig)));
+		return -1;
 	}
 	*n = 1;
 	return deliver_resolve(db, conf, addr, out, err, err_cap);

@@ -179,6 +179,53 @@ def test_domain_and_local_part_case_insensitive(petrel):
     assert sorted(x.name for x in (petrel.mail_root / "localhost").iterdir()) == ["someone"]
 
 
+def test_quoted_local_parts_are_the_users_they_unquote_to(petrel_factory, tmp_path):
+    """RCPT TO:<"a b"@localhost> is the user `a b` at RCPT and at delivery alike (it was
+    accepted, then bounced "unknown user"; an alias reached so was never expanded); its
+    Maildir is named `a b`, without quotes."""
+    users = tmp_path / "users"
+    users.write_text("a b@localhost:{PLAIN}x\na..b@localhost:{PLAIN}x\ncarol@localhost:{PLAIN}x\n")
+    aliases = tmp_path / "aliases"
+    aliases.write_text("list..x@localhost: carol\n")
+    p = petrel_factory(users_file=str(users), aliases_file=str(aliases))
+    with smtp(p) as s:
+        s.ehlo("client.example")
+        assert s.docmd("MAIL FROM:<sender@example.org>")[0] == 250
+        for rcpt in ('"a b"@localhost', '"a..b"@localhost', '"list..x"@localhost'):
+            code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
+            assert code == 250, (rcpt, resp)
+        code, resp = s.docmd('RCPT TO:<"x y"@localhost>')
+        assert code == 550, resp
+        code, resp = s.data(BODY)
+        assert code == 250, resp
+    for user in ("a b", "a..b", "carol"):
+        assert len(p.wait_messages(f"{user}@localhost", 1)) == 1, (user, p.log()[-2000:])
+    assert wait_queue_empty(p)
+    assert "bounced" not in p.log(), p.log()
+    assert not (p.mail_root / "localhost" / '"a b"').exists()
+
+
+def test_postmaster_is_accepted_at_every_local_domain(petrel_factory, tmp_path):
+    """RFC 5321 4.5.1: postmaster@<local domain> is always accepted, whatever the users
+    file lists (550 5.1.1 before; bare <Postmaster> was taken, then bounced)."""
+    users = tmp_path / "users"
+    users.write_text("alice@localhost:{PLAIN}x\n")
+    p = petrel_factory(users_file=str(users))
+    with smtp(p) as s:
+        s.ehlo("client.example")
+        assert s.docmd("MAIL FROM:<sender@example.org>")[0] == 250
+        for rcpt in ("<postmaster@localhost>", "<POSTMASTER@example.test>", "<Postmaster>"):
+            code, resp = s.docmd(f"RCPT TO:{rcpt}")
+            assert code == 250, (rcpt, resp)
+        code, resp = s.data(BODY)
+        assert code == 250, resp
+    # <Postmaster> is postmaster@localhost (the first local domain): one copy for both
+    assert len(p.wait_messages("postmaster@localhost", 1)) == 1, p.log()[-2000:]
+    assert len(p.wait_messages("postmaster@example.test", 1)) == 1, p.log()[-2000:]
+    assert wait_queue_empty(p)
+    assert "bounced" not in p.log(), p.log()
+
+
 def test_postmaster_without_domain(petrel):
     with smtp(petrel) as s:
         s.ehlo("client.example")

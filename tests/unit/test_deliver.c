@@ -355,15 +355,21 @@ test_aliases_file_errors(void **state)
 
 /* ---- expansion ---- */
 
-static const char exp_users[] = "alice@example.org:{PLAIN}a\n"
-				"bob@example.org:{PLAIN}b\n"
-				"dave@example.org:{PLAIN}d\n"
-				"self@example.org:{PLAIN}s\n"
-				"trash@example.org:{PLAIN}t\n"
-				"sales@example.net:{PLAIN}s\n"
-				"bob+list@example.org:{PLAIN}l\n"
-				"d10@example.org:{PLAIN}x\n"
-				"e11@example.org:{PLAIN}x\n";
+#define EXP_USERS "alice@example.org:{PLAIN}a\n" \
+		  "bob@example.org:{PLAIN}b\n" \
+		  "dave@example.org:{PLAIN}d\n" \
+		  "self@example.org:{PLAIN}s\n" \
+		  "trash@example.org:{PLAIN}t\n" \
+		  "sales@example.net:{PLAIN}s\n" \
+		  "alice@example.net:{PLAIN}a\n" \
+		  "a b@example.org:{PLAIN}q\n" \
+		  "bob+list@example.org:{PLAIN}l\n" \
+		  "d10@example.org:{PLAIN}x\n" \
+		  "e11@example.org:{PLAIN}x\n"
+static const char exp_users[] = EXP_USERS;
+/* Without a delimiter the aliases' tagged targets must be users of their own. */
+static const char exp_users_nodelim[] =
+    EXP_USERS "alice+box@example.org:{PLAIN}x\nself2+x@example.org:{PLAIN}x\n";
 
 static const char exp_aliases[] =
     "# aliases\n"
@@ -489,6 +495,16 @@ test_expand(void **state)
 	    {"unsafe", "../x@example.org", NULL, "unsafe local part"},
 	    {"unsafe slash", "a/b@example.net", NULL, "unsafe local part"},
 	    {"no domain", "alice", NULL, "no domain"},
+	    /* a quoted local part names the mailbox of its unquoted form */
+	    {"quoted user", "\"a b\"@example.org", "a b@example.org", NULL},
+	    {"quoted plain", "\"alice\"@example.org", "alice@example.org", NULL},
+	    {"quoted alias", "\"list\"@example.org",
+	     "alice@example.org,bob@example.org,!carol@remote.test,!Carol@remote.test", NULL},
+	    {"quoted escapes", "\"a\\\"b\"@example.org", "a\"b@example.org", NULL},
+	    {"quoted dots", "\"a..b\"@example.org", "a..b@example.org", NULL},
+	    {"quoted unsafe", "\"../x\"@example.org", NULL, "unsafe local part"},
+	    {"quoted slash", "\"a/b\"@example.org", NULL, "unsafe local part"},
+	    {"quoted empty", "\"\"@example.org", NULL, "unsafe local part"},
 	    {"empty domain", "alice@", NULL, "no domain"},
 	};
 
@@ -509,7 +525,7 @@ test_expand_delimiters(void **state)
 	};
 
 	run_expand_cases(exp_users, "+-", multi, sizeof(multi) / sizeof(multi[0]));
-	run_expand_cases(exp_users, "", none, sizeof(none) / sizeof(none[0]));
+	run_expand_cases(exp_users_nodelim, "", none, sizeof(none) / sizeof(none[0]));
 	/* Without a users file the result is the same shape. */
 	run_expand_cases(NULL, "+-", multi, sizeof(multi) / sizeof(multi[0]));
 }
@@ -553,7 +569,12 @@ test_check_rcpt(void **state)
 	    {"ALICE", 0, "EXAMPLE.ORG", DELIVER_RCPT_OK},
 	    {"alice", 0, "example.org.", DELIVER_RCPT_OK},
 	    {"alice+tag", 0, "example.org", DELIVER_RCPT_OK},
-	    {"alice", 0, "example.net", DELIVER_RCPT_UNKNOWN},
+	    {"bob", 0, "example.net", DELIVER_RCPT_UNKNOWN},
+	    /* RFC 5321 4.5.1: postmaster exists at every local domain, listed or not */
+	    {"postmaster", 0, "example.net", DELIVER_RCPT_OK},
+	    {"PostMaster+x", 0, "example.net", DELIVER_RCPT_OK},
+	    {"postmasters", 0, "example.net", DELIVER_RCPT_UNKNOWN},
+	    {"a b", 0, "example.org", DELIVER_RCPT_OK},
 	    {"nobody", 0, "example.org", DELIVER_RCPT_UNKNOWN},
 	    {"nobody+alice", 0, "example.org", DELIVER_RCPT_UNKNOWN},
 	    {"postmaster", 0, "example.org", DELIVER_RCPT_OK},
@@ -583,7 +604,7 @@ test_check_rcpt(void **state)
 
 	run_rcpt_cases(exp_users, "+", with_users, sizeof(with_users) / sizeof(with_users[0]));
 	run_rcpt_cases(NULL, "+", without_users, sizeof(without_users) / sizeof(without_users[0]));
-	run_rcpt_cases(exp_users, "", no_delim, sizeof(no_delim) / sizeof(no_delim[0]));
+	run_rcpt_cases(exp_users_nodelim, "", no_delim, sizeof(no_delim) / sizeof(no_delim[0]));
 }
 
 /* A domain spelled with Unicode labels and its A-label form are one domain. */
@@ -637,6 +658,36 @@ test_international_domain(void **state)
 	conf_del(c);
 	free(up);
 	free(ap);
+}
+
+/* With a users_file, a local alias target must be a user or an alias (or postmaster). */
+static void
+test_alias_targets_must_exist(void **state)
+{
+	static const char users[] = "alice@example.org:{PLAIN}a\n";
+	char err[512] = "";
+	struct conf *c;
+	struct deliver_db *db;
+
+	db = db_from(users, "team@example.org: alice, alcie\n", "+", &c, err, sizeof(err));
+	assert_null(db);
+	assert_non_null(strstr(err, ": alias team@example.org: target alcie@example.org is neither "
+				    "a user of "));
+	conf_del(c);
+	/* users (with a tag), aliases, postmaster, remote and quoted targets are all fine */
+	db = db_from(users,
+		     "team@example.org: alice+x, list, postmaster, x@remote.test\n"
+		     "list@example.org: \"alice\"\n",
+		     "+", &c, err, sizeof(err));
+	if (db == NULL)
+		fail_msg("load: %s", err);
+	deliver_db_free(db);
+	conf_del(c);
+	/* without a users_file every local part exists */
+	db = db_from(NULL, "team@example.org: alice, alcie\n", "+", &c, err, sizeof(err));
+	assert_non_null(db);
+	deliver_db_free(db);
+	conf_del(c);
 }
 
 static void
@@ -2500,6 +2551,7 @@ main(void)
 	    cmocka_unit_test(test_expand_delimiters),
 	    cmocka_unit_test(test_check_rcpt),
 	    cmocka_unit_test(test_international_domain),
+	    cmocka_unit_test(test_alias_targets_must_exist),
 	    cmocka_unit_test(test_empty_db),
 	    cmocka_unit_test(test_many_users),
 	    BOTH_WAYS(test_maildir_write),
