@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libevent-dev libssl-dev libunbound-dev libidn2-dev
 libcrypt-dev libcmocka-dev python3 python3-pytest swaks curl openssl dnsmasq-base postfix
-dnsutils msmtp clang-format"
+dnsutils msmtp clang-format cppcheck"
 missing=""
 for p in $PKGS; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
