@@ -20,9 +20,9 @@
  * Maildir delivery (https://cr.yp.to/proto/maildir.html): write tmp/<name>,
  * flush it, rename it into new/, flush new/: a name in new/ always stands for
  * a whole message.  Where the kernel and filesystem allow, a copy is written
- * as an unnamed file (O_TMPFILE) in new/ instead, flushed, and linked there
- * under its name: the same one step from nothing to a whole message, without
- * a name made in tmp/ and taken away again (two directory updates fewer for
+ * in tmp/ as an unnamed file (O_TMPFILE), flushed, and linked into new/ under
+ * its name: the same one step from nothing to a whole message, without a
+ * name made in tmp/ and taken away again (two directory updates fewer for
  * every copy).  Copies are written in batches (struct deliver_batch)
  * so that many of them share the flushes: all files of a batch are
  * written, flushed together (one syncfs(2) per filesystem; fdatasync for a
@@ -652,7 +652,7 @@ deliver_maildir_refuse_empty_path(bool on)
 }
 
 /*
- * An unnamed file in new/ of md holding m, unflushed: its descriptor, or -1
+ * An unnamed file in tmp/ of md holding m, unflushed: its descriptor, or -1
  * with errno set (EOPNOTSUPP: not here, tmp/ it is).  It is linked by
  * link_unnamed(), which needs /proc/self/fd where the kernel refuses
  * linkat(AT_EMPTY_PATH).
@@ -676,7 +676,7 @@ write_unnamed(const struct maildir *md, const struct deliver_msg *m, char *err, 
 		}
 		atomic_store(&proc_seen, true);
 	}
-	fd = openat(md->new_dir, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+	fd = openat(md->tmp, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		e = errno;
 		/* The kernel or the filesystem has no O_TMPFILE: tmp/ from now on. */
@@ -684,7 +684,7 @@ write_unnamed(const struct maildir *md, const struct deliver_msg *m, char *err, 
 			atomic_store(&unnamed_state, -1);
 			errno = EOPNOTSUPP;
 		} else {
-			fail(err, err_cap, "new/ (unnamed file): %s", strerror(e));
+			fail(err, err_cap, "tmp/ (unnamed file): %s", strerror(e));
 			errno = e;
 		}
 		return -1;
