@@ -51,6 +51,7 @@ struct smtp_session {
 	uint64_t chunk_left;		/* BDAT: octets of the current chunk still to read */
 	uint64_t bdat_octets;		/* BDAT: octets of the message's chunks so far */
 	bool chunk_last;		/* BDAT: the current chunk is LAST */
+	bool has_nul;			/* cfg.refuse_nul: a NUL was seen in the message */
 	enum smtp_state discard_return; /* DISCARD: the state to go back to */
 	char discard_reply[128];
 };
@@ -309,7 +310,17 @@ message_start(struct smtp_session *s)
 	if (s->body_buf == NULL)
 		s->body_buf = xmalloc(BODY_CHUNK);
 	s->body_len = 0;
+	s->has_nul = false;
 	s->in_message = true;
+}
+
+/* Looks for a NUL in the body octets decoded since from (only when refuse_nul asks). */
+static void
+note_nul(struct smtp_session *s, size_t from)
+{
+	if (s->cfg.refuse_nul && !s->has_nul && from < s->body_len &&
+	    memchr(s->body_buf + from, '\0', s->body_len - from) != NULL)
+		s->has_nul = true;
 }
 
 static enum smtp_event
@@ -674,6 +685,8 @@ message_end(struct smtp_session *s)
 		text = "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends";
 	else if (flags & SMTP_BODY_LONG_LINE)
 		text = "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)";
+	else if (s->has_nul)
+		text = "550 5.6.0 Error: NUL octet in message";
 	if (text != NULL) {
 		reply(s, "%s", text);
 		s->in_message = false;
@@ -688,10 +701,12 @@ message_end(struct smtp_session *s)
 static size_t
 feed_data(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
 {
-	size_t used = 0;
+	size_t used = 0, from = s->body_len;
+	enum smtp_body_status st;
 
-	if (smtp_body_data(&s->body, in, len, &used, s->body_buf, BODY_CHUNK, &s->body_len) ==
-	    SMTP_BODY_END) {
+	st = smtp_body_data(&s->body, in, len, &used, s->body_buf, BODY_CHUNK, &s->body_len);
+	note_nul(s, from);
+	if (st == SMTP_BODY_END) {
 		*ev = message_end(s);
 		return used;
 	}
@@ -704,9 +719,10 @@ static size_t
 feed_bdat(struct smtp_session *s, const char *in, size_t len, enum smtp_event *ev)
 {
 	size_t want = len < s->chunk_left ? len : (size_t)s->chunk_left;
-	size_t used = 0;
+	size_t used = 0, from = s->body_len;
 
 	smtp_body_bdat(&s->body, in, want, &used, s->body_buf, BODY_CHUNK, &s->body_len);
+	note_nul(s, from);
 	s->chunk_left -= used;
 	s->bdat_octets += used;
 	if (s->chunk_left > 0) {

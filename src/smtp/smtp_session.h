@@ -57,6 +57,12 @@ struct smtp_session_conf {
 	bool auth_required;	  /* submission: MAIL needs AUTH first (530 5.7.0) */
 	size_t max_errors;	  /* bad commands before 421 and close (0: 20) */
 	size_t max_auth_failures; /* failed AUTHs before 421 and close (0: 3) */
+	/*
+	 * A message holding a NUL octet is refused after its end (550 5.6.0),
+	 * for a store that cannot carry one (petrel sendmail -bs: the drop files
+	 * of spool/incoming/).  Off: NUL is content like any octet.
+	 */
+	bool refuse_nul;
 };
 
 enum smtp_event {

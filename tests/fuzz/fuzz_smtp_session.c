@@ -56,6 +56,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .starttls_offered = true,
 	    .auth_offered = true,
 	    .auth_required = size > 0 && (data[0] & 0x80),
+	    /* Both ways, without taking a bit of input: odd sizes refuse NUL (sendmail -bs). */
+	    .refuse_nul = (size & 1) != 0,
 	};
 	struct smtp_policy policy = {.check_rcpt = check_rcpt, .sender_allowed = sender_allowed};
 	struct smtp_session *s;

@@ -91,6 +91,7 @@ struct opts {
 	bool auth;	   /* AUTH offered (under TLS) */
 	bool submission;   /* MAIL needs AUTH */
 	size_t max_errors; /* 0: the session's default */
+	bool refuse_nul;
 	enum smtp_commit_result commit;
 };
 
@@ -129,6 +130,7 @@ session_new(const struct opts *o, size_t *policy_calls)
 	    .auth_offered = o->auth,
 	    .auth_required = o->submission,
 	    .max_errors = o->max_errors,
+	    .refuse_nul = o->refuse_nul,
 	};
 	struct smtp_policy policy = {.ctx = policy_calls, .check_rcpt = check_rcpt};
 	struct smtp_session *s = smtp_session_new(&cfg, &policy);
@@ -400,6 +402,7 @@ struct session_case {
 #define BARE_EOL      "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends\n"
 #define LONG_LINE     "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)\n"
 #define TOO_BIG	      "552 5.3.4 Error: message size exceeds fixed limit\n"
+#define NUL_IN_MSG    "550 5.6.0 Error: NUL octet in message\n"
 #define BDAT_SYNTAX   "501 5.5.4 Syntax: BDAT size [LAST]\n"
 #define HELP_TEXT                                                                                  \
 	"214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT\n"             \
@@ -536,6 +539,18 @@ static const struct session_case cases[] = {
 	       STEP("a\nb\r\n.\r\n", BARE_EOL), MAIL_STEP, RCPT_STEP, STEP("DATA\r\n", DATA_GO),
 	       STEP("a\rb\r\n.\r\n", BARE_EOL), QUIT_STEP},
      .events = "BEGIN ABORT BEGIN ABORT CLOSE", .state = CLOSED},
+    /* refuse_nul (sendmail -bs): a NUL anywhere refuses the message after its end. */
+    {"NUL in DATA and BDAT refused", .opt = {.refuse_nul = true},
+     .steps = {EHLO_STEP, MAIL_STEP, RCPT_STEP, STEP("DATA\r\n", DATA_GO),
+	       STEP("a\0b\r\n.\r\n", NUL_IN_MSG), MAIL_STEP, RCPT_STEP,
+	       STEP("BDAT 3\r\nab\0", "250 2.0.0 3 octets received\n"),
+	       STEP("BDAT 2 LAST\r\n\r\n", NUL_IN_MSG), MAIL_STEP, RCPT_STEP,
+	       STEP("DATA\r\n", DATA_GO), STEP("ok\r\n.\r\n", QUEUED), QUIT_STEP},
+     .events = "BEGIN ABORT BEGIN ABORT BEGIN END CLOSE", .msgs = {MSG("ok\r\n")}, .state = CLOSED},
+    {"NUL in DATA is content by default",
+     .steps = {EHLO_STEP, MAIL_STEP, RCPT_STEP, STEP("DATA\r\n", DATA_GO),
+	       STEP("a\0b\r\n.\r\n", QUEUED), QUIT_STEP},
+     .events = "BEGIN END CLOSE", .msgs = {MSG("a\0b\r\n")}, .state = CLOSED},
     /* SMTP smuggling: nothing but CRLF.CRLF ends the data, so no second transaction starts. */
     {"smuggling attempts",
      .steps = {EHLO_STEP, MAIL_STEP, RCPT_STEP, STEP("DATA\r\n", DATA_GO),
