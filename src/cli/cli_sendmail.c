@@ -8,7 +8,7 @@
  * is held in memory (it is needed whole for -t and for the fields added
  * when missing, and is capped); the body streams through in chunks.
  */
-#include "cli/cli.h"
+#include "cli/cli_sendmail.h"
 
 #include <errno.h>
 #include <pwd.h>
@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
 #include "cli/cli_mail.h"
 #include "conf/conf.h"
 #include "queue/queue.h"
@@ -489,9 +490,8 @@ build_header(const struct job *j, const char *h, size_t len, const struct header
 	return rc ? -1 : 0;
 }
 
-/* EX_CANTCREAT when the spool refuses us, EX_TEMPFAIL when it may work later. */
-static int
-spool_status(int err)
+int
+cli_sendmail_spool_status(int err)
 {
 	switch (err) {
 	case EACCES:
@@ -522,9 +522,47 @@ put(struct job *j, const char *data, size_t len)
 	if (queue_drop_write(j->drop, data, len) != 0) {
 		int e = errno;
 		fprintf(stderr, "sendmail: writing to the spool: %s\n", strerror(e));
-		return spool_status(e);
+		return cli_sendmail_spool_status(e);
 	}
 	j->written += len;
+	return EX_OK;
+}
+
+int
+cli_sendmail_drop_open(const struct conf *c, const struct queue_envelope *env,
+		       struct queue_drop **drop, char *err, size_t err_cap)
+{
+	char path[4096], why[512];
+
+	*drop = NULL;
+	snprintf(path, sizeof(path), "%s/incoming", c->spool_dir);
+	if (util_mkdirs(path, 0700) != 0) {
+		int e = errno;
+		snprintf(err, err_cap, "%s: %s", path, strerror(e));
+		errno = e;
+		return cli_sendmail_spool_status(e);
+	}
+	*drop = queue_drop_open(c->spool_dir, env, why, sizeof(why));
+	if (*drop == NULL) {
+		int e = errno;
+		snprintf(err, err_cap, "%s", why);
+		errno = e;
+		return cli_sendmail_spool_status(e);
+	}
+	/* Root's file would be unreadable to a server that runs as `user`: it gets the file. */
+	if (geteuid() == 0 && c->user != NULL) {
+		const struct passwd *pw = getpwnam(c->user);
+
+		if (pw != NULL && queue_drop_give(*drop, pw->pw_uid, pw->pw_gid) != 0) {
+			int e = errno;
+			snprintf(err, err_cap, "cannot give the message to %s: %s", c->user,
+				 strerror(e));
+			queue_drop_abort(*drop);
+			*drop = NULL;
+			errno = e;
+			return cli_sendmail_spool_status(e);
+		}
+	}
 	return EX_OK;
 }
 
@@ -544,33 +582,12 @@ open_drop(struct job *j)
 	    .body_8bit = !j->o->body_7bit,
 	    .smtputf8 = j->smtputf8,
 	};
-	char path[4096], err[512];
+	char err[512];
+	int rc = cli_sendmail_drop_open(j->conf, &env, &j->drop, err, sizeof(err));
 
-	snprintf(path, sizeof(path), "%s/incoming", j->conf->spool_dir);
-	/* A server that never ran has not made the spool yet; it finds the message at start. */
-	if (util_mkdirs(path, 0700) != 0) {
-		int e = errno;
-		fprintf(stderr, "sendmail: %s: %s\n", path, strerror(e));
-		return spool_status(e);
-	}
-	j->drop = queue_drop_open(j->conf->spool_dir, &env, err, sizeof(err));
-	if (j->drop == NULL) {
-		int e = errno;
+	if (rc != EX_OK)
 		fprintf(stderr, "sendmail: %s\n", err);
-		return spool_status(e);
-	}
-	/* Root's file would be unreadable to a server that runs as `user`: it gets the file. */
-	if (geteuid() == 0 && j->conf->user != NULL) {
-		const struct passwd *pw = getpwnam(j->conf->user);
-
-		if (pw != NULL && queue_drop_give(j->drop, pw->pw_uid, pw->pw_gid) != 0) {
-			int e = errno;
-			fprintf(stderr, "sendmail: cannot give the message to %s: %s\n",
-				j->conf->user, strerror(e));
-			return spool_status(e);
-		}
-	}
-	return EX_OK;
+	return rc;
 }
 
 /* Writes everything after the header section: what was read with it, then the rest of stdin. */
@@ -632,7 +649,7 @@ submit(struct job *j, struct input *in)
 	if (rc == EX_OK && queue_drop_commit(j->drop, id, err, sizeof(err)) != 0) {
 		int e = errno;
 		fprintf(stderr, "sendmail: %s\n", err);
-		rc = spool_status(e);
+		rc = cli_sendmail_spool_status(e);
 	}
 	if (rc != EX_OK) {
 		queue_drop_abort(j->drop);
@@ -647,9 +664,8 @@ out:
 	return rc;
 }
 
-/* Signals end the input cleanly: the unfinished drop-off is removed, not left behind. */
-static void
-catch_signals(void)
+void
+cli_sendmail_catch_signals(void)
 {
 	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
 	struct sigaction sa;
@@ -659,6 +675,12 @@ catch_signals(void)
 	sigemptyset(&sa.sa_mask);
 	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
 		sigaction(sigs[i], &sa, NULL);
+}
+
+bool
+cli_sendmail_interrupted(void)
+{
+	return interrupted != 0;
 }
 
 static int
@@ -680,7 +702,7 @@ deliver(const struct opts *o, const struct conf *c)
 		rc = EX_USAGE;
 	}
 	if (rc == EX_OK) {
-		catch_signals();
+		cli_sendmail_catch_signals();
 		in = xcalloc(1, sizeof(*in));
 		cli_mail_lines_init(&in->lines, o->dot_ends);
 		rc = submit(&j, in);
