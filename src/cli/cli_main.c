@@ -132,7 +132,8 @@ cmd_version(int argc, char **argv)
 static const struct cli_command commands[] = {
     {"serve", cmd_serve, "[-c FILE] [-v]", 2},
     {"check-config", cmd_check_config, "[-c FILE]", 2},
-    {"sendmail", cli_sendmail, "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]", 64},
+    {"sendmail", cli_sendmail,
+     "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...] | [-c FILE] -bs", 64},
     {"queue", cli_queue, "list [--json] | show ID | flush | delete ID...|ALL  [-c FILE]", 2},
     {"passwd", cli_passwd, "(reads the password on stdin)", 2},
     {"version", cmd_version, "[-c FILE]", 2},
@@ -140,7 +141,8 @@ static const struct cli_command commands[] = {
 
 /* Names the binary may be installed under, as the tools it stands in for. */
 static const struct cli_command aliases[] = {
-    {"sendmail", cli_sendmail, "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...]", 64},
+    {"sendmail", cli_sendmail,
+     "[-c FILE] [-t] [-i] [-f SENDER] [-F NAME] [RCPT...] | [-c FILE] -bs", 64},
     {"mailq", cli_mailq, "[-c FILE] [--json]", 2},
 };
 

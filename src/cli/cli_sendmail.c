@@ -2,6 +2,7 @@
  * cli_sendmail — `petrel sendmail` and the binary called as `sendmail`:
  * the sendmail(8) command line of cron, PHP's mail() and mutt, writing the
  * message into spool/incoming/ (queue_drop_*) and waking the server.
+ * `-bs` (an SMTP session on stdio) is cli_sendmail_bs.c's.
  *
  * Exit codes are sendmail's (<sysexits.h>): 0, EX_USAGE, EX_DATAERR,
  * EX_CANTCREAT or EX_TEMPFAIL for the spool, EX_CONFIG.  The header section
@@ -37,7 +38,7 @@
 #define HEADER_MAX (1024 * 1024) /* octets of the header section held for -t */
 #define OUT_CAP	   (CLI_MAIL_LINES_OUT_MAX(CHUNK_LEN) + CLI_MAIL_LINES_FINISH_MAX)
 
-enum mode { MODE_DELIVER, MODE_LIST, MODE_FLUSH };
+enum mode { MODE_DELIVER, MODE_SMTP, MODE_LIST, MODE_FLUSH };
 
 struct opts {
 	enum mode mode;
@@ -123,6 +124,8 @@ set_opt(struct opts *o, char opt, const char *val)
 	case 'b':
 		if (strcmp(val, "m") == 0) {
 			o->mode = MODE_DELIVER;
+		} else if (strcmp(val, "s") == 0) {
+			o->mode = MODE_SMTP;
 		} else if (strcmp(val, "p") == 0) {
 			o->mode = MODE_LIST;
 		} else {
@@ -728,11 +731,19 @@ cli_sendmail(int argc, char **argv)
 	int rc;
 
 	rc = parse_opts(argc, argv, &o);
-	if (rc == EX_OK && o.mode == MODE_DELIVER) {
+	if (rc == EX_OK && o.mode == MODE_SMTP && o.rcpt_args_len > 0) {
+		/* They come with RCPT (Postfix: "stand-alone mode requires no recipient"). */
+		fprintf(stderr, "sendmail: -bs takes no recipients\n");
+		rc = EX_USAGE;
+	}
+	if (rc == EX_OK && (o.mode == MODE_DELIVER || o.mode == MODE_SMTP)) {
 		c = cli_conf_load(o.conf_file, err, sizeof(err));
 		if (c == NULL) {
 			fprintf(stderr, "sendmail: %s\n", err);
 			rc = EX_CONFIG;
+		} else if (o.mode == MODE_SMTP) {
+			/* -f, -F, -t, -i do nothing here: MAIL and DATA say it all. */
+			rc = cli_sendmail_bs(c);
 		} else {
 			rc = deliver(&o, c);
 		}

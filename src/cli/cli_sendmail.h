@@ -1,7 +1,7 @@
 /*
- * cli_sendmail — what `petrel sendmail` (cli_sendmail.c) shares with the
- * other ways it takes mail: the drop-off of one message into
- * spool/incoming/ and the signals that end the input.
+ * cli_sendmail — what `petrel sendmail` (cli_sendmail.c) shares with its
+ * SMTP mode `sendmail -bs` (cli_sendmail_bs.c): the drop-off of one message
+ * into spool/incoming/ and the signals that end the input.
  *
  * Internal to src/cli/.  Errors come back as <sysexits.h> codes with the
  * text in the caller's buffer; nothing here writes to stdout or stderr.
@@ -36,5 +36,12 @@ int cli_sendmail_spool_status(int err);
  */
 void cli_sendmail_catch_signals(void);
 bool cli_sendmail_interrupted(void);
+
+/*
+ * `sendmail -bs`: an SMTP session on stdin and stdout (cli_sendmail_bs.c).
+ * Returns the exit status: 0 once the session ended, whatever its
+ * transactions gave (as Postfix's `smtpd -S`).
+ */
+int cli_sendmail_bs(const struct conf *c);
 
 #endif

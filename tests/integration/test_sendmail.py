@@ -5,6 +5,8 @@ codes are sendmail's (sysexits.h)."""
 import os
 import pwd
 import re
+import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -243,9 +245,11 @@ def test_bad_input_is_dataerr(petrel, args, stdin):
     (["-t"], "Subject: no recipients\n\nbody\n"),
     (["-t"], "To: undisclosed-recipients:;\n\nbody\n"),
     (["-Z", "a@example.test"], "Subject: x\n\n"),
-    (["-bs"], ""),
+    (["-bs", "a@example.test"], ""),
+    (["-bx"], ""),
     (["-f"], ""),
-], ids=["none", "t-without-fields", "t-empty-group", "unknown-option", "bs", "f-without-value"])
+], ids=["none", "t-without-fields", "t-empty-group", "unknown-option", "bs-with-recipient",
+        "unknown-mode", "f-without-value"])
 def test_usage_errors(petrel, args, stdin):
     r = sendmail(petrel, *args, input=stdin)
     assert r.returncode == EX_USAGE, (r.returncode, r.stderr)
@@ -404,3 +408,255 @@ def test_pickup_refuses_links_and_foreign_files(petrel_factory, when):
     msgs = p.messages("a@example.test")
     assert len(msgs) == 1 and b"first\r." not in msgs[0] and b"6.6.6.6" not in msgs[0]
     assert p.proc.poll() is None
+
+
+# ---- sendmail -bs: an SMTP session on stdin/stdout (Laravel, Symfony Mailer) ----------------
+
+class BsSession:
+    """`petrel sendmail -bs` on pipes, driven a command at a time: each reply must come
+    while stdin is still open (the replies are flushed, not held until the end)."""
+
+    def __init__(self, p, *args):
+        self.proc = subprocess.Popen(
+            [str(PETREL_BIN), "sendmail", "-c", str(p.conf_path), "-bs", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buf = b""
+
+    def reply(self, timeout=10):
+        """The next whole reply (all its lines, CRLF-separated), as str."""
+        deadline = time.time() + timeout
+        while True:
+            lines = self.buf.split(b"\r\n")
+            for i, line in enumerate(lines[:-1]):
+                if line[3:4] == b" ":
+                    self.buf = b"\r\n".join(lines[i + 1:])
+                    return b"\r\n".join(lines[:i + 1]).decode()
+            left = deadline - time.time()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            assert ready, f"no reply in {timeout}s; got so far {self.buf!r}"
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, f"stdout closed; got so far {self.buf!r}"
+            self.buf += chunk
+
+    def send(self, data):
+        self.proc.stdin.write(data.encode() if isinstance(data, str) else data)
+        self.proc.stdin.flush()
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def finish(self, timeout=20):
+        """Closes stdin, waits for the exit; returns (status, rest of stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, self.buf + out, err
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.fixture
+def bs_sessions():
+    """Starts BsSession(p, ...) and kills (by PID) any still running at the end."""
+    started = []
+
+    def start(p, *args):
+        started.append(BsSession(p, *args))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def bs_run(p, script, *args, timeout=30):
+    """The whole script on stdin at once (a pipelining client); returns (status, reply
+    lines, stderr)."""
+    r = subprocess.run([str(PETREL_BIN), "sendmail", "-c", str(p.conf_path), "-bs", *args],
+                       input=script.encode() if isinstance(script, str) else script,
+                       capture_output=True, timeout=timeout)
+    assert r.stdout.endswith(b"\r\n") or not r.stdout, r.stdout
+    return r.returncode, r.stdout.decode().split("\r\n")[:-1], r.stderr
+
+
+def test_bs_session_delivers_each_message_once(petrel_factory, bs_sessions, tmp_path):
+    """A session a command at a time, as Symfony Mailer holds one: two transactions,
+    one to a local user, one to an alias (expanded at pickup) and a foreign address
+    (a local user may send anywhere).  Each 250 names the drop file's id; the MAIL FROM
+    of the session, not -f, is the Return-Path; -i and -f change nothing."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("team@localhost: carol@localhost, dave@localhost\n")
+    p = petrel_factory(aliases_file=str(aliases), relayhost="[127.0.0.1]:1")
+    s = bs_sessions(p, "-i", "-f", "ignored@example.org")
+    assert s.reply() == f"220 {HOST} ESMTP petrel"
+    ehlo = s.cmd("EHLO app.example").split("\r\n")
+    assert ehlo[0] == f"250-{HOST}"
+    assert [x[4:] for x in ehlo[1:]] == ["PIPELINING", "SIZE 26214400", "ENHANCEDSTATUSCODES",
+                                         "8BITMIME", "SMTPUTF8", "CHUNKING"], ehlo
+    assert s.cmd("MAIL FROM:<app@example.org>") == "250 2.1.0 Ok"
+    assert s.cmd("RCPT TO:<alice@example.test>") == "250 2.1.5 Ok"
+    assert s.cmd("DATA") == "354 End data with <CR><LF>.<CR><LF>"
+    s.send("From: app@example.org\r\nSubject: first\r\n\r\n..stuffed\r\n.\r\n")
+    first = s.reply()
+    assert re.fullmatch(r"250 2\.0\.0 Ok: queued as [0-9A-F]{16}", first), first
+    assert s.cmd("MAIL FROM:<>") == "250 2.1.0 Ok"
+    assert s.cmd("RCPT TO:<team@localhost>") == "250 2.1.5 Ok"
+    assert s.cmd("RCPT TO:<someone@remote.example>") == "250 2.1.5 Ok"
+    assert s.cmd("DATA").startswith("354 ")
+    s.send("Subject: second\r\n\r\nto the team\r\n.\r\n")
+    second = s.reply()
+    assert re.fullmatch(r"250 2\.0\.0 Ok: queued as [0-9A-F]{16}", second), second
+    assert second[-16:] != first[-16:]
+    assert s.cmd("QUIT") == "221 2.0.0 Bye"
+    status, rest, err = s.finish()
+    assert (status, rest, err) == (0, b"", b"")
+
+    head, msg = message(p, "alice@example.test")
+    assert head.startswith(b"Return-Path: <app@example.org>\n"), head
+    assert f"with local id {first[-16:]}".encode() in head, head
+    assert msg == b"From: app@example.org\nSubject: first\n\n.stuffed\n", msg
+    for rcpt in ("carol@localhost", "dave@localhost"):
+        head, msg = message(p, rcpt)
+        assert head.startswith(b"Return-Path: <>\n"), head
+        assert f"with local id {second[-16:]}".encode() in head, head
+        assert msg == b"Subject: second\n\nto the team\n", msg
+    assert wait_for(lambda: re.search(r"to=<someone@remote\.example>, relay=[^,]*, delay=\d+, "
+                                      r"status=deferred", p.log())), p.log()
+    time.sleep(1)  # exactly once: nothing more comes
+    for rcpt in ("alice@example.test", "carol@localhost", "dave@localhost"):
+        assert len(p.messages(rcpt)) == 1, (rcpt, p.log())
+    assert incoming(p) == []
+
+
+def test_bs_pipelined_with_rset_and_refusals(petrel):
+    """The whole session in one write: replies in order; RSET drops a transaction, a
+    bad address gets its 501 and the session goes on; a bare LF in the body is refused
+    after the end of data (550 5.6.0) as on the network, and so is a NUL (a drop file
+    cannot hold one); a line over 1000 octets is refused too."""
+    script = ("EHLO app.example\r\n"
+              "MAIL FROM:<app@example.org>\r\nRCPT TO:<dropped@example.test>\r\nRSET\r\n"
+              "DATA\r\n"
+              "MAIL FROM:<bad address@@example.org>\r\n"
+              "MAIL FROM:<app@example.org>\r\nRCPT TO:<not an@@address>\r\n"
+              "RCPT TO:<kept@example.test>\r\nDATA\r\n"
+              "Subject: kept\r\n\r\nkept body\r\n.\r\n"
+              "MAIL FROM:<app@example.org>\r\nRCPT TO:<barelf@example.test>\r\nDATA\r\n"
+              "Subject: bare\r\n\r\nline\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n"
+              "MAIL FROM:<app@example.org>\r\nRCPT TO:<nul@example.test>\r\nDATA\r\n"
+              "Subject: nul\r\n\r\na\0b\r\n.\r\n"
+              "MAIL FROM:<app@example.org>\r\nRCPT TO:<long@example.test>\r\nDATA\r\n"
+              "Subject: long\r\n\r\n" + "x" * 999 + "\r\n.\r\n"
+              "NOOP\r\nQUIT\r\n")
+    status, replies, err = bs_run(petrel, script)
+    assert status == 0, err
+    assert replies[0] == f"220 {HOST} ESMTP petrel"
+    finals = [r for r in replies[1:] if r[3:4] == " "]
+    queued = "250 2.0.0 Ok: queued as"
+    assert finals[:9] == [
+        "250 CHUNKING", "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok",
+        "503 5.5.1 Error: need MAIL command", "501 5.1.7 Bad sender address syntax",
+        "250 2.1.0 Ok", "501 5.1.3 Bad recipient address syntax", "250 2.1.5 Ok"], finals
+    assert finals[9] == "354 End data with <CR><LF>.<CR><LF>"
+    assert finals[10].startswith(queued), finals
+    assert finals[11:15] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>",
+                             "550 5.6.0 Error: bare CR or LF in message; use CRLF line ends"]
+    assert finals[15:19] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>",
+                             "550 5.6.0 Error: NUL octet in message"], finals
+    assert finals[19:] == [
+        "250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>",
+        "550 5.6.0 Error: message has a line over 1000 octets (RFC 5321 4.5.3.1.6)",
+        "250 2.0.0 Ok", "221 2.0.0 Bye"], finals
+    _, msg = message(petrel, "kept@example.test")
+    assert msg == b"Subject: kept\n\nkept body\n"
+    time.sleep(1)
+    for refused in ("dropped", "barelf", "nul", "long"):
+        assert petrel.messages(f"{refused}@example.test") == [], refused
+    assert "evil@x" not in petrel.log()
+    assert incoming(petrel) == [] and "pickup of" not in petrel.log()
+
+
+def test_bs_recipient_limit_and_size(petrel_factory):
+    """max_recipients (452 4.5.3 for the one over, as on the network) and
+    max_message_size (SIZE advertised and enforced) are the server's."""
+    p = petrel_factory(max_recipients="2", max_message_size="4K")
+    status, replies, err = bs_run(p, (
+        "EHLO app.example\r\nMAIL FROM:<a@example.org> SIZE=5000\r\n"
+        "MAIL FROM:<a@example.org>\r\nRCPT TO:<r1@example.test>\r\nRCPT TO:<r2@example.test>\r\n"
+        "RCPT TO:<r3@example.test>\r\nDATA\r\nSubject: big\r\n\r\n" + ("y" * 70 + "\r\n") * 100 +
+        ".\r\nQUIT\r\n"))
+    assert status == 0, err
+    assert "250-SIZE 4096" in replies
+    assert replies[-8:] == [
+        "552 5.3.4 Message size exceeds fixed maximum message size", "250 2.1.0 Ok",
+        "250 2.1.5 Ok", "250 2.1.5 Ok", "452 4.5.3 Error: too many recipients",
+        "354 End data with <CR><LF>.<CR><LF>",
+        "552 5.3.4 Error: message size exceeds fixed limit", "221 2.0.0 Bye"], replies
+    assert incoming(p) == []
+
+
+def test_bs_eof_in_the_middle_of_a_message(petrel, bs_sessions):
+    """stdin ends inside DATA: the first message (ended) is delivered, the unfinished one
+    is not, and no part of it stays in incoming/.  The exit status is 0, as Postfix's
+    smtpd -S gives for a client that goes away; stderr says what was discarded."""
+    s = bs_sessions(petrel)
+    s.reply()
+    s.send("HELO app.example\r\nMAIL FROM:<app@example.org>\r\nRCPT TO:<done@example.test>\r\n"
+           "DATA\r\nSubject: done\r\n\r\nwhole\r\n.\r\n"
+           "MAIL FROM:<app@example.org>\r\nRCPT TO:<cut@example.test>\r\nDATA\r\n"
+           "Subject: cut\r\n\r\nhalf of it\r\n")
+    for want in ("250 ", "250 ", "250 ", "354 ", "250 2.0.0 Ok: queued as", "250 ", "250 ",
+                 "354 "):
+        assert s.reply().startswith(want)
+    assert [x.name for x in (petrel.spool / "incoming").iterdir() if x.name.startswith(".")]
+    status, rest, err = s.finish()
+    assert (status, rest) == (0, b""), (status, rest, err)
+    assert b"end of input in state data; the unfinished message is discarded" in err, err
+    assert message(petrel, "done@example.test")[1] == b"Subject: done\n\nwhole\n"
+    time.sleep(1)
+    assert petrel.messages("cut@example.test") == [], petrel.log()
+    assert list((petrel.spool / "incoming").iterdir()) == []
+
+
+def test_bs_signal_removes_the_unfinished_message(petrel, bs_sessions):
+    """SIGTERM in the middle of a message: no part of it is left in incoming/."""
+    s = bs_sessions(petrel)
+    s.reply()
+    s.send("EHLO a\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nx\r\n")
+    for _ in range(4):
+        s.reply()
+    s.proc.send_signal(signal.SIGTERM)
+    status, _, err = s.finish()
+    assert status == EX_TEMPFAIL, (status, err)
+    assert b"interrupted" in err
+    assert list((petrel.spool / "incoming").iterdir()) == []
+
+
+def test_bs_idle_client_gets_421(petrel_factory, bs_sessions):
+    """smtp_timeout applies as on the network: 421 4.4.2, then the end (exit 0)."""
+    p = petrel_factory(smtp_timeout="1s")
+    s = bs_sessions(p)
+    s.reply()
+    assert s.cmd("EHLO a").startswith("250")
+    assert s.reply(timeout=10) == f"421 4.4.2 {HOST} Error: timeout exceeded"
+    assert s.proc.wait(timeout=10) == 0
+
+
+def test_bs_no_starttls_no_auth_smtputf8_carried(petrel, bs_sessions):
+    """Neither STARTTLS nor AUTH exists here; an SMTPUTF8 transaction keeps its UTF-8
+    envelope through the drop file."""
+    s = bs_sessions(petrel)
+    s.reply()
+    s.cmd("EHLO a")
+    assert s.cmd("STARTTLS") == "502 5.5.1 Error: command not implemented"
+    assert s.cmd("AUTH PLAIN AGEAYg==") == "502 5.5.1 Error: authentication not enabled"
+    assert s.cmd("MAIL FROM:<jos\u00e9@example.org> SMTPUTF8") == "250 2.1.0 Ok"
+    assert s.cmd("RCPT TO:<utf@example.test>") == "250 2.1.5 Ok"
+    s.cmd("DATA")
+    s.send("Subject: caf\u00e9\r\n\r\nbody\r\n.\r\n")
+    assert s.reply().startswith("250 2.0.0 Ok: queued as")
+    assert s.cmd("QUIT") == "221 2.0.0 Bye"
+    head, msg = message(petrel, "utf@example.test")
+    assert head.startswith("Return-Path: <jos\u00e9@example.org>\n".encode()), head
+    assert msg == "Subject: caf\u00e9\n\nbody\n".encode()
