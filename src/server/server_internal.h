@@ -13,6 +13,7 @@
 
 #include "server/server.h"
 
+struct conf;
 struct conn;
 struct evconnlistener;
 
@@ -63,5 +64,13 @@ void server_conn_shutdown_all(struct server *srv);
 
 /* server_main.c: called when a connection goes away, so shutdown can finish. */
 void server_conn_gone(struct server *srv);
+
+/*
+ * server_privs.c: with `user` set and started as root (a no-op otherwise),
+ * hands the spool and the Maildirs' directories to that user (what a run as
+ * root left there too), then becomes it for good.  0, or -1 (logged): the
+ * start must stop.
+ */
+int server_privs_drop(const struct conf *conf);
 
 #endif

@@ -5,8 +5,6 @@
 #include "server/server_internal.h"
 
 #include <errno.h>
-#include <grp.h>
-#include <pwd.h>
 #include <sys/resource.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -315,58 +313,6 @@ raise_fd_limit(void)
 	}
 }
 
-/*
- * Started as root with `user` set: the ports are bound; give the spool and
- * the mail root to that user, then become it for good (groups first, then
- * gid, then uid) before any network input is read or any thread started.
- */
-static int
-drop_privileges(const struct conf *conf)
-{
-	struct passwd *pw;
-
-	if (conf->user == NULL)
-		return 0;
-	if (geteuid() != 0) {
-		log_warn("user = %s: not started as root, running as uid %d", conf->user,
-			 (int)getuid());
-		return 0;
-	}
-	pw = getpwnam(conf->user);
-	if (pw == NULL) {
-		log_err("user %s: no such user", conf->user);
-		return -1;
-	}
-	if (util_mkdirs(conf->spool_dir, 0700) != 0 ||
-	    chown(conf->spool_dir, pw->pw_uid, pw->pw_gid) != 0 ||
-	    chown(conf->mail_root, pw->pw_uid, pw->pw_gid) != 0) {
-		log_err("cannot give %s and %s to %s: %s", conf->spool_dir, conf->mail_root,
-			conf->user, strerror(errno));
-		return -1;
-	}
-	for (const char *const *sub = (const char *const[]){"tmp", "queue", "incoming", NULL};
-	     *sub != NULL; sub++) {
-		char path[4096];
-		snprintf(path, sizeof(path), "%s/%s", conf->spool_dir, *sub);
-		if (chown(path, pw->pw_uid, pw->pw_gid) != 0 && errno != ENOENT) {
-			log_err("chown %s: %s", path, strerror(errno));
-			return -1;
-		}
-	}
-	if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
-	    setuid(pw->pw_uid) != 0) {
-		log_err("cannot become %s: %s", conf->user, strerror(errno));
-		return -1;
-	}
-	/* Verify: there must be no way back. */
-	if (setuid(0) == 0 || geteuid() != pw->pw_uid || getegid() != pw->pw_gid) {
-		log_err("privileges could not be dropped to %s", conf->user);
-		return -1;
-	}
-	log_info("running as %s (uid %d, gid %d)", conf->user, (int)pw->pw_uid, (int)pw->pw_gid);
-	return 0;
-}
-
 static void
 relay_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -425,7 +371,7 @@ server_run(const char *path)
 			goto fail;
 	}
 	raise_fd_limit();
-	if (drop_privileges(conf) != 0)
+	if (server_privs_drop(conf) != 0)
 		goto fail;
 	memset(&limits, 0, sizeof(limits));
 	limits.retry_min_s = conf->retry_min_s;

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PETREL_BIN
-from mailtest import all_maildir_files, spool_tmp_files, wait_for, wait_queue_empty
+from mailtest import (all_maildir_files, block_maildir, log_lines, spool_tmp_files, wait_for,
+                      wait_queue_empty)
 from tlsutil import Conn, b64, certs, expect, plain_b64, tls_server  # noqa: F401
 
 SANITIZED = "san" in PETREL_BIN.parts  # build/san/petrel: RSS includes ASan's shadow
@@ -844,22 +845,28 @@ def shared_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start_as_nobody(petrel_factory, shared_dir, **conf):
-    """A server started as root with user = nobody, its spool, mail and config file in
-    shared_dir (the config must be readable after the drop, for SIGHUP)."""
+def start_in_shared_dir(petrel_factory, shared_dir, **conf):
+    """A server started as root, its spool, mail and config file in shared_dir (the
+    config must be readable after a drop of privileges, for SIGHUP, and by other users'
+    `petrel sendmail`)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     try:
         pw = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no user 'nobody'")
-    p = petrel_factory(start=False, user="nobody", mail_root=str(shared_dir / "mail"),
+    p = petrel_factory(start=False, mail_root=str(shared_dir / "mail"),
                        spool_dir=str(shared_dir / "spool"), **conf)
     p.mail_root, p.spool = shared_dir / "mail", shared_dir / "spool"
     p.conf_path = shared_dir / "petrel.conf"
     p.start()
     p.conf_path.chmod(0o644)
     return p, pw
+
+
+def start_as_nobody(petrel_factory, shared_dir, **conf):
+    """A server started as root with user = nobody (see start_in_shared_dir)."""
+    return start_in_shared_dir(petrel_factory, shared_dir, user="nobody", **conf)
 
 
 def test_privilege_drop_to_user(petrel_factory, shared_dir):
@@ -1004,6 +1011,178 @@ def test_reload_as_user_keeps_a_key_only_root_can_read(petrel_factory, shared_di
     c.starttls()
     expect(c.ehlo(), 250)
     c.close()
+
+
+def send_one(p, rcpt, subject):
+    """One message to rcpt; returns its queue id."""
+    c = session(p)
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd(f"RCPT TO:<{rcpt}>"), 250, "2.1.5")
+    expect(c.cmd("DATA"), 354)
+    c.send(f"Subject: {subject}\r\n\r\nbody\r\n.\r\n".encode())
+    r = c.reply()
+    expect(r, 250, "2.0.0")
+    c.close()
+    return re.search(r"queued as ([0-9A-F]{16})", r.text).group(1)
+
+
+def sendmail_as(p, pw, rcpt, subject):
+    """`petrel sendmail` as pw's user (root when pw is None)."""
+    r = subprocess.run([str(PETREL_BIN), "sendmail", "-c", str(p.conf_path), rcpt],
+                       input=f"Subject: {subject}\n\nhi\n".encode(), capture_output=True,
+                       timeout=30, user=pw.pw_uid if pw else None,
+                       group=pw.pw_gid if pw else None, extra_groups=[] if pw else None)
+    assert r.returncode == 0, (subject, r.stderr)
+
+
+def restart_as(p, user):
+    """Stops p (cleanly unless already stopped) and starts it again with `user` set."""
+    if p.proc is not None:
+        assert p.stop() == 0, p.log()[-3000:]
+    p.conf["user"] = user
+    p.start()
+    p.conf_path.chmod(0o644)
+
+
+def not_owned_by(root, uid):
+    """Paths under root (root included, symbolic links not followed) not owned by uid."""
+    out = [] if root.lstat().st_uid == uid else [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            path = Path(dirpath) / n
+            if path.lstat().st_uid != uid:
+                out.append(path)
+    return out
+
+
+def subjects(msgs):
+    return sorted(m.split(b"Subject: ")[1].split(b"\n")[0].decode() for m in msgs)
+
+
+HANDED_OVER = re.compile(r"user nobody: (\d+) entr(?:y|ies) under .* handed over")
+
+
+def test_user_added_after_a_run_as_root_takes_over_its_spool_and_maildirs(
+        petrel_factory, shared_dir):
+    """petrel first run as root (no `user`), then with `user = nobody`, as the README
+    suggests for production: the restart hands the spool the root run left (its queue
+    files and their progress, the journal, the pid file) and the Maildirs it made to
+    nobody.  The message the root run could not deliver is delivered once; mail dropped by
+    root and by another user while the server was down is picked up; a Maildir made by
+    the root run takes new mail."""
+    try:
+        other = pwd.getpwnam("daemon")
+    except KeyError:
+        pytest.skip("no user 'daemon'")
+    p, pw = start_in_shared_dir(petrel_factory, shared_dir)
+    send_one(p, "alice@localhost", "first, as root")
+    assert len(p.wait_messages("alice@localhost", 1)) == 1
+    blocker = block_maildir(p, "bob@localhost")
+    qid = send_one(p, "bob@localhost", "held back")
+    assert wait_for(lambda: {qid, qid + ".st"} <= set(p.queue_files())), p.log()[-3000:]
+    assert p.stop() == 0
+    # while the server is down: root's cron and another user's web server submit mail
+    sendmail_as(p, None, "carol@localhost", "dropped by root")
+    sendmail_as(p, other, "carol@localhost", "dropped by daemon")
+    assert (p.spool / "queue" / qid).stat().st_uid == 0
+    blocker.unlink()
+
+    restart_as(p, "nobody")
+    assert proc_ids(p.proc.pid, "Uid") == [pw.pw_uid] * 4
+    m = HANDED_OVER.search(p.log())
+    assert m and int(m.group(1)) > 0, p.log()
+    assert len(HANDED_OVER.findall(p.log())) == 1, p.log()
+    assert len(p.wait_messages("bob@localhost", 1, timeout=20)) == 1, log_lines(p, qid)
+    assert subjects(p.wait_messages("carol@localhost", 2)) == \
+        ["dropped by daemon", "dropped by root"], p.log()[-3000:]
+    send_one(p, "alice@localhost", "second, as nobody")
+    assert subjects(p.wait_messages("alice@localhost", 2)) == \
+        ["first, as root", "second, as nobody"], p.log()[-3000:]
+    assert wait_queue_empty(p), p.queue_files()
+    time.sleep(1.5)  # retry_min is 1s: a second delivery would have happened by now
+    assert len(p.messages("bob@localhost")) == 1
+    assert len(re.findall(rf"{qid}: to=<bob@localhost>.*status=sent", p.log())) == 1, \
+        log_lines(p, qid)
+    assert "Permission denied" not in p.log(), p.log()[-3000:]
+    assert not_owned_by(p.spool, pw.pw_uid) == []
+    # incoming/ keeps its modes: others may drop into it, only the server may read it
+    st = (p.spool / "incoming").stat()
+    assert (st.st_mode & 0o7777, st.st_gid) == (0o3733, pw.pw_gid)
+    assert (p.spool.stat().st_mode & 0o777) == 0o711
+    # the Maildirs' directories are the server's; what the root run delivered is left as is
+    for d in ("localhost", "localhost/alice", "localhost/alice/tmp", "localhost/alice/new",
+              "localhost/alice/cur", "localhost/bob"):
+        assert (p.mail_root / d).stat().st_uid == pw.pw_uid, d
+    # a second start has nothing left to hand over
+    restart_as(p, "nobody")
+    assert len(HANDED_OVER.findall(p.log())) == 1, p.log()
+    assert p.stop() == 0  # (before shared_dir goes)
+
+
+def test_user_added_after_a_kill9_as_root_delivers_the_journal_once(petrel_factory,
+                                                                   shared_dir):
+    """petrel run as root is killed (-9) right after a 250: the message is in the
+    journal (root's), perhaps delivered, perhaps not.  Started again with `user = nobody`
+    it starts, and the message is delivered exactly once."""
+    p, pw = start_in_shared_dir(petrel_factory, shared_dir)
+    c = session(p)
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd("RCPT TO:<dave@localhost>"), 250, "2.1.5")
+    expect(c.cmd("DATA"), 354)
+    c.send(b"Subject: before the crash\r\n\r\nbody\r\n.\r\n")
+    r = c.reply()
+    p.kill9()
+    c.close()
+    expect(r, 250, "2.0.0")
+    qid = re.search(r"queued as ([0-9A-F]{16})", r.text).group(1)
+    segs = [s for s in (p.spool / "journal").iterdir() if re.fullmatch(r"[0-9a-f]{16}", s.name)]
+    assert segs and all(s.stat().st_uid == 0 for s in segs), segs
+    assert any(qid.encode() in s.read_bytes() for s in segs)
+
+    restart_as(p, "nobody")
+    assert HANDED_OVER.search(p.log()), p.log()
+    assert len(p.wait_messages("dave@localhost", 1, timeout=20)) == 1, log_lines(p, qid)
+    assert wait_queue_empty(p), p.queue_files()
+    time.sleep(1.5)
+    assert len(p.messages("dave@localhost")) == 1, log_lines(p, qid)
+    assert list((p.spool / "journal").iterdir()) == [] or \
+        all(s.stat().st_uid == pw.pw_uid for s in (p.spool / "journal").iterdir())
+    assert "Permission denied" not in p.log(), p.log()[-3000:]
+    assert not_owned_by(p.spool, pw.pw_uid) == []
+    assert p.stop() == 0
+
+
+def test_user_takes_over_nothing_outside_the_spool_and_mail_root(petrel_factory, shared_dir):
+    """What the start hands over it finds without following a symbolic link: a link in
+    the spool or a Maildir to a file or directory outside, and a hard link to a file
+    outside, leave that file or directory root's."""
+    p, pw = start_in_shared_dir(petrel_factory, shared_dir)
+    send_one(p, "alice@localhost", "as root")
+    assert len(p.wait_messages("alice@localhost", 1)) == 1
+    assert p.stop() == 0
+    outside = shared_dir / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("root's\n")
+    (outside / "linked").write_text("root's too\n")
+    (outside / "dir").mkdir()
+    (outside / "dir" / "inner").write_text("root's\n")
+    (p.spool / "queue" / "sym").symlink_to(outside / "file")
+    (p.spool / "queue" / "symdir").symlink_to(outside / "dir")
+    os.link(outside / "linked", p.spool / "queue" / "hard")
+    (p.spool / "corrupt").symlink_to(outside / "dir")
+    (p.mail_root / "localhost" / "eve").symlink_to(outside / "dir")
+    (p.mail_root / "localhost" / "alice" / "link").symlink_to(outside / "file")
+
+    restart_as(p, "nobody")
+    assert HANDED_OVER.search(p.log()), p.log()
+    for path in [outside] + list(outside.rglob("*")):
+        assert path.stat().st_uid == 0, path
+    for link in ("queue/sym", "queue/symdir", "corrupt"):
+        assert (p.spool / link).lstat().st_uid == 0, link
+    assert re.search(r"queue/hard has 2 links: not handed over", p.log()), p.log()
+    send_one(p, "alice@localhost", "as nobody")
+    assert len(p.wait_messages("alice@localhost", 2)) == 2, p.log()[-3000:]
+    assert p.stop() == 0
 
 
 def _rcpt(p, rcpt):
