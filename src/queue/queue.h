@@ -114,10 +114,13 @@ enum queue_rcpt_status {
 /* What an expired recipient's reason starts with; the last error follows. */
 #define QUEUE_EXPIRED_PREFIX "4.4.7 delivery time expired: "
 
+/* Room for a reason: a remote's reply of a few lines, whole, for the bounce's Diagnostic-Code. */
+#define QUEUE_REASON_MAX 640
+
 struct queue_rcpt_result {
 	enum queue_rcpt_status status;
-	char reason[256]; /* for DEFER and FAIL: the remote or local reply */
-	char relay[128];  /* where it went: "local", "mx.example.org[192.0.2.1]:25" */
+	char reason[QUEUE_REASON_MAX]; /* for DEFER and FAIL: the remote or local reply */
+	char relay[128];	       /* where it went: "local", "mx.example.org[192.0.2.1]:25" */
 };
 
 /* One delivery attempt of one message. */

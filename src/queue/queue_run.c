@@ -651,8 +651,8 @@ queue_delivery_finish(struct queue_delivery *d)
 				char why[sizeof(r->reason)];
 				util_strlcpy(why, r->reason[0] ? r->reason : "no attempt succeeded",
 					     sizeof(why));
-				snprintf(r->reason, sizeof(r->reason),
-					 QUEUE_EXPIRED_PREFIX "%.200s", why);
+				snprintf(r->reason, sizeof(r->reason), QUEUE_EXPIRED_PREFIX "%.*s",
+					 (int)(sizeof(why) - 40), why);
 			}
 			log_info("%s: to=<%s>, relay=none, delay=%.0f, status=expired (%s)",
 				 d->item.id, d->item.rcpts[i],

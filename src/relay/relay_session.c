@@ -565,7 +565,7 @@ set_result(struct relay_job *j, size_t k, enum queue_rcpt_status st, const char 
 static void
 reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
 {
-	snprintf(dst, cap, "%d %s%s%.200s", rep->code, rep->enhanced, rep->enhanced[0] ? " " : "",
+	snprintf(dst, cap, "%d %s%s%.560s", rep->code, rep->enhanced, rep->enhanced[0] ? " " : "",
 		 rep->text);
 	for (char *p = dst; *p; p++) {
 		if (*p == '\n' || *p == '\r')
@@ -576,7 +576,7 @@ reply_text(const struct smtp_reply *rep, char *dst, size_t cap)
 /* Logs why recipients sub[0..n) still undecided move on from target t, if one is left. */
 static void
 log_next_server(const struct relay_job *j, size_t t, const size_t *sub, size_t n,
-		const bool *undecided, const char *relay_name, const char (*why)[256])
+		const bool *undecided, const char *relay_name, const char (*why)[QUEUE_REASON_MAX])
 {
 	if (t + 1 >= j->targets_len || j->relay->stopping)
 		return;
@@ -603,7 +603,7 @@ relay_session_run(struct util_pool_job *job)
 	const char **rcpts = xcalloc(j->n, sizeof(*rcpts));
 	size_t *sub = xcalloc(j->n, sizeof(*sub)); /* msg.rcpts[m] is rcpt sub[m] of the job */
 	bool *undecided = xcalloc(j->n, sizeof(*undecided));
-	char(*why)[256] = xcalloc(j->n, sizeof(*why));
+	char(*why)[QUEUE_REASON_MAX] = xcalloc(j->n, sizeof(*why));
 	char(*why_relay)[300] = xcalloc(j->n, sizeof(*why_relay));
 	size_t undecided_len = j->n;
 	struct relay_client_msg msg;
@@ -634,7 +634,8 @@ relay_session_run(struct util_pool_job *job)
 	}
 	for (size_t t = 0; t < j->targets_len && undecided_len > 0 && !r->stopping; t++) {
 		const struct relay_target *tg = &j->targets[t];
-		char addr[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8], err[256], relay_name[300];
+		char addr[INET6_ADDRSTRLEN], key[INET6_ADDRSTRLEN + 8], err[QUEUE_REASON_MAX],
+		    relay_name[300];
 		const void *a =
 		    tg->addr.ss_family == AF_INET6
 			? (const void *)&((const struct sockaddr_in6 *)&tg->addr)->sin6_addr

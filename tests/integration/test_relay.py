@@ -1108,6 +1108,36 @@ def test_no_address_is_sent_as_the_tls_server_name(net):
         mx.close()
 
 
+def test_bounce_quotes_a_long_multiline_reply_whole(net):
+    """A refusal of three long lines (as big providers give, with a help URL at the end)
+    is quoted whole in the bounce's Diagnostic-Code; it was cut at 200 characters."""
+
+    def respond(mx, conn):
+        read_until(conn, b"DATA\r\n")
+        conn.sendall(b"250 2.1.0 Ok\r\n"
+                     b"550-5.1.1 The email account that you tried to reach does not exist. "
+                     b"Please try\r\n"
+                     b"550-5.1.1 double-checking the recipient's email address for typos or "
+                     b"unnecessary spaces.\r\n"
+                     b"550 5.1.1 For more information, go to https://support.example/x?p=NoSuchUser-END\r\n"
+                     b"554 5.5.1 Error: no valid recipients\r\n")
+        read_until(conn, b"QUIT\r\n")
+        conn.sendall(b"221 2.0.0 Bye\r\n")
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a, qid = send_via_smarthost(net)
+        [dsn] = bounce_of(a)
+        text, rcpts, headers = dsn_parts(dsn)
+        [r] = rcpts
+        assert r["Status"] == "5.1.1"
+        diag = re.sub(r"\s+", " ", r["Diagnostic-Code"])
+        assert diag.startswith("smtp; 550 5.1.1 The email account"), diag
+        assert diag.endswith("p=NoSuchUser-END"), diag
+    finally:
+        mx.close()
+
+
 def test_failed_starttls_handshake_is_retried_in_plaintext(net):
     """Opportunistic TLS: a server that offers STARTTLS but whose handshake fails (here
     it answers the ClientHello with garbage) gets the message over a new connection in
