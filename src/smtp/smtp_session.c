@@ -29,6 +29,14 @@ struct smtp_session {
 	bool skip_line; /* dropping the rest of an overlong command line */
 	char *helo;	/* owned */
 
+	/* What the replies being queued answer, for policy.refused (answering, report_refusal). */
+	const char *cmd; /* the command's name; NULL: no command (the glue's own 421) */
+	enum smtp_verb cmd_verb;
+	enum smtp_refusal_kind cmd_kind;
+	const char *cmd_arg; /* borrowed: its argument, only while it is dispatched */
+	size_t cmd_arg_len;
+	const struct smtp_path *cmd_path; /* borrowed: MAIL's or RCPT's parsed address, likewise */
+
 	/* AUTH (RFC 4954): the exchange in progress, and its outcome. */
 	enum { AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_step;
 	char auth_user[AUTH_FIELD_MAX]; /* wiped after the check */
@@ -79,19 +87,137 @@ enter_state(struct smtp_session *s, enum smtp_state st)
 	s->state = st;
 }
 
+/* The replies queued from now on answer this command (see struct smtp_refusal). */
+static void
+answering(struct smtp_session *s, enum smtp_verb verb, const char *name,
+	  enum smtp_refusal_kind kind)
+{
+	s->cmd = name;
+	s->cmd_verb = verb;
+	s->cmd_kind = kind;
+	s->cmd_arg = NULL;
+	s->cmd_arg_len = 0;
+	s->cmd_path = NULL;
+}
+
+/*
+ * The address in a MAIL or RCPT argument the parser did not take, as
+ * written, for the log: after "FROM:" or "TO:", inside <...> when it opens
+ * with "<", else up to a space.  False when there is none.
+ */
+static bool
+raw_path(const char *arg, size_t len, const char **path, size_t *path_len)
+{
+	const char *end;
+	bool bracket;
+
+	if (len >= 5 && strncasecmp(arg, "FROM:", 5) == 0) {
+		arg += 5;
+		len -= 5;
+	} else if (len >= 3 && strncasecmp(arg, "TO:", 3) == 0) {
+		arg += 3;
+		len -= 3;
+	}
+	while (len > 0 && *arg == ' ') {
+		arg++;
+		len--;
+	}
+	bracket = len > 0 && *arg == '<';
+	if (bracket) {
+		arg++;
+		len--;
+	}
+	end = memchr(arg, bracket ? '>' : ' ', len);
+	*path = arg;
+	*path_len = end != NULL ? (size_t)(end - arg) : len;
+	return bracket || *path_len > 0;
+}
+
+/* Tells policy.refused of the reply line just queued (no CRLF) and what it answers. */
+static void
+report_refusal(struct smtp_session *s, const char *line, size_t len)
+{
+	struct smtp_refusal r = {
+	    .kind = s->cmd_kind, .command = s->cmd, .reply = line, .reply_len = len};
+	const struct smtp_path *path = s->cmd_path;
+
+	if (s->sender != NULL) {
+		r.sender = s->sender;
+		r.sender_len = strlen(s->sender);
+	}
+	if (s->helo != NULL) {
+		r.helo = s->helo;
+		r.helo_len = strlen(s->helo);
+	}
+	switch (s->cmd_verb) {
+	case SMTP_VERB_HELO:
+	case SMTP_VERB_EHLO:
+		if (s->cmd_arg != NULL) {
+			r.helo = s->cmd_arg;
+			r.helo_len = s->cmd_arg_len;
+		}
+		break;
+	case SMTP_VERB_MAIL:
+		if (path != NULL) {
+			r.sender = path->addr;
+			r.sender_len = strlen(path->addr);
+		} else if (s->cmd_arg != NULL &&
+			   !raw_path(s->cmd_arg, s->cmd_arg_len, &r.sender, &r.sender_len)) {
+			r.sender = NULL;
+		}
+		break;
+	case SMTP_VERB_RCPT:
+		if (path != NULL) {
+			r.rcpt = path->addr;
+			r.rcpt_len = strlen(path->addr);
+		} else if (s->cmd_arg != NULL &&
+			   !raw_path(s->cmd_arg, s->cmd_arg_len, &r.rcpt, &r.rcpt_len)) {
+			r.rcpt = NULL;
+		}
+		break;
+	case SMTP_VERB_DATA:
+	case SMTP_VERB_BDAT:
+		r.nrcpt = s->rcpts_len;
+		if (s->rcpts_len > 0) {
+			r.rcpt = s->rcpts[0];
+			r.rcpt_len = strlen(s->rcpts[0]);
+		}
+		break;
+	case SMTP_VERB_UNKNOWN:
+	case SMTP_VERB_RSET:
+	case SMTP_VERB_NOOP:
+	case SMTP_VERB_VRFY:
+	case SMTP_VERB_EXPN:
+	case SMTP_VERB_HELP:
+	case SMTP_VERB_QUIT:
+	case SMTP_VERB_STARTTLS:
+	case SMTP_VERB_AUTH: /* never its argument: it may hold the password */
+		break;
+	}
+	s->policy.refused(s->policy.ctx, &r);
+}
+
 static void __attribute__((format(printf, 2, 3)))
 reply(struct smtp_session *s, const char *fmt, ...)
 {
 	va_list ap;
+	size_t start = s->out.len;
 
 	/*
 	 * A client that pipelines without reading fills this; the glue stops
 	 * feeding long before OUTPUT_MAX, so running out here is a bug.
 	 */
 	va_start(ap, fmt);
-	if (buf_vprintf(&s->out, fmt, ap) != 0 || buf_append(&s->out, "\r\n", 2) != 0)
+	if (buf_vprintf(&s->out, fmt, ap) != 0 || buf_append(&s->out, "\r\n", 2) != 0) {
 		log_err("smtp output buffer full; reply dropped");
+		va_end(ap);
+		return;
+	}
 	va_end(ap);
+	/* Only a refusal costs more than this test. */
+	if ((s->out.data[start] == '4' || s->out.data[start] == '5') && s->cmd != NULL &&
+	    s->policy.refused != NULL)
+		report_refusal(s, s->out.data + start, s->out.len - start - 2);
 }
 
 /* A refused command: counts towards the error limit (slows down scanners and fuzzers). */
@@ -240,6 +366,29 @@ static const char *const rcpt_verdict_replies[] = {
     [SMTP_RCPT_TEMPFAIL] = "451 4.3.0 Recipient address rejected: temporary local problem",
 };
 
+/*
+ * MAIL and RCPT once their address parsed: the path is borrowed into
+ * s->cmd_path, for a refusal to name it, until dispatch() returns.
+ */
+static enum smtp_event
+mail_parsed(struct smtp_session *s, const struct smtp_path *path,
+	    const struct smtp_mail_params *params)
+{
+	s->cmd_path = path;
+	if (path->is_utf8 && !params->smtputf8)
+		return error_reply(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
+	if (params->has_size && params->size > s->cfg.max_message_size)
+		return error_reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+	if (s->authenticated != NULL && s->policy.sender_allowed != NULL &&
+	    !s->policy.sender_allowed(s->policy.ctx, path, s->authenticated))
+		return error_reply(s, "553 5.7.1 Sender address rejected: not owned by user");
+	s->sender = xstrdup(path->addr);
+	s->params = *params;
+	enter_state(s, SMTP_STATE_MAIL);
+	reply(s, "250 2.1.0 Ok");
+	return SMTP_EVENT_NONE;
+}
+
 static enum smtp_event
 cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 {
@@ -253,38 +402,23 @@ cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 	st = smtp_parse_mail_from(arg, len, auth_available(s), &path, &params);
 	if (st != SMTP_ARG_OK)
 		return error_reply(s, mail_arg_replies[st]);
-	if (path.is_utf8 && !params.smtputf8)
-		return error_reply(s, "553 5.6.7 Non-ASCII sender address requires SMTPUTF8");
-	if (params.has_size && params.size > s->cfg.max_message_size)
-		return error_reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
-	if (s->authenticated != NULL && s->policy.sender_allowed != NULL &&
-	    !s->policy.sender_allowed(s->policy.ctx, &path, s->authenticated))
-		return error_reply(s, "553 5.7.1 Sender address rejected: not owned by user");
-	s->sender = xstrdup(path.addr);
-	s->params = params;
-	enter_state(s, SMTP_STATE_MAIL);
-	reply(s, "250 2.1.0 Ok");
-	return SMTP_EVENT_NONE;
+	return mail_parsed(s, &path, &params);
 }
 
 static enum smtp_event
-cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
+rcpt_parsed(struct smtp_session *s, const struct smtp_path *path)
 {
-	struct smtp_path path;
-	enum smtp_arg_status st;
 	enum smtp_rcpt_verdict verdict;
 
-	st = smtp_parse_rcpt_to(arg, len, &path);
-	if (st != SMTP_ARG_OK)
-		return error_reply(s, rcpt_arg_replies[st]);
-	if (path.is_utf8 && !s->params.smtputf8)
+	s->cmd_path = path;
+	if (path->is_utf8 && !s->params.smtputf8)
 		return error_reply(s, "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8");
 	if (s->rcpts_len >= s->cfg.max_recipients) {
 		/* RFC 5321 4.5.3.1.10: a temporary reply; the client sends the rest later. */
 		reply(s, "452 4.5.3 Error: too many recipients");
 		return SMTP_EVENT_NONE;
 	}
-	verdict = s->policy.check_rcpt(s->policy.ctx, &path);
+	verdict = s->policy.check_rcpt(s->policy.ctx, path);
 	if (verdict == SMTP_RCPT_TEMPFAIL) {
 		/* Not the client's fault: not counted as an error. */
 		reply(s, "%s", rcpt_verdict_replies[verdict]);
@@ -296,10 +430,21 @@ cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
 		s->rcpts_cap = s->rcpts_cap ? s->rcpts_cap * 2 : 4;
 		s->rcpts = xrealloc(s->rcpts, s->rcpts_cap * sizeof(*s->rcpts));
 	}
-	s->rcpts[s->rcpts_len++] = xstrdup(path.addr);
+	s->rcpts[s->rcpts_len++] = xstrdup(path->addr);
 	enter_state(s, SMTP_STATE_RCPT);
 	reply(s, "%s", rcpt_verdict_replies[SMTP_RCPT_ACCEPT]);
 	return SMTP_EVENT_NONE;
+}
+
+static enum smtp_event
+cmd_rcpt(struct smtp_session *s, const char *arg, size_t len)
+{
+	struct smtp_path path;
+	enum smtp_arg_status st = smtp_parse_rcpt_to(arg, len, &path);
+
+	if (st != SMTP_ARG_OK)
+		return error_reply(s, rcpt_arg_replies[st]);
+	return rcpt_parsed(s, &path);
 }
 
 static void
@@ -591,29 +736,31 @@ cmd_unknown(struct smtp_session *s, const char *arg, size_t len)
 #define ANY_CMD (ST(INIT) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(BDAT_NEXT))
 
 static const struct command {
-	const char *name;
+	const char *name; /* in the log (struct smtp_refusal) */
 	handler_fn fn;
-	unsigned states;     /* where the verb is allowed; elsewhere 503 */
-	const char *refusal; /* the 503 text */
+	unsigned states;		   /* where the verb is allowed; elsewhere 503 */
+	const char *refusal;		   /* the 503 text */
+	enum smtp_refusal_kind refused_as; /* what its refusals are, for the log */
 } commands[SMTP_VERB_COUNT] = {
-    [SMTP_VERB_UNKNOWN] = {"", cmd_unknown, ANY_CMD, NULL},
+    [SMTP_VERB_UNKNOWN] = {"UNKNOWN", cmd_unknown, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
     [SMTP_VERB_HELO] = {"HELO", cmd_helo, ANY_CMD & ~ST(BDAT_NEXT),
-			"503 5.5.1 Error: BDAT transaction in progress"},
+			"503 5.5.1 Error: BDAT transaction in progress", SMTP_REFUSAL_PROTOCOL},
     [SMTP_VERB_EHLO] = {"EHLO", cmd_ehlo, ANY_CMD & ~ST(BDAT_NEXT),
-			"503 5.5.1 Error: BDAT transaction in progress"},
-    [SMTP_VERB_MAIL] = {"MAIL", cmd_mail, ST(READY), NULL},
-    [SMTP_VERB_RCPT] = {"RCPT", cmd_rcpt, ST(MAIL) | ST(RCPT), NULL},
-    [SMTP_VERB_DATA] = {"DATA", cmd_data, ST(MAIL) | ST(RCPT), NULL},
-    [SMTP_VERB_BDAT] = {"BDAT", cmd_bdat, ANY_CMD, NULL},
-    [SMTP_VERB_RSET] = {"RSET", cmd_rset, ANY_CMD, NULL},
-    [SMTP_VERB_NOOP] = {"NOOP", cmd_noop, ANY_CMD, NULL},
-    [SMTP_VERB_VRFY] = {"VRFY", cmd_vrfy, ANY_CMD, NULL},
-    [SMTP_VERB_EXPN] = {"EXPN", cmd_expn, ANY_CMD & ~ST(BDAT_NEXT), NULL},
-    [SMTP_VERB_HELP] = {"HELP", cmd_help, ANY_CMD, NULL},
-    [SMTP_VERB_QUIT] = {"QUIT", cmd_quit, ANY_CMD, NULL},
+			"503 5.5.1 Error: BDAT transaction in progress", SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_MAIL] = {"MAIL", cmd_mail, ST(READY), NULL, SMTP_REFUSAL_MAIL},
+    [SMTP_VERB_RCPT] = {"RCPT", cmd_rcpt, ST(MAIL) | ST(RCPT), NULL, SMTP_REFUSAL_MAIL},
+    [SMTP_VERB_DATA] = {"DATA", cmd_data, ST(MAIL) | ST(RCPT), NULL, SMTP_REFUSAL_MAIL},
+    [SMTP_VERB_BDAT] = {"BDAT", cmd_bdat, ANY_CMD, NULL, SMTP_REFUSAL_MAIL},
+    [SMTP_VERB_RSET] = {"RSET", cmd_rset, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_NOOP] = {"NOOP", cmd_noop, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_VRFY] = {"VRFY", cmd_vrfy, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_EXPN] = {"EXPN", cmd_expn, ANY_CMD & ~ST(BDAT_NEXT), NULL, SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_HELP] = {"HELP", cmd_help, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_QUIT] = {"QUIT", cmd_quit, ANY_CMD, NULL, SMTP_REFUSAL_PROTOCOL},
     [SMTP_VERB_STARTTLS] = {"STARTTLS", cmd_starttls, ST(INIT) | ST(READY),
-			    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction"},
-    [SMTP_VERB_AUTH] = {"AUTH", cmd_auth, ANY_CMD & ~ST(BDAT_NEXT), NULL},
+			    "503 5.5.1 Error: STARTTLS not allowed in a mail transaction",
+			    SMTP_REFUSAL_PROTOCOL},
+    [SMTP_VERB_AUTH] = {"AUTH", cmd_auth, ANY_CMD & ~ST(BDAT_NEXT), NULL, SMTP_REFUSAL_PROTOCOL},
 };
 
 /* The 503 for a verb used out of order (RFC 5321 4.1.4). */
@@ -660,14 +807,23 @@ static enum smtp_event
 dispatch(struct smtp_session *s, const char *line, size_t len)
 {
 	struct smtp_command cmd;
+	enum smtp_event ev;
 
+	smtp_parse_command(line, len, &cmd);
+	answering(s, cmd.verb, commands[cmd.verb].name, commands[cmd.verb].refused_as);
+	s->cmd_arg = cmd.arg;
+	s->cmd_arg_len = cmd.arg_len;
 	/* NUL, bare CR and other control octets never reach a handler. */
 	if (has_control_octets(line, len))
-		return error_reply(s, "500 5.5.2 Error: invalid characters in command");
-	smtp_parse_command(line, len, &cmd);
-	if (!(commands[cmd.verb].states & (1u << s->state)))
-		return error_reply(s, sequence_error(s, cmd.verb));
-	return commands[cmd.verb].fn(s, cmd.arg, cmd.arg_len);
+		ev = error_reply(s, "500 5.5.2 Error: invalid characters in command");
+	else if (!(commands[cmd.verb].states & (1u << s->state)))
+		ev = error_reply(s, sequence_error(s, cmd.verb));
+	else
+		ev = commands[cmd.verb].fn(s, cmd.arg, cmd.arg_len);
+	/* Borrowed from the line and the handler: gone once it returns. */
+	s->cmd_arg = NULL;
+	s->cmd_path = NULL;
+	return ev;
 }
 
 /* ---- input ------------------------------------------------------------ */
@@ -679,6 +835,8 @@ message_end(struct smtp_session *s)
 	unsigned flags = s->body.flags;
 	const char *text = NULL;
 
+	answering(s, s->state == SMTP_STATE_BDAT ? SMTP_VERB_BDAT : SMTP_VERB_DATA,
+		  "END-OF-MESSAGE", SMTP_REFUSAL_MAIL);
 	if (flags & SMTP_BODY_TOO_BIG)
 		text = "552 5.3.4 Error: message size exceeds fixed limit";
 	else if (flags & SMTP_BODY_BARE_EOL)
@@ -748,6 +906,7 @@ feed_discard(struct smtp_session *s, size_t len, enum smtp_event *ev)
 	s->chunk_left -= used;
 	if (s->chunk_left == 0) {
 		enter_state(s, s->discard_return);
+		answering(s, SMTP_VERB_BDAT, "BDAT", SMTP_REFUSAL_MAIL);
 		*ev = error_reply(s, s->discard_reply);
 	}
 	return used;
@@ -776,18 +935,23 @@ feed_command(struct smtp_session *s, const char *in, size_t len, enum smtp_event
 		 * octets of base64).  One over it ends the exchange (RFC 4954
 		 * 4), or the next command would be taken for a response.
 		 */
-		if (s->state == SMTP_STATE_AUTH)
+		if (s->state == SMTP_STATE_AUTH) {
+			answering(s, SMTP_VERB_AUTH, "AUTH", SMTP_REFUSAL_PROTOCOL);
 			*ev = auth_abort(s, "501 5.5.2 Error: authentication response too long");
-		else
+		} else {
+			answering(s, SMTP_VERB_UNKNOWN, "UNKNOWN", SMTP_REFUSAL_PROTOCOL);
 			*ev = error_reply(s, "500 5.5.2 Error: command line too long");
+		}
 		return line_len + 1;
 	}
 	if (line_len > 0 && in[line_len - 1] == '\r')
 		line_len--;
-	if (s->state == SMTP_STATE_AUTH)
+	if (s->state == SMTP_STATE_AUTH) {
+		answering(s, SMTP_VERB_AUTH, "AUTH", SMTP_REFUSAL_PROTOCOL);
 		*ev = auth_response(s, in, line_len);
-	else
+	} else {
 		*ev = dispatch(s, in, line_len);
+	}
 	return (size_t)(lf - in) + 1;
 }
 
@@ -848,6 +1012,7 @@ smtp_session_commit_done(struct smtp_session *s, enum smtp_commit_result r, cons
 {
 	if (s->state != SMTP_STATE_COMMIT)
 		return;
+	answering(s, SMTP_VERB_DATA, "END-OF-MESSAGE", SMTP_REFUSAL_MAIL);
 	switch (r) {
 	case SMTP_COMMIT_OK:
 		reply(s, "250 2.0.0 Ok: queued as %s", id);
@@ -877,11 +1042,14 @@ smtp_session_auth_done(struct smtp_session *s, bool ok)
 	if (s->state != SMTP_STATE_AUTH_WAIT)
 		return;
 	enter_state(s, SMTP_STATE_READY);
+	/* The 535 is not told: the glue logged the failure as it learnt of it. */
+	s->cmd = NULL;
 	if (ok) {
 		s->authenticated = xstrdup(s->auth_user);
 		reply(s, "235 2.7.0 Authentication successful");
 	} else if (++s->auth_failures >= s->cfg.max_auth_failures) {
 		reply(s, "535 5.7.8 Authentication credentials invalid");
+		answering(s, SMTP_VERB_AUTH, "AUTH", SMTP_REFUSAL_PROTOCOL);
 		reply(s, "421 4.7.0 %s Error: too many failed authentications", s->cfg.hostname);
 		enter_state(s, SMTP_STATE_CLOSED);
 	} else {
@@ -895,6 +1063,12 @@ const char *
 smtp_session_auth_user(const struct smtp_session *s)
 {
 	return s->authenticated;
+}
+
+const char *
+smtp_session_auth_mechanism(const struct smtp_session *s)
+{
+	return s->auth_step == AUTH_PLAIN ? "PLAIN" : "LOGIN";
 }
 
 void
@@ -914,13 +1088,28 @@ smtp_session_timeout(struct smtp_session *s)
 	smtp_session_close_421(s, "4.4.2", "Error: timeout exceeded");
 }
 
-void
-smtp_session_close_421(struct smtp_session *s, const char *enhanced, const char *text)
+static void
+close_421(struct smtp_session *s, const char *enhanced, const char *text)
 {
 	if (s->state == SMTP_STATE_CLOSED)
 		return;
 	reply(s, "421 %s %s %s", enhanced, s->cfg.hostname, text);
 	enter_state(s, SMTP_STATE_CLOSED);
+}
+
+void
+smtp_session_close_421(struct smtp_session *s, const char *enhanced, const char *text)
+{
+	s->cmd = NULL; /* the glue's decision, logged by the glue */
+	close_421(s, enhanced, text);
+}
+
+void
+smtp_session_refuse(struct smtp_session *s, const char *enhanced, const char *text)
+{
+	buf_reset(&s->out); /* the 421 replaces the greeting */
+	answering(s, SMTP_VERB_UNKNOWN, "CONNECT", SMTP_REFUSAL_MAIL);
+	close_421(s, enhanced, text);
 }
 
 enum smtp_state

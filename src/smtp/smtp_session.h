@@ -37,6 +37,39 @@ enum smtp_rcpt_verdict {
 	SMTP_RCPT_TEMPFAIL,	/* 451 4.3.0 */
 };
 
+/*
+ * A 4xx or 5xx reply, as smtp_policy.refused is told of it for the log.
+ * Every pointer is borrowed for the call only; the {pointer, length} text
+ * fields are not NUL-terminated, and the address and HELO fields are as the
+ * client wrote them (any octet but LF, in a line refused for its control
+ * octets): escape them before they are logged.
+ */
+enum smtp_refusal_kind {
+	SMTP_REFUSAL_MAIL,     /* of the connection, MAIL, RCPT, DATA, BDAT or a message's end */
+	SMTP_REFUSAL_PROTOCOL, /* of any other command or line: unknown, malformed, out of order
+				  (a client sending garbage makes one per line) */
+};
+
+struct smtp_refusal {
+	enum smtp_refusal_kind kind;
+	/* NUL-terminated: the verb ("MAIL", "RCPT", "HELO"...), "UNKNOWN" (not a verb),
+	   "END-OF-MESSAGE" (DATA's or BDAT's message) or "CONNECT" (smtp_session_refuse) */
+	const char *command;
+	const char *reply; /* the reply line as queued, without its CRLF */
+	size_t reply_len;
+	/* MAIL's address (parsed, else as written), else the transaction's sender ("" for
+	   <>); NULL: none */
+	const char *sender;
+	size_t sender_len;
+	/* RCPT's address (parsed, else as written); for DATA, BDAT and a message's end the
+	   first recipient accepted; NULL: none */
+	const char *rcpt;
+	size_t rcpt_len;
+	size_t nrcpt;	  /* DATA, BDAT and a message's end: the recipients accepted; else 0 */
+	const char *helo; /* HELO/EHLO's argument, else the session's HELO name; NULL: none */
+	size_t helo_len;
+};
+
 struct smtp_policy {
 	void *ctx;
 	/* Decides one recipient; called once per syntactically valid RCPT. */
@@ -46,6 +79,13 @@ struct smtp_policy {
 	 * A refusal is 553 5.7.1 (RFC 4954 does not name one; Postfix's).
 	 */
 	bool (*sender_allowed)(void *ctx, const struct smtp_path *sender, const char *auth_user);
+	/*
+	 * A 4xx or 5xx reply to the client was just queued.  NULL: not told.
+	 * Called for every one, in order, except AUTH's 535 (the glue knows of
+	 * a failed check first: smtp_session_auth_done) and the 421 of
+	 * smtp_session_timeout and smtp_session_close_421 (the glue's own).
+	 */
+	void (*refused)(void *ctx, const struct smtp_refusal *r);
 };
 
 struct smtp_session_conf {
@@ -135,14 +175,26 @@ void smtp_session_tls_started(struct smtp_session *s);
  * NUL.
  */
 void smtp_session_auth_take(const struct smtp_session *s, const char **user, const char **password);
-/* Ends SMTP_STATE_AUTH_WAIT: 235, or 535 5.7.8 (and 421 after too many failures). */
+/*
+ * Ends SMTP_STATE_AUTH_WAIT: 235, or 535 5.7.8 (and 421 after too many
+ * failures).  The 535 is not told to policy.refused: the glue logs a
+ * failed check when it learns of it (the 535 may come seconds later).
+ */
 void smtp_session_auth_done(struct smtp_session *s, bool ok);
+/* The SASL mechanism of the last AUTH exchange, "PLAIN" or "LOGIN" (for the log). */
+const char *smtp_session_auth_mechanism(const struct smtp_session *s);
 /* The authenticated user, or NULL. */
 const char *smtp_session_auth_user(const struct smtp_session *s);
 /* The client was silent for too long: queue 421 4.4.2 and close. */
 void smtp_session_timeout(struct smtp_session *s);
-/* The server is stopping, or refuses this client: queue "421 <enhanced> <host> <text>", close. */
+/* The server is stopping: queue "421 <enhanced> <host> <text>", close. */
 void smtp_session_close_421(struct smtp_session *s, const char *enhanced, const char *text);
+/*
+ * Refuses the connection before anything was written (a connection limit,
+ * a stop): the same 421 replaces the greeting, is told to policy.refused as
+ * a refusal of CONNECT, and the session closes.
+ */
+void smtp_session_refuse(struct smtp_session *s, const char *enhanced, const char *text);
 
 enum smtp_state smtp_session_state(const struct smtp_session *s);
 const char *smtp_state_name(enum smtp_state st);

@@ -2,8 +2,9 @@
  * libFuzzer harness: a whole SMTP session (commands, AUTH decoding, DATA
  * and BDAT bodies) fed from hostile input, split where the first octet
  * says, with the glue's duties emulated.  Checks that the session never
- * consumes more than it was given, keeps its output bounded, and that every
- * reply line starts with a 3-digit code.
+ * consumes more than it was given, keeps its output bounded, that every
+ * reply line starts with a 3-digit code, and that what a refusal lends the
+ * glue for the log is a 4xx/5xx line and readable memory.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,6 +24,31 @@ sender_allowed(void *ctx, const struct smtp_path *sender, const char *user)
 {
 	(void)ctx;
 	return sender->is_null || strcmp(sender->addr, user) == 0;
+}
+
+/* Reads every octet refused() is lent (ASan checks they are all there): a 4xx or 5xx line. */
+static void
+refused(void *ctx, const struct smtp_refusal *r)
+{
+	volatile unsigned sum = 0;
+
+	(void)ctx;
+	if (r->command == NULL || r->command[0] == '\0' || r->reply_len < 4 ||
+	    (r->reply[0] != '4' && r->reply[0] != '5') ||
+	    memchr(r->reply, '\n', r->reply_len) != NULL ||
+	    memchr(r->reply, '\r', r->reply_len) != NULL ||
+	    (r->kind != SMTP_REFUSAL_MAIL && r->kind != SMTP_REFUSAL_PROTOCOL))
+		abort();
+	for (size_t i = 0; i < r->sender_len; i++)
+		sum += (unsigned char)r->sender[i];
+	for (size_t i = 0; i < r->rcpt_len; i++)
+		sum += (unsigned char)r->rcpt[i];
+	for (size_t i = 0; i < r->helo_len; i++)
+		sum += (unsigned char)r->helo[i];
+	if ((r->sender == NULL && r->sender_len != 0) || (r->rcpt == NULL && r->rcpt_len != 0) ||
+	    (r->helo == NULL && r->helo_len != 0))
+		abort();
+	(void)sum;
 }
 
 static void
@@ -59,7 +85,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    /* Both ways, without taking a bit of input: odd sizes refuse NUL (sendmail -bs). */
 	    .refuse_nul = (size & 1) != 0,
 	};
-	struct smtp_policy policy = {.check_rcpt = check_rcpt, .sender_allowed = sender_allowed};
+	struct smtp_policy policy = {
+	    .check_rcpt = check_rcpt, .sender_allowed = sender_allowed, .refused = refused};
 	struct smtp_session *s;
 	size_t step, pos = 1;
 	enum smtp_event last = SMTP_EVENT_NONE;

@@ -10,7 +10,9 @@
  * A case is a list of steps: the client sends some bytes, then waits for
  * exactly the replies expected.  Every case runs three ways, each step's
  * bytes given all at once, line by line and byte by byte: a pipelining client
- * and a slow one must see the same replies, events and messages.
+ * and a slow one must see the same replies, events and messages.  In each,
+ * every 4xx and 5xx reply but AUTH's 535 must have been told to the policy's
+ * refused(), once and in order.
  */
 #include "smtp/smtp_session.h"
 
@@ -30,32 +32,7 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-/* ---- the fake policy -------------------------------------------------- */
-
-static const struct {
-	const char *addr;
-	enum smtp_rcpt_verdict verdict;
-} policy_table[] = {
-    {"unknown@local.test", SMTP_RCPT_UNKNOWN_USER},
-    {"bad@local.test", SMTP_RCPT_BAD_MAILBOX},
-    {"relay@remote.test", SMTP_RCPT_RELAY_DENIED},
-    {"temp@local.test", SMTP_RCPT_TEMPFAIL},
-};
-
-/* Addresses not in the table are accepted. */
-static enum smtp_rcpt_verdict
-check_rcpt(void *ctx, const struct smtp_path *rcpt)
-{
-	size_t *calls = ctx;
-
-	(*calls)++;
-	for (size_t i = 0; i < ARRAY_LEN(policy_table); i++)
-		if (strcasecmp(rcpt->addr, policy_table[i].addr) == 0)
-			return policy_table[i].verdict;
-	return SMTP_RCPT_ACCEPT;
-}
-
-/* ---- the driver ------------------------------------------------------- */
+/* ---- text ------------------------------------------------------------- */
 
 struct text {
 	char *p; /* owned, NUL-terminated */
@@ -75,12 +52,106 @@ text_add(struct text *t, const char *p, size_t n)
 	t->p[t->len] = '\0';
 }
 
+static void __attribute__((format(printf, 2, 3))) text_printf(struct text *t, const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	assert_true(n >= 0 && (size_t)n < sizeof(line));
+	text_add(t, line, (size_t)n);
+}
+
+static const char *
+text_str(const struct text *t)
+{
+	return t->p != NULL ? t->p : "";
+}
+
 static void
 text_free(struct text *t)
 {
 	free(t->p);
 	*t = (struct text){0};
 }
+
+/* ---- the fake policy -------------------------------------------------- */
+
+struct fake_policy {
+	size_t calls;		 /* of check_rcpt */
+	struct text refusals;	 /* what refused() was told, a line each (note_refusal) */
+	struct text refused_rep; /* the reply lines it was told, each ended by "\n" */
+};
+
+static const struct {
+	const char *addr;
+	enum smtp_rcpt_verdict verdict;
+} policy_table[] = {
+    {"unknown@local.test", SMTP_RCPT_UNKNOWN_USER},
+    {"bad@local.test", SMTP_RCPT_BAD_MAILBOX},
+    {"relay@remote.test", SMTP_RCPT_RELAY_DENIED},
+    {"temp@local.test", SMTP_RCPT_TEMPFAIL},
+};
+
+/* Addresses not in the table are accepted. */
+static enum smtp_rcpt_verdict
+check_rcpt(void *ctx, const struct smtp_path *rcpt)
+{
+	struct fake_policy *fp = ctx;
+
+	fp->calls++;
+	for (size_t i = 0; i < ARRAY_LEN(policy_table); i++)
+		if (strcasecmp(rcpt->addr, policy_table[i].addr) == 0)
+			return policy_table[i].verdict;
+	return SMTP_RCPT_ACCEPT;
+}
+
+/* " key=<value>" when there is a value: as the glue logs it, but unescaped. */
+static void
+note_field(struct text *t, const char *key, const char *val, size_t len)
+{
+	if (val != NULL)
+		text_printf(t, " %s=<%.*s>", key, (int)len, val);
+}
+
+/*
+ * Records a refusal as "CMD/kind reply; from=<..> to=<..> nrcpt=N
+ * helo=<..>", the fields there only when set (nrcpt when not 0).
+ */
+static void
+note_refusal(void *ctx, const struct smtp_refusal *r)
+{
+	struct fake_policy *fp = ctx;
+
+	assert_non_null(r->command);
+	assert_true(r->reply_len >= 4);
+	assert_true(r->reply[0] == '4' || r->reply[0] == '5');
+	assert_null(memchr(r->reply, '\n', r->reply_len));
+	assert_null(memchr(r->reply, '\r', r->reply_len));
+	text_add(&fp->refused_rep, r->reply, r->reply_len);
+	text_add(&fp->refused_rep, "\n", 1);
+	text_printf(&fp->refusals, "%s/%s %.*s;", r->command,
+		    r->kind == SMTP_REFUSAL_MAIL ? "mail" : "protocol", (int)r->reply_len,
+		    r->reply);
+	note_field(&fp->refusals, "from", r->sender, r->sender_len);
+	note_field(&fp->refusals, "to", r->rcpt, r->rcpt_len);
+	if (r->nrcpt > 0)
+		text_printf(&fp->refusals, " nrcpt=%zu", r->nrcpt);
+	note_field(&fp->refusals, "helo", r->helo, r->helo_len);
+	text_add(&fp->refusals, "\n", 1);
+}
+
+static void
+fake_policy_free(struct fake_policy *fp)
+{
+	text_free(&fp->refusals);
+	text_free(&fp->refused_rep);
+}
+
+/* ---- the driver ------------------------------------------------------- */
 
 #define MSGS_MAX 4
 
@@ -99,8 +170,9 @@ struct glue {
 	const char *name; /* borrowed: case and mode, for failures */
 	struct smtp_session *s;
 	enum smtp_commit_result commit;
-	size_t policy_calls;
-	struct text pending; /* client bytes not consumed yet, from pending_off */
+	struct fake_policy policy;
+	struct text refused_want; /* the 4xx and 5xx replies refused() must have been told */
+	struct text pending;	  /* client bytes not consumed yet, from pending_off */
 	size_t pending_off;
 	struct text replies; /* reply lines, each ended by "\n" instead of CRLF */
 	struct text events;  /* event names, space-separated */
@@ -118,9 +190,9 @@ static const char *const event_names[] = {
     [SMTP_EVENT_AUTH] = "AUTH",		  [SMTP_EVENT_CLOSE] = "CLOSE",
 };
 
-/* A session for the options; the policy counts its calls in *policy_calls. */
+/* A session for the options, with fp as its policy's state. */
 static struct smtp_session *
-session_new(const struct opts *o, size_t *policy_calls)
+session_new(const struct opts *o, struct fake_policy *fp)
 {
 	struct smtp_session_conf cfg = {
 	    .hostname = "mx.test",
@@ -132,7 +204,7 @@ session_new(const struct opts *o, size_t *policy_calls)
 	    .max_errors = o->max_errors,
 	    .refuse_nul = o->refuse_nul,
 	};
-	struct smtp_policy policy = {.ctx = policy_calls, .check_rcpt = check_rcpt};
+	struct smtp_policy policy = {.ctx = fp, .check_rcpt = check_rcpt, .refused = note_refusal};
 	struct smtp_session *s = smtp_session_new(&cfg, &policy);
 
 	assert_non_null(s);
@@ -143,13 +215,15 @@ static void
 glue_init(struct glue *g, const char *name, const struct opts *o)
 {
 	*g = (struct glue){.name = name, .commit = o->commit};
-	g->s = session_new(o, &g->policy_calls);
+	g->s = session_new(o, &g->policy);
 }
 
 static void
 glue_free(struct glue *g)
 {
 	smtp_session_free(g->s);
+	fake_policy_free(&g->policy);
+	text_free(&g->refused_want);
 	text_free(&g->pending);
 	text_free(&g->replies);
 	text_free(&g->events);
@@ -177,6 +251,10 @@ collect_output(struct glue *g)
 			fail_msg("%s: bare CR or LF in reply: %.*s", g->name, (int)n, p);
 		text_add(&g->replies, p, n);
 		text_add(&g->replies, "\n", 1);
+		if ((p[0] == '4' || p[0] == '5') && strncmp(p, "535 ", 4) != 0) {
+			text_add(&g->refused_want, p, n);
+			text_add(&g->refused_want, "\n", 1);
+		}
 		i += n + 2;
 	}
 	buf_reset(out);
@@ -363,6 +441,7 @@ struct session_case {
 	struct opts opt;
 	struct step steps[STEPS_MAX]; /* ended by send == NULL */
 	const char *events;	      /* expected event trace */
+	const char *refusals;	      /* NULL, or what refused() must be told (note_refusal) */
 	struct msg msgs[MSGS_MAX];    /* messages expected at MESSAGE_END, ended by p == NULL */
 	enum smtp_state state;	      /* expected at the end */
 };
@@ -770,6 +849,125 @@ static const struct session_case cases[] = {
     {"no QUIT: the session waits",
      .steps = {EHLO_STEP, MAIL_STEP, STEP("RCPT TO:<c@d.test>\r\nNOO", RCPT_OK)}, .events = "",
      .state = SMTP_STATE_RCPT},
+    /*
+     * What refused() is told, for the log: the address of a refused MAIL or
+     * RCPT as parsed, or as written when it did not parse (control octets
+     * included: the glue escapes them); never an AUTH argument.
+     */
+    {"refusals of MAIL",
+     .steps = {EHLO_STEP,
+	       STEP("MAIL FROM:<a@b.test> SIZE=2000000\r\n",
+		    "552 5.3.4 Message size exceeds fixed maximum message size\n"),
+	       STEP("MAIL FROM:<a b@c.test>\r\n", "501 5.1.7 Bad sender address syntax\n"),
+	       STEP("MAIL\r\n", "501 5.5.2 Syntax: MAIL FROM:<address>\n"),
+	       STEP("MAIL FROM:<x\x01y@b.test>\r\n", BAD_CHARS),
+	       STEP("MAIL FROM:<n\xc3\xa9@b.test>\r\n",
+		    "553 5.6.7 Non-ASCII sender address requires SMTPUTF8\n"),
+	       MAIL_STEP, STEP("MAIL FROM:<>\r\n", NESTED), QUIT_STEP},
+     .events = "CLOSE",
+     .refusals = "MAIL/mail 552 5.3.4 Message size exceeds fixed maximum message size; "
+		 "from=<a@b.test> helo=<client.test>\n"
+		 "MAIL/mail 501 5.1.7 Bad sender address syntax; from=<a b@c.test> "
+		 "helo=<client.test>\n"
+		 "MAIL/mail 501 5.5.2 Syntax: MAIL FROM:<address>; helo=<client.test>\n"
+		 "MAIL/mail 500 5.5.2 Error: invalid characters in command; from=<x\x01y@b.test> "
+		 "helo=<client.test>\n"
+		 "MAIL/mail 553 5.6.7 Non-ASCII sender address requires SMTPUTF8; "
+		 "from=<n\xc3\xa9@b.test> helo=<client.test>\n"
+		 "MAIL/mail 503 5.5.1 Error: nested MAIL command; from=<> helo=<client.test>\n",
+     .state = CLOSED},
+    {"refusals of RCPT", .opt = {.max_rcpts = 1},
+     .steps = {EHLO_STEP, STEP("RCPT TO:<c@d.test>\r\n", NEED_MAIL), MAIL_STEP,
+	       STEP("RCPT TO:<unknown@local.test>\r\nRCPT TO:<bad@local.test>\r\n"
+		    "RCPT TO:<relay@remote.test>\r\nRCPT TO:<temp@local.test>\r\n",
+		    "550 5.1.1 Recipient address rejected: User unknown\n"
+		    "553 5.1.3 Recipient address rejected: invalid mailbox name\n"
+		    "550 5.7.1 Relay access denied\n"
+		    "451 4.3.0 Recipient address rejected: temporary local problem\n"),
+	       STEP("RCPT TO:<a\rb@d.test>\r\n", BAD_CHARS),
+	       STEP("RCPT TO:<n\xc3\xa9@d.test>\r\n",
+		    "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8\n"),
+	       STEP("RCPT TO:<Postmaster> FOO=BAR\r\n", "555 5.5.4 Unsupported RCPT parameter\n"),
+	       STEP("RCPT TO:\r\n", "501 5.5.2 Syntax: RCPT TO:<address>\n"), RCPT_STEP,
+	       STEP("RCPT TO:<e@d.test>\r\n", "452 4.5.3 Error: too many recipients\n"), QUIT_STEP},
+     .events = "CLOSE",
+     .refusals =
+	 "RCPT/mail 503 5.5.1 Error: need MAIL command; to=<c@d.test> helo=<client.test>\n"
+	 "RCPT/mail 550 5.1.1 Recipient address rejected: User unknown; from=<a@b.test> "
+	 "to=<unknown@local.test> helo=<client.test>\n"
+	 "RCPT/mail 553 5.1.3 Recipient address rejected: invalid mailbox name; from=<a@b.test> "
+	 "to=<bad@local.test> helo=<client.test>\n"
+	 "RCPT/mail 550 5.7.1 Relay access denied; from=<a@b.test> to=<relay@remote.test> "
+	 "helo=<client.test>\n"
+	 "RCPT/mail 451 4.3.0 Recipient address rejected: temporary local problem; "
+	 "from=<a@b.test> to=<temp@local.test> helo=<client.test>\n"
+	 "RCPT/mail 500 5.5.2 Error: invalid characters in command; from=<a@b.test> "
+	 "to=<a\rb@d.test> helo=<client.test>\n"
+	 "RCPT/mail 553 5.6.7 Non-ASCII recipient address requires SMTPUTF8; from=<a@b.test> "
+	 "to=<n\xc3\xa9@d.test> helo=<client.test>\n"
+	 "RCPT/mail 555 5.5.4 Unsupported RCPT parameter; from=<a@b.test> to=<Postmaster> "
+	 "helo=<client.test>\n"
+	 "RCPT/mail 501 5.5.2 Syntax: RCPT TO:<address>; from=<a@b.test> helo=<client.test>\n"
+	 "RCPT/mail 452 4.5.3 Error: too many recipients; from=<a@b.test> to=<e@d.test> "
+	 "helo=<client.test>\n",
+     .state = CLOSED},
+    {"refusals of DATA, BDAT and messages", .opt = {.max_size = 10},
+     .steps = {STEP("HELO client.test\r\n", "250 mx.test\n"), MAIL_STEP, STEP("DATA\r\n", NO_RCPTS),
+	       RCPT_STEP, STEP("RCPT TO:<e@d.test>\r\n", RCPT_OK), STEP("DATA\r\n", DATA_GO),
+	       STEP("bare\nLF\r\n.\r\n", BARE_EOL), MAIL_STEP, RCPT_STEP,
+	       STEP("BDAT 12 LAST\r\n0123456789ab", TOO_BIG), STEP("BDAT 3\r\nabc", NEED_MAIL),
+	       QUIT_STEP},
+     .events = "BEGIN ABORT BEGIN ABORT CLOSE",
+     .refusals = "DATA/mail 554 5.5.1 Error: no valid recipients; from=<a@b.test> "
+		 "helo=<client.test>\n"
+		 "END-OF-MESSAGE/mail 550 5.6.0 Error: bare CR or LF in message; use CRLF line "
+		 "ends; from=<a@b.test> to=<c@d.test> nrcpt=2 helo=<client.test>\n"
+		 "END-OF-MESSAGE/mail 552 5.3.4 Error: message size exceeds fixed limit; "
+		 "from=<a@b.test> to=<c@d.test> nrcpt=1 helo=<client.test>\n"
+		 "BDAT/mail 503 5.5.1 Error: need MAIL command; helo=<client.test>\n",
+     .state = CLOSED},
+    {"a refusal at the commit", .opt = {.commit = SMTP_COMMIT_NO_SPACE},
+     .steps = {EHLO_STEP, MAIL_STEP, RCPT_STEP, STEP("DATA\r\n", DATA_GO),
+	       STEP("x\r\n.\r\n", "452 4.3.1 Error: insufficient system storage\n"), QUIT_STEP},
+     .events = "BEGIN END CLOSE",
+     .refusals = "END-OF-MESSAGE/mail 452 4.3.1 Error: insufficient system storage; "
+		 "from=<a@b.test> to=<c@d.test> nrcpt=1 helo=<client.test>\n",
+     .msgs = {MSG("x\r\n")}, .state = CLOSED},
+    {"protocol errors and the 421 they end with", .opt = {.max_errors = 4},
+     .steps = {STEP("HELO\r\n", "501 5.5.4 Syntax: HELO hostname\n"),
+	       STEP("EHLO a\x7f"
+		    "b\r\n",
+		    BAD_CHARS),
+	       EHLO_STEP, STEP("FOO bar\r\n", UNKNOWN_CMD),
+	       STEP("VRFY\r\n",
+		    "501 5.5.4 Syntax: VRFY address\n421 4.7.0 mx.test Error: too many errors\n")},
+     .events = "CLOSE",
+     .refusals = "HELO/protocol 501 5.5.4 Syntax: HELO hostname; helo=<>\n"
+		 "EHLO/protocol 500 5.5.2 Error: invalid characters in command; helo=<a\x7f"
+		 "b>\n"
+		 "UNKNOWN/protocol 500 5.5.2 Error: command not recognized; helo=<client.test>\n"
+		 "VRFY/protocol 501 5.5.4 Syntax: VRFY address; helo=<client.test>\n"
+		 "VRFY/protocol 421 4.7.0 mx.test Error: too many errors; helo=<client.test>\n",
+     .state = CLOSED},
+    {"refusals of AUTH: never its data, and no 535", .opt = {.starttls = true, .auth = true},
+     .steps = {STEP("STARTTLS\r\n", "220 2.0.0 Ready to start TLS\n"),
+	       STEP("EHLO client.test\r\n", EHLO_HEAD "250-AUTH PLAIN LOGIN\n" EHLO_TAIL),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZw==\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n"),
+	       STEP("AUTH CRAM-MD5 c2VjcmV0\r\n", "504 5.5.4 Unrecognized authentication type\n"),
+	       STEP("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\n"),
+	       STEP("c2VjcmV0!\r\n", "501 5.5.2 Cannot decode response\n"),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZzI=\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n"),
+	       STEP("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZzM=\r\n",
+		    "535 5.7.8 Authentication credentials invalid\n"
+		    "421 4.7.0 mx.test Error: too many failed authentications\n")},
+     .events = "STARTTLS AUTH AUTH AUTH",
+     .refusals = "AUTH/protocol 504 5.5.4 Unrecognized authentication type; helo=<client.test>\n"
+		 "AUTH/protocol 501 5.5.2 Cannot decode response; helo=<client.test>\n"
+		 "AUTH/protocol 421 4.7.0 mx.test Error: too many failed authentications; "
+		 "helo=<client.test>\n",
+     .state = CLOSED},
 };
 
 /* ---- generated cases (long inputs) ------------------------------------ */
@@ -965,6 +1163,12 @@ run_case(const struct session_case *c, enum feed_mode mode)
 				 i + 1, got->len, c->msgs[i].len,
 				 (int)(got->len < 80 ? got->len : 80), got->p);
 	}
+	if (strcmp(text_str(&g.policy.refused_rep), text_str(&g.refused_want)) != 0)
+		fail_msg("%s: refused() was told\n%s--- of the replies\n%s---", name,
+			 text_str(&g.policy.refused_rep), text_str(&g.refused_want));
+	if (c->refusals != NULL && strcmp(text_str(&g.policy.refusals), c->refusals) != 0)
+		fail_msg("%s: refusals differ\n--- got:\n%s--- want:\n%s---", name,
+			 text_str(&g.policy.refusals), c->refusals);
 	if (smtp_session_state(g.s) != c->state)
 		fail_msg("%s: state %s, want %s", name, smtp_state_name(smtp_session_state(g.s)),
 			 smtp_state_name(c->state));
@@ -992,6 +1196,7 @@ assert_output(struct smtp_session *s, const char *want)
 	collect_output(&g);
 	expect_replies(&g, want, "output");
 	text_free(&g.replies);
+	text_free(&g.refused_want);
 }
 
 /* Feeds str (a literal or array) once; checks what was consumed and the event. */
@@ -1013,8 +1218,8 @@ test_commit_wait(void **state)
 				 "x\r\n.\r\nMAIL FROM:<e@b.test>\r\nQUIT\r\n";
 	const char *rest = strstr(in, "x\r\n");
 	const char *after = strstr(in, "MAIL FROM:<e@");
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){0}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
 	enum smtp_event ev;
 	const char *data;
 	size_t len;
@@ -1046,16 +1251,17 @@ test_commit_wait(void **state)
 	FEED_ALL(s, "MAIL FROM:<e@b.test>\r\nQUIT\r\n", SMTP_EVENT_CLOSE);
 	assert_output(s, MAIL_OK BYE);
 	FEED(s, "NOOP\r\n", 0, SMTP_EVENT_NONE);
-	assert_int_equal(calls, 1);
+	assert_int_equal(fp.calls, 1);
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 /* RFC 3207 5 / CVE-2011-0411: commands sent with STARTTLS must not run after the handshake. */
 static void
 test_starttls_injection(void **state)
 {
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){.starttls = true}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){.starttls = true}, &fp);
 
 	FEED_ALL(s, "EHLO client.test\r\n", SMTP_EVENT_NONE);
 	assert_output(s, GREETING EHLO_TLS);
@@ -1076,6 +1282,7 @@ test_starttls_injection(void **state)
 	assert_string_equal(smtp_session_helo(s), "again.test");
 	assert_string_equal(smtp_session_protocol(s), "ESMTPS");
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 /* An AUTH exchange ended by an overlong response leaves no credentials behind. */
@@ -1083,8 +1290,8 @@ static void
 test_auth_overlong_wipes(void **state)
 {
 	static char line[1201]; /* 1200 octets and a NUL */
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){.auth = true}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){.auth = true}, &fp);
 	const char *user, *password;
 
 	smtp_session_set_tls(s, true);
@@ -1103,6 +1310,7 @@ test_auth_overlong_wipes(void **state)
 	assert_string_equal(password, "");
 	assert_null(smtp_session_auth_user(s));
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 /*
@@ -1112,8 +1320,8 @@ test_auth_overlong_wipes(void **state)
 static void
 test_timeout(void **state)
 {
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){0}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
 
 	FEED_ALL(s, "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n", SMTP_EVENT_NONE);
 	assert_output(s, GREETING EHLO_OK MAIL_OK);
@@ -1123,14 +1331,17 @@ test_timeout(void **state)
 	FEED(s, "NOOP\r\n", 0, SMTP_EVENT_NONE);
 	smtp_session_timeout(s); /* closed: nothing more */
 	assert_output(s, "");
+	/* The glue's own 421: it logs it itself. */
+	assert_string_equal(text_str(&fp.refusals), "");
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 static void
 test_close_421(void **state)
 {
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){0}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
 
 	FEED_ALL(s, "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n",
 		 SMTP_EVENT_MESSAGE_BEGIN);
@@ -1142,15 +1353,17 @@ test_close_421(void **state)
 	FEED(s, ".\r\n", 0, SMTP_EVENT_NONE);
 	smtp_session_close_421(s, "4.3.2", "Service shutting down");
 	assert_output(s, "");
+	assert_string_equal(text_str(&fp.refusals), "");
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 /* What the glue reads to open a queue entry, and what it logs at the commit. */
 static void
 test_envelope(void **state)
 {
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){0}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
 	const struct smtp_mail_params *p;
 
 	assert_string_equal(smtp_session_sender(s), "");
@@ -1166,7 +1379,7 @@ test_envelope(void **state)
 	assert_output(
 	    s, GREETING EHLO_OK MAIL_OK RCPT_OK
 	    "550 5.1.1 Recipient address rejected: User unknown\n" RCPT_OK RCPT_OK DATA_GO);
-	assert_int_equal(calls, 4);
+	assert_int_equal(fp.calls, 4);
 	assert_string_equal(smtp_session_sender(s), "a@b.test");
 	assert_int_equal(smtp_session_rcpt_count(s), 3);
 	assert_string_equal(smtp_session_rcpt(s, 0), "c@d.test");
@@ -1192,14 +1405,15 @@ test_envelope(void **state)
 	assert_string_equal(smtp_session_sender(s), "");
 	assert_int_equal(smtp_session_state(s), SMTP_STATE_MAIL);
 	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 /* The Received header's "with" (RFC 3848). */
 static void
 test_protocol(void **state)
 {
-	size_t calls = 0;
-	struct smtp_session *s = session_new(&(struct opts){0}, &calls);
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
 
 	assert_string_equal(smtp_session_protocol(s), "SMTP");
 	FEED_ALL(s, "HELO client.test\r\n", SMTP_EVENT_NONE);
@@ -1209,7 +1423,7 @@ test_protocol(void **state)
 	smtp_session_free(s);
 
 	/* Implicit TLS: the glue says so before the greeting is answered. */
-	s = session_new(&(struct opts){.starttls = true}, &calls);
+	s = session_new(&(struct opts){.starttls = true}, &fp);
 	smtp_session_set_tls(s, true);
 	FEED_ALL(s, "EHLO client.test\r\n", SMTP_EVENT_NONE);
 	assert_output(s, GREETING EHLO_OK);
@@ -1217,6 +1431,46 @@ test_protocol(void **state)
 	FEED_ALL(s, "STARTTLS\r\n", SMTP_EVENT_NONE);
 	assert_output(s, NOT_IMPL);
 	smtp_session_free(s);
+	fake_policy_free(&fp);
+}
+
+/* A connection refused at its start: the 421 instead of the greeting, told as CONNECT's. */
+static void
+test_refuse(void **state)
+{
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){0}, &fp);
+
+	smtp_session_refuse(s, "4.7.0", "Error: too many connections from your address");
+	assert_output(s, "421 4.7.0 mx.test Error: too many connections from your address\n");
+	assert_int_equal(smtp_session_state(s), SMTP_STATE_CLOSED);
+	assert_string_equal(text_str(&fp.refusals), "CONNECT/mail 421 4.7.0 mx.test Error: too "
+						    "many connections from your address;\n");
+	FEED(s, "EHLO client.test\r\n", 0, SMTP_EVENT_NONE);
+	assert_output(s, "");
+	smtp_session_free(s);
+	fake_policy_free(&fp);
+}
+
+/* The mechanism the glue names when it logs a failed check. */
+static void
+test_auth_mechanism(void **state)
+{
+	struct fake_policy fp = {0};
+	struct smtp_session *s = session_new(&(struct opts){.auth = true}, &fp);
+
+	smtp_session_set_tls(s, true);
+	FEED_ALL(s, "EHLO client.test\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZw==\r\n",
+		 SMTP_EVENT_AUTH);
+	assert_string_equal(smtp_session_auth_mechanism(s), "PLAIN");
+	smtp_session_auth_done(s, false);
+	FEED_ALL(s, "AUTH LOGIN YWxpY2VAZXhhbXBsZS50ZXN0\r\nd3Jvbmc=\r\n", SMTP_EVENT_AUTH);
+	assert_string_equal(smtp_session_auth_mechanism(s), "LOGIN");
+	smtp_session_auth_done(s, false);
+	/* Two 535s, neither told: the glue logs a failed check itself. */
+	assert_string_equal(text_str(&fp.refusals), "");
+	smtp_session_free(s);
+	fake_policy_free(&fp);
 }
 
 static void
@@ -1279,6 +1533,8 @@ main(void)
 	    cmocka_unit_test(test_close_421),
 	    cmocka_unit_test(test_envelope),
 	    cmocka_unit_test(test_protocol),
+	    cmocka_unit_test(test_refuse),
+	    cmocka_unit_test(test_auth_mechanism),
 	    cmocka_unit_test(test_state_names),
 	    cmocka_unit_test(test_output_flood),
 	};
