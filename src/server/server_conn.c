@@ -59,6 +59,7 @@ struct conn {
 	bool eof;	   /* the client closed its side: answer what it sent, then close */
 	bool handshaking;  /* a TLS handshake under way: no reply can go out before it ends */
 	bool auth_waiting; /* an AUTH waits for its address's checks under way (start_auth) */
+	struct server_reject_count rejects; /* refusals logged and left out (log_refusal) */
 	struct conn *prev, *next;
 };
 
@@ -156,6 +157,16 @@ sender_allowed(void *ctx, const struct smtp_path *sender, const char *user)
 	return ok;
 }
 
+/* Every 4xx and 5xx reply the session queues is logged here, at no cost to the others. */
+static void
+log_refusal(void *ctx, const struct smtp_refusal *r)
+{
+	struct conn *c = ctx;
+
+	server_reject_log(&c->rejects, c->msg != NULL ? queue_msg_id(c->msg) : NULL, c->addr,
+			  smtp_session_protocol(c->sess), r);
+}
+
 /* ---- output and lifetime -------------------------------------------------- */
 
 static void
@@ -204,6 +215,7 @@ conn_close(struct conn *c)
 		queue_msg_abort(c->msg);
 		c->msg = NULL;
 	}
+	server_reject_log_end(&c->rejects, c->addr);
 	log_info("disconnect from unknown[%s]", c->addr);
 	tls_bev_close_notify(c->bev); /* RFC 8446 6.1; a no-op without TLS */
 	bufferevent_free(c->bev);
@@ -277,9 +289,10 @@ commit_done(void *arg, int err)
 		r = (err == ENOSPC || err == EDQUOT) ? SMTP_COMMIT_NO_SPACE : SMTP_COMMIT_ERROR;
 		log_warn("%s: not queued: %s", id, strerror(err));
 	}
-	c->msg = NULL; /* the queue owns it now */
 	c->committing = false;
+	/* Before c->msg goes: a 4xx is logged with the message's id (log_refusal). */
 	smtp_session_commit_done(c->sess, r, id);
+	c->msg = NULL; /* the queue owns it now */
 	if (c->dead) {
 		conn_free(c);
 		return;
@@ -788,8 +801,10 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 {
 	struct conn *c = xcalloc(1, sizeof(*c));
 	struct smtp_session_conf scfg;
-	struct smtp_policy policy = {
-	    .ctx = c, .check_rcpt = check_rcpt, .sender_allowed = sender_allowed};
+	struct smtp_policy policy = {.ctx = c,
+				     .check_rcpt = check_rcpt,
+				     .sender_allowed = sender_allowed,
+				     .refused = log_refusal};
 	const struct conf *conf;
 	struct timeval wtv;
 	const char *refuse = NULL;
@@ -843,10 +858,8 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 		refuse = "Error: too many connections from your address";
 	c->counted = refuse == NULL || srv->nconns <= conf->max_connections;
 	if (refuse != NULL) {
-		log_warn("refusing unknown[%s]: %s", c->addr, refuse);
-		/* The 421 replaces the greeting. */
-		buf_reset(smtp_session_output(c->sess));
-		smtp_session_close_421(c->sess, srv->stopping ? "4.3.2" : "4.7.0", refuse);
+		/* The 421 replaces the greeting; logged as a refusal of CONNECT. */
+		smtp_session_refuse(c->sess, srv->stopping ? "4.3.2" : "4.7.0", refuse);
 		c->closing = true;
 	}
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);

@@ -73,4 +73,21 @@ void server_conn_gone(struct server *srv);
  */
 int server_privs_drop(const struct conf *conf);
 
+/* server_reject.c: the refusals of one session, logged and not. */
+struct smtp_refusal;
+struct server_reject_count {
+	size_t mail;	 /* refusals of mail logged (SMTP_REFUSAL_MAIL) */
+	size_t protocol; /* protocol errors logged (SMTP_REFUSAL_PROTOCOL) */
+	size_t unlogged; /* refusals left out by the caps */
+};
+/*
+ * Logs "ID: reject: CMD from unknown[client]: reply; from=<..> to=<..>
+ * proto=.. helo=<..>" (id NULL: "NOQUEUE"), the client's text escaped,
+ * unless the session's cap for its kind is reached: then it only counts it.
+ */
+void server_reject_log(struct server_reject_count *n, const char *id, const char *client,
+		       const char *proto, const struct smtp_refusal *r);
+/* At the disconnect: how many refusals the caps left out, if any. */
+void server_reject_log_end(const struct server_reject_count *n, const char *client);
+
 #endif

@@ -1054,3 +1054,136 @@ def test_curl_bare_lf_file_refused(petrel, tmp_path):
     assert out.returncode != 0
     assert "< 550 5.6.0 " in out.stderr, out.stderr
     assert_nothing_delivered(petrel, "curlbare@localhost")
+
+
+# ---- the log of refusals ----------------------------------------------------------------
+#
+# One line per refused command, in Postfix's form (what fail2ban and an administrator
+# asking "why did my mail not arrive" grep); what the client wrote appears escaped.
+
+
+LOG_LINE = re.compile(r"^\S+ petrel\[\d+\]: (\w+): (.*)$")
+
+
+def log_events(p):
+    """The log's lines without their time stamp and pid: "level: text"."""
+    return [f"{m.group(1)}: {m.group(2)}" for m in map(LOG_LINE.match, p.log().splitlines())
+            if m]
+
+
+def rejects(p):
+    return [e for e in log_events(p) if ": reject: " in e]
+
+
+def queue_ids(p):
+    """The ids of the messages begun (their "ID: client=" lines), in order."""
+    return re.findall(r"info: (\S+): client=unknown\[", p.log())
+
+
+def test_refused_recipients_logged(petrel_factory, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("alice@localhost:{PLAIN}secret\n")
+    p = petrel_factory(users_file=users, relay_networks="127.0.0.1/32", max_recipients=2)
+    c = client(p, source="127.0.0.2")
+    c.ehlo("client.test")
+    expect(c.cmd("RCPT TO:<early@localhost>"), 503, "5.5.1")
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd("RCPT TO:<bob@localhost>"), 550, "5.1.1")
+    expect(c.cmd("RCPT TO:<x@foreign.example>"), 550, "5.7.1")
+    expect(c.cmd('RCPT TO:<"a/b"@localhost>'), 553, "5.1.3")
+    expect(c.cmd("RCPT TO:<bad address@localhost>"), 501, "5.1.3")
+    expect(c.cmd("RCPT TO:<alice@localhost>"), 250, "2.1.5")
+    expect(c.cmd("RCPT TO:<postmaster>"), 250, "2.1.5")
+    expect(c.cmd("RCPT TO:<alice@localhost>"), 452, "4.5.3")
+    head = "info: NOQUEUE: reject: RCPT from unknown[127.0.0.2]: "
+    tail = " proto=ESMTP helo=<client.test>"
+    assert rejects(p) == [
+        head + "503 5.5.1 Error: need MAIL command; to=<early@localhost>" + tail,
+        head + "550 5.1.1 Recipient address rejected: User unknown; from=<a@example.org> "
+        "to=<bob@localhost>" + tail,
+        head + "550 5.7.1 Relay access denied; from=<a@example.org> to=<x@foreign.example>"
+        + tail,
+        head + "553 5.1.3 Recipient address rejected: invalid mailbox name; "
+        "from=<a@example.org> to=<a/b@localhost>" + tail,  # as it goes on the wire
+        head + "501 5.1.3 Bad recipient address syntax; from=<a@example.org> "
+        "to=<bad address@localhost>" + tail,
+        head + "452 4.5.3 Error: too many recipients; from=<a@example.org> "
+        "to=<alice@localhost>" + tail,
+    ]
+
+
+def test_refused_senders_and_messages_logged(petrel_factory):
+    p = petrel_factory(max_message_size="1K")
+    c = client(p)
+    c.ehlo("client.test")
+    expect(c.cmd("MAIL FROM:<a@example.org> SIZE=5000"), 552, "5.3.4")
+    expect(c.cmd("MAIL FROM:<>"), 250, "2.1.0")
+    expect(c.cmd("DATA"), 554, "5.5.1")
+    expect(c.cmd("RCPT TO:<r1@localhost>"), 250, "2.1.5")
+    expect(c.cmd("RCPT TO:<r2@localhost>"), 250, "2.1.5")
+    expect(c.cmd("DATA"), 354)
+    c.send(b"Subject: bare LF\r\n\r\nbare\nLF\r\n.\r\n")
+    expect(c.reply(), 550, "5.6.0")
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd("RCPT TO:<r1@localhost>"), 250, "2.1.5")
+    c.send(b"BDAT 2000 LAST\r\n" + b"x" * 2000)
+    expect(c.reply(), 552, "5.3.4")
+    ids = queue_ids(p)
+    assert len(ids) == 2, p.log()
+    head = "reject: %s from unknown[127.0.0.1]: "
+    tail = " proto=ESMTP helo=<client.test>"
+    assert rejects(p) == [
+        "info: NOQUEUE: " + head % "MAIL" + "552 5.3.4 Message size exceeds fixed maximum "
+        "message size; from=<a@example.org>" + tail,
+        "info: NOQUEUE: " + head % "DATA" + "554 5.5.1 Error: no valid recipients; from=<>"
+        + tail,
+        f"info: {ids[0]}: " + head % "END-OF-MESSAGE" + "550 5.6.0 Error: bare CR or LF in "
+        "message; use CRLF line ends; from=<> to=<r1@localhost> nrcpt=2" + tail,
+        f"info: {ids[1]}: " + head % "END-OF-MESSAGE" + "552 5.3.4 Error: message size "
+        "exceeds fixed limit; from=<a@example.org> to=<r1@localhost> nrcpt=1" + tail,
+    ]
+
+
+def test_refused_connection_logged(petrel_factory):
+    p = petrel_factory(max_connections_per_ip=1)
+    wait_disconnects(p, 1)  # wait_port's probe is gone
+    held = client(p)
+    extra = Client(p)
+    expect(extra.greeting, 421, "4.7.0")
+    assert rejects(p) == [
+        "info: NOQUEUE: reject: CONNECT from unknown[127.0.0.1]: 421 4.7.0 mx.petrel.test "
+        "Error: too many connections from your address; proto=SMTP"]
+    held.ehlo()
+
+
+def test_refusal_log_escapes_what_the_client_wrote(petrel):
+    """Control octets, a backslash, non-ASCII: escaped as \\xNN, so no client can start a
+    log line of its own or write something that reads as one of our escapes."""
+    c = client(petrel)
+    expect(c.cmd(b"EHLO evil\x01host\x1b[2J"), 500, "5.5.2")
+    expect(c.cmd(b"HELO h\xc3\xa9llo.test"), 250)
+    expect(c.cmd("MAIL FROM:<a@example.org>"), 250, "2.1.0")
+    expect(c.cmd(b"RCPT TO:<x\ry@localhost>"), 500, "5.5.2")
+    expect(c.cmd(b"RCPT TO:<n\xc3\xa9@localhost>"), 553, "5.6.7")
+    expect(c.cmd(b"RCPT TO:<a\\x0ab@localhost>"), 501, "5.1.3")
+    # An LF ends a command line: what follows is a command of its own, never logged.
+    c.send(b"RCPT TO:<forged@localhost>\ninfo: NOQUEUE: reject: forged\r\n")
+    expect(c.reply(), 250, "2.1.5")
+    expect(c.reply(), 500, "5.5.2")
+    head = "info: NOQUEUE: reject: %s from unknown[127.0.0.1]: "
+    helo = " helo=<h\\xc3\\xa9llo.test>"
+    assert rejects(petrel) == [
+        head % "EHLO" + "500 5.5.2 Error: invalid characters in command; proto=SMTP "
+        "helo=<evil\\x01host\\x1b[2J>",
+        head % "RCPT" + "500 5.5.2 Error: invalid characters in command; "
+        "from=<a@example.org> to=<x\\x0dy@localhost> proto=SMTP" + helo,
+        head % "RCPT" + "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8; "
+        "from=<a@example.org> to=<n\\xc3\\xa9@localhost> proto=SMTP" + helo,
+        head % "RCPT" + "501 5.1.3 Bad recipient address syntax; from=<a@example.org> "
+        "to=<a\\x5cx0ab@localhost> proto=SMTP" + helo,
+        head % "UNKNOWN" + "500 5.5.2 Error: command not recognized; from=<a@example.org> "
+        "proto=SMTP" + helo,
+    ]
+    raw = petrel.log_path.read_bytes()
+    assert all(b == 0x0a or 0x20 <= b < 0x7f for b in raw), raw
+    assert b"forged\n" not in raw
