@@ -495,7 +495,11 @@ auth_done(void *arg)
 			}
 			tv.tv_sec = ic->auth_failures < 5 ? (time_t)ic->auth_failures : 5;
 		}
-		log_warn("unknown[%s]: SASL authentication failed", c->addr);
+		/* As Postfix words it, for fail2ban; never the response itself. */
+		log_warn("unknown[%s]: SASL %s authentication failed: %s", c->addr,
+			 smtp_session_auth_mechanism(c->sess),
+			 refused ? "too many failures from this address"
+				 : "authentication failure");
 		evtimer_add(c->auth_delay, &tv);
 	}
 }

@@ -567,7 +567,25 @@ def test_auth_wrong_password_535_delayed(authsrv):
     expect(c.cmd("MAIL FROM:<x@example.org>"), 250, "2.1.0")
     expect(c.cmd("RCPT TO:<someone@remote.example>"), 550, "5.7.1")
     c.close()
-    assert wait_log(authsrv, r"unknown\[127\.0\.0\.1\]: SASL authentication failed")
+    # Postfix's words, which fail2ban's postfix-sasl filter reads; never the password
+    assert wait_log(authsrv, r"warning: unknown\[127\.0\.0\.1\]: SASL PLAIN authentication "
+                    r"failed: authentication failure$")
+    log = authsrv.log()
+    assert "not-the-password" not in log and plain_b64(ALICE, "not-the-password") not in log
+
+
+def test_auth_login_failure_logged_with_its_mechanism(authsrv):
+    c = tls_session(authsrv)
+    expect(c.cmd("AUTH LOGIN"), 334)
+    expect(c.cmd(b64(BOB)), 334)
+    expect(c.cmd(b64("wrong-login-pw")), 535, "5.7.8")
+    c.close()
+    assert wait_log(authsrv, r"warning: unknown\[127\.0\.0\.1\]: SASL LOGIN authentication "
+                    r"failed: authentication failure$")
+    log = authsrv.log()
+    assert "wrong-login-pw" not in log and b64("wrong-login-pw") not in log
+    # a 535 has its warning, not a reject line besides
+    assert ": reject: AUTH" not in log
 
 
 def test_auth_unknown_user_535_delayed(authsrv):
@@ -596,6 +614,11 @@ def test_auth_three_failures_421_and_close(authsrv):
     # the pause grows with each failure (1 s, 2 s, 3 s...; lower bounds only)
     assert delays[0] >= 0.8 and delays[1] >= 1.6 and delays[2] >= 2.4, delays
     c.close()
+    log = authsrv.log()
+    assert len(re.findall(r"SASL (PLAIN|LOGIN) authentication failed", log)) == 3, log
+    assert re.search(r"info: NOQUEUE: reject: AUTH from unknown\[127\.0\.0\.1\]: 421 4\.7\.0 "
+                     r"\S+ Error: too many failed authentications; proto=ESMTPS "
+                     r"helo=<client\.example>$", log, re.M), log
 
 
 def test_client_gone_during_password_check(authsrv):
@@ -664,6 +687,8 @@ def test_auth_failures_limited_per_client_address(authsrv):
     r = c.auth_plain(ALICE, ALICE_PW)
     c.close()
     assert r.code == 535, f"right password accepted after 10 failures (address held): {r}"
+    assert wait_log(p, r"warning: unknown\[127\.0\.0\.1\]: SASL PLAIN authentication failed: "
+                    r"too many failures from this address$")
     holder.close()
     time.sleep(0.5)  # let the server see every close
     c = tls_session(p)
