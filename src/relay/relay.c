@@ -530,25 +530,6 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 			   : relay_dns_lookup_host(r->dns, name, dns_done, lk);
 }
 
-size_t
-relay_count_received(const char *h, size_t len)
-{
-	size_t count = 0;
-
-	for (size_t i = 0; i < len;) {
-		const char *nl;
-		if (len - i >= 9 && strncasecmp(h + i, "Received:", 9) == 0)
-			count++;
-		if (len - i >= 2 && h[i] == '\r' && h[i + 1] == '\n')
-			break; /* the end of the header section */
-		nl = memchr(h + i, '\n', len - i);
-		if (nl == NULL)
-			break;
-		i = (size_t)(nl - h) + 1;
-	}
-	return count;
-}
-
 struct relay *
 relay_new(const char *dns_resolver, const struct relay_limits *limits, char *err, size_t err_cap)
 {

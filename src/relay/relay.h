@@ -54,7 +54,4 @@ void relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 		   const struct queue_item *item, const size_t *rcpts, size_t n,
 		   struct queue_rcpt_result *results, void (*done)(void *arg), void *arg);
 
-/* Counts "Received:" header fields of a message in wire form (for loop detection). */
-size_t relay_count_received(const char *headers, size_t len);
-
 #endif

@@ -24,15 +24,14 @@
 #include <unistd.h>
 
 #include "relay/relay_client.h"
+#include "smtp/smtp_trace.h"
 #include "tls/tls.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
 #include "util/util_time.h"
 
-#define IO_CHUNK     (64 * 1024)
-#define HEADERS_PEEK (64 * 1024) /* read to count Received: fields */
-#define HOPS_MAX     50		 /* Received: fields before we call it a loop */
-#define CACHE_MAX    64
+#define IO_CHUNK  (64 * 1024)
+#define CACHE_MAX 64
 
 struct relay_conn {
 	int fd;
@@ -532,16 +531,21 @@ received_field(const struct relay_job *j, char *dst, size_t cap)
 		    j->hostname, it->protocol, it->id, date);
 }
 
-static size_t
-count_hops(const struct queue_item *it)
+/* Whether the message has been through more hops than a message that is not looping does. */
+static bool
+too_many_hops(const struct queue_item *it)
 {
-	char *h = xmalloc(HEADERS_PEEK);
-	size_t len = it->body_len < HEADERS_PEEK ? (size_t)it->body_len : HEADERS_PEEK;
+	char *h = xmalloc(SMTP_TRACE_PEEK);
+	size_t len = it->body_len < SMTP_TRACE_PEEK ? (size_t)it->body_len : SMTP_TRACE_PEEK;
 	ssize_t n = queue_item_read(it, h, len, 0);
-	size_t hops = n > 0 ? relay_count_received(h, (size_t)n) : 0;
+	struct smtp_trace trace;
+	bool looping;
 
+	smtp_trace_scan(&trace, h, n > 0 ? (size_t)n : 0);
+	looping = smtp_trace_too_many_hops(&trace);
+	smtp_trace_free(&trace);
 	free(h);
-	return hops;
+	return looping;
 }
 
 static void
@@ -624,7 +628,7 @@ relay_session_run(struct util_pool_job *job)
 	received_field(j, received, sizeof(received));
 	msg.size = it->body_len + strlen(received);
 
-	if (count_hops(it) > HOPS_MAX) {
+	if (too_many_hops(it)) {
 		for (size_t k = 0; k < j->n; k++) {
 			set_result(j, k, QUEUE_RCPT_FAIL,
 				   "554 5.4.6 Too many hops: mail forwarding loop", "none");
