@@ -17,6 +17,7 @@
 #include "deliver/deliver.h"
 #include "queue/queue.h"
 #include "relay/relay.h"
+#include "smtp/smtp_trace.h"
 #include "util/util_buf.h"
 #include "util/util_log.h"
 #include "util/util_mem.h"
@@ -93,6 +94,54 @@ targets_of(const struct conf *conf, const struct deliver_db *db, const struct qu
 	return deliver_resolve(db, conf, addr, out, err, err_cap);
 }
 
+/*
+ * The trace fields of item's header section, read once for all its
+ * recipients: in place from memory, else the first SMTP_TRACE_PEEK octets of
+ * its queue file.  A read that fails leaves the summary empty (the copy's
+ * own read then fails, and the delivery is deferred).  Free with
+ * smtp_trace_free().
+ */
+static void
+trace_of(const struct queue_item *item, struct smtp_trace *t)
+{
+	size_t len = item->body_len < SMTP_TRACE_PEEK ? (size_t)item->body_len : SMTP_TRACE_PEEK;
+	char *h;
+	ssize_t n;
+
+	if (item->body_mem != NULL) {
+		smtp_trace_scan(t, item->body_mem, len);
+		return;
+	}
+	h = xmalloc(len + 1);
+	n = queue_item_read(item, h, len, 0);
+	smtp_trace_scan(t, h, n > 0 ? (size_t)n : 0);
+	free(h);
+}
+
+/*
+ * Whether a copy for addr would go round a mail forwarding loop, as Postfix's
+ * local(8) decides: the message went through more than SMTP_TRACE_HOPS_MAX
+ * hops, or was already delivered or forwarded for addr (one of its
+ * Delivered-To: fields names it: the copy now would be the next round of the
+ * loop).  Then why holds the reason (its status is 5.4.6).
+ */
+static bool
+loops(const struct smtp_trace *trace, const char *addr, char *why, size_t why_cap)
+{
+	char esc[300];
+
+	if (smtp_trace_too_many_hops(trace)) {
+		snprintf(why, why_cap, "Too many hops: mail forwarding loop");
+		return true;
+	}
+	if (smtp_trace_delivered_to(trace, addr)) {
+		snprintf(why, why_cap, "mail forwarding loop for %s",
+			 util_log_escape(esc, sizeof(esc), addr, strlen(addr)));
+		return true;
+	}
+	return false;
+}
+
 /* Log lines held back until the batch they describe is committed. */
 struct line {
 	size_t msg; /* the message (its index in the batch) the line is about */
@@ -126,15 +175,18 @@ lines_truncate(struct lines *l, size_t len)
 /*
  * A local recipient's copies: written and flushed now (batch NULL, the
  * queue's deliverer), or added to batch (the direct way), their "sent" lines
- * then kept in sent until the batch is committed.
+ * then kept in sent until the batch is committed.  trace: the message's
+ * (trace_of).  A recipient whose copy would go round a loop fails (5.4.6),
+ * the address it was given as first (before its aliases were expanded),
+ * then each mailbox it goes to.
  */
 static void
 deliver_one(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,
-	    size_t i, struct queue_rcpt_result *res, struct deliver_batch *batch,
-	    struct lines *sent)
+	    size_t i, const struct smtp_trace *trace, struct queue_rcpt_result *res,
+	    struct deliver_batch *batch, struct lines *sent)
 {
 	const char *rcpt = item->rcpts[i];
-	char addr[600];
+	char addr[600], orig[600];
 	struct deliver_target *targets = NULL;
 	size_t ntargets = 0;
 	char err[200];
@@ -143,7 +195,15 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 	int deferred = 0;
 
 	full_addr(conf, rcpt, addr, sizeof(addr));
+	full_addr(conf, item->orcpts[i], orig, sizeof(orig));
 	util_strlcpy(res->relay, "local", sizeof(res->relay));
+	if (loops(trace, orig, err, sizeof(err))) {
+		res->status = QUEUE_RCPT_FAIL;
+		snprintf(res->reason, sizeof(res->reason), "5.4.6 %s", err);
+		log_info("%s: to=<%s>, relay=local, delay=%.0f, status=bounced (%s)", item->id,
+			 rcpt, delay, err);
+		return;
+	}
 	if (targets_of(conf, db, item, i, &targets, &ntargets, err, sizeof(err)) != 0) {
 		res->status = QUEUE_RCPT_FAIL;
 		snprintf(res->reason, sizeof(res->reason), "5.1.1 %s", err);
@@ -171,6 +231,14 @@ deliver_one(const struct conf *conf, const struct deliver_db *db, const struct q
 			    "(%s)",
 			    item->id, tg->addr, rcpt, delay, res->reason);
 			continue;
+		}
+		if (loops(trace, tg->addr, err, sizeof(err))) {
+			res->status = QUEUE_RCPT_FAIL;
+			snprintf(res->reason, sizeof(res->reason), "5.4.6 %s", err);
+			log_info("%s: to=<%s>, orig_to=<%s>, relay=local, delay=%.0f, "
+				 "status=bounced (%s)",
+				 item->id, tg->addr, rcpt, delay, err);
+			goto out;
 		}
 		build_headers(&h, conf, item, tg->addr, item->orcpts[i]);
 		m.headers = buf_cstr(&h);
@@ -237,9 +305,14 @@ out:
 #define BATCH_MAILDIRS_MAX 16
 #define BATCH_COPIES_MAX   64
 
-/* Every recipient expands to local mailboxes only, and not too many of them. */
+/*
+ * Every recipient expands to local mailboxes only, not too many of them, and
+ * none goes round a loop (trace: the message's; a recipient that does is
+ * refused by the queue's deliverer, whose bounce the others do not wait for).
+ */
 static bool
-all_local(const struct server_cfg *cfg, const struct queue_item *item)
+goes_direct(const struct server_cfg *cfg, const struct queue_item *item,
+	    const struct smtp_trace *trace)
 {
 	size_t total = 0;
 
@@ -247,14 +320,18 @@ all_local(const struct server_cfg *cfg, const struct queue_item *item)
 		struct deliver_target *targets = NULL;
 		size_t n = 0;
 		bool local = true;
-		char err[200];
+		char err[200], orig[600];
 
 		if (strchr(item->rcpts[i], '@') == NULL || !is_local(cfg->conf, item->rcpts[i]))
+			return false;
+		full_addr(cfg->conf, item->orcpts[i], orig, sizeof(orig));
+		if (loops(trace, orig, err, sizeof(err)))
 			return false;
 		if (targets_of(cfg->conf, cfg->db, item, i, &targets, &n, err, sizeof(err)) != 0)
 			return false;
 		for (size_t t = 0; t < n; t++)
-			local = local && targets[t].is_local;
+			local = local && targets[t].is_local &&
+				!loops(trace, targets[t].addr, err, sizeof(err));
 		deliver_targets_free(targets, n);
 		total += n;
 		if (!local || total > DIRECT_TARGETS_MAX)
@@ -296,10 +373,11 @@ commit_batch(struct deliver_batch *batch, struct lines *sent, const struct queue
  * recipients all expand to local mailboxes are written into them — right
  * after their 250 when the journal holds them, or before the 250 when the
  * journal could not take one.  Their copies go into batches and are flushed
- * together.  Anything else (a foreign or unknown recipient, an alias error)
- * is left to the queue untouched; a message one of whose copies cannot be
- * written has its copies taken back and is queued whole, while the rest of
- * its batch is delivered (all of it is queued when the batch's flush fails).
+ * together.  Anything else (a foreign or unknown recipient, an alias error,
+ * a recipient the message loops for) is left to the queue untouched; a
+ * message one of whose copies cannot be written has its copies taken back
+ * and is queued whole, while the rest of its batch is delivered (all of it
+ * is queued when the batch's flush fails).
  */
 void
 server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size_t n,
@@ -312,12 +390,16 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 	for (size_t k = 0; k < n; k++) {
 		const struct server_cfg *cfg = msg_ctx[k];
 		const struct queue_item *item = &items[k];
+		struct smtp_trace trace;
 		size_t mark, lines_mark;
 		bool ok;
 
 		delivered[k] = false;
-		if (!all_local(cfg, item))
+		trace_of(item, &trace); /* from memory: no file read on the way */
+		if (!goes_direct(cfg, item, &trace)) {
+			smtp_trace_free(&trace);
 			continue;
+		}
 		if (deliver_batch_maildirs(batch) >= BATCH_MAILDIRS_MAX ||
 		    deliver_batch_len(batch) >= BATCH_COPIES_MAX) {
 			commit_batch(batch, &sent, items, delivered, from, k);
@@ -335,9 +417,10 @@ server_deliver_direct(void *const *msg_ctx, const struct queue_item *items, size
 			struct queue_rcpt_result res;
 
 			memset(&res, 0, sizeof(res));
-			deliver_one(cfg->conf, cfg->db, item, i, &res, batch, &sent);
+			deliver_one(cfg->conf, cfg->db, item, i, &trace, &res, batch, &sent);
 			ok = res.status == QUEUE_RCPT_DONE;
 		}
+		smtp_trace_free(&trace);
 		if (!ok) {
 			/*
 			 * All or nothing: the message goes to the queue whole, and if the
@@ -423,11 +506,15 @@ local_run(void *arg)
 	struct attempt *a = arg;
 	const struct queue_item *item = queue_delivery_item(a->d);
 	struct queue_rcpt_result *results = queue_delivery_results(a->d);
+	struct smtp_trace trace;
 
+	trace_of(item, &trace);
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		if (!item->done[i] && is_local(a->cfg->conf, item->rcpts[i]))
-			deliver_one(a->cfg->conf, a->cfg->db, item, i, &results[i], NULL, NULL);
+			deliver_one(a->cfg->conf, a->cfg->db, item, i, &trace, &results[i], NULL,
+				    NULL);
 	}
+	smtp_trace_free(&trace);
 }
 
 /* Loop thread: hands each foreign domain's recipients to the relay. */

@@ -488,3 +488,96 @@ def test_998_octet_line_accepted_even_when_dot_stuffed(petrel, line):
     head, got = split_prepended(msgs[0])
     assert f" id {qid}\n".encode() in head
     assert got == body.replace(b"\r\n", b"\n")
+
+
+# ---- mail forwarding loops ----------------------------------------------------------
+
+def _loop_body(head, size=0):
+    """A message with the header fields head (CRLF lines) over BODY's, padded to about size
+    octets: over 256 KiB it is not held in memory but delivered from its queue file."""
+    body = head + BODY
+    if size > len(body):
+        body += b"".join(b"padding line %06d of a message that is delivered from disk\r\n" % i
+                         for i in range((size - len(body)) // 60 + 1))
+    return body
+
+
+def _bounce(p, sender):
+    """The one bounce in sender's Maildir (Return-Path: <>), as text."""
+    msgs = wait_for(lambda: [m for m in p.messages(sender) if m.startswith(b"Return-Path: <>\n")])
+    assert msgs and len(msgs) == 1, p.log()[-3000:]
+    return msgs[0].decode(errors="replace")
+
+
+@pytest.mark.parametrize("size", [0, 300 * 1024], ids=["in-memory", "queue-file"])
+def test_delivered_to_loop_bounces_that_recipient_only(petrel, size):
+    """A message that already went through x's mailbox (a Delivered-To: field names it, in
+    any case, folded or not) is not delivered to x again: x bounces with 5.4.6, as with
+    Postfix's local(8); the other recipients of the same message get their copies."""
+    head = (b"Received: from elsewhere.test by mx.elsewhere.test; Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+            b"DELIVERED-TO: X@LocalHost\r\n"
+            b"Delivered-To:\r\n\t<y@example.test>\r\n")
+    body = _loop_body(head, size)
+    qid = send(petrel, "sender@localhost", ["x@localhost", "z@localhost", "y@example.test"], body)
+    msgs = petrel.wait_messages("z@localhost", 1)
+    assert len(msgs) == 1, petrel.log()[-3000:]
+    assert split_prepended(msgs[0])[1] == body.replace(b"\r\n", b"\n")
+    for rcpt in ("x@localhost", "y@example.test"):
+        assert wait_log(petrel, rf"{qid}: to=<{re.escape(rcpt)}>, relay=local, delay=\d+, "
+                                rf"status=bounced \(mail forwarding loop for {re.escape(rcpt)}\)$"), \
+            petrel.log()[-3000:]
+    dsn = _bounce(petrel, "sender@localhost")
+    assert "Status: 5.4.6" in dsn and "mail forwarding loop for x@localhost" in dsn, dsn
+    assert "Final-Recipient: rfc822; x@localhost" in dsn, dsn
+    assert "z@localhost" not in dsn, dsn
+    assert wait_queue_empty(petrel), petrel.queue_files()
+    assert petrel.messages("x@localhost") == []
+    assert petrel.messages("y@example.test") == []
+    assert len(petrel.messages("z@localhost")) == 1
+
+
+def test_delivered_to_loop_for_an_alias(petrel_factory, tmp_path):
+    """An alias the message was already forwarded for is refused as a whole (Postfix's
+    local(8) checks the alias's address before expanding it); a Delivered-To: field in the
+    body, or naming another address, is no loop."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("team@localhost: alice@localhost, bob@localhost\n")
+    p = petrel_factory(aliases_file=str(aliases))
+    looped = send(p, "sender@localhost", "team@localhost",
+                  b"Delivered-To: team@localhost\r\n" + BODY)
+    for user in ("alice", "bob"):
+        assert wait_log(p, rf"{looped}: to=<{user}@localhost>, relay=local, delay=\d+, "
+                           r"status=bounced \(mail forwarding loop for team@localhost\)$"), p.log()
+    assert "mail forwarding loop for team@localhost" in _bounce(p, "sender@localhost")
+    body = b"Delivered-To: teams@localhost\r\n" + BODY + b"Delivered-To: team@localhost\r\n"
+    send(p, "sender@localhost", "team@localhost", body)
+    for user in ("alice", "bob"):
+        msgs = p.wait_messages(f"{user}@localhost", 1)
+        assert len(msgs) == 1, p.log()
+        assert split_prepended(msgs[0])[1] == body.replace(b"\r\n", b"\n")
+    assert wait_queue_empty(p), p.queue_files()
+
+
+@pytest.mark.parametrize("size", [0, 300 * 1024], ids=["in-memory", "queue-file"])
+def test_too_many_received_fields_bounce_on_local_delivery(petrel, size):
+    """More than 50 Received: fields bounce 5.4.6 for local recipients too, as for relayed
+    ones; 50 are delivered."""
+    def hops(n):
+        return b"".join(b"Received: from hop%d.test by hop%d.test; Sat, 28 Nov 2026 12:00:00 "
+                        b"+0000\r\n" % (i, i + 1) for i in range(n))
+
+    looped = send(petrel, "sender@localhost", ["x@localhost", "y@localhost"],
+                  _loop_body(hops(51), size))
+    for rcpt in ("x@localhost", "y@localhost"):
+        assert wait_log(petrel, rf"{looped}: to=<{rcpt}>, relay=local, delay=\d+, "
+                                r"status=bounced \(Too many hops: mail forwarding loop\)$"), \
+            petrel.log()[-3000:]
+    dsn = _bounce(petrel, "sender@localhost")
+    assert "Status: 5.4.6" in dsn and "Too many hops" in dsn, dsn
+    body = _loop_body(hops(50), size)
+    send(petrel, "sender@localhost", "x@localhost", body)
+    msgs = petrel.wait_messages("x@localhost", 1)
+    assert len(msgs) == 1, petrel.log()[-3000:]
+    assert split_prepended(msgs[0])[1] == body.replace(b"\r\n", b"\n")
+    assert petrel.messages("y@localhost") == []
+    assert wait_queue_empty(petrel), petrel.queue_files()
