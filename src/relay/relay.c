@@ -72,6 +72,7 @@ job_free(struct relay_job *j)
 {
 	free(j->self);
 	free(j->rcpts);
+	free(j->delivered_to);
 	free(j->targets);
 	free(j);
 }
@@ -496,7 +497,8 @@ split_relayhost(const char *relayhost, uint16_t def_port, char *host, size_t cap
 void
 relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	      const struct queue_item *item, const size_t *rcpts, size_t n,
-	      struct queue_rcpt_result *results, void (*done)(void *arg), void *arg)
+	      const char *delivered_to, struct queue_rcpt_result *results, void (*done)(void *arg),
+	      void *arg)
 {
 	struct relay_job *j = xcalloc(1, sizeof(*j));
 	struct lookup *lk = xcalloc(1, sizeof(*lk));
@@ -509,6 +511,7 @@ relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 	j->rcpts = xcalloc(n, sizeof(*j->rcpts));
 	memcpy(j->rcpts, rcpts, n * sizeof(*rcpts));
 	j->n = n;
+	j->delivered_to = delivered_to != NULL ? xstrdup(delivered_to) : NULL;
 	j->results = results;
 	j->timeout_s = r->limits.timeout_s;
 	j->done = done;

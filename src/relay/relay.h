@@ -47,11 +47,16 @@ void relay_process(struct relay *r);
 /*
  * Relays item's recipients rcpts[0..n) (indexes into item->rcpts, all of
  * domain `domain`), filling results[idx] for each; then done(arg) runs on
- * the event loop thread.  conf is read during the call only (hostname,
- * smtp_port, relayhost).  item and results must stay valid until done.
+ * the event loop thread.  conf and delivered_to are read during the call
+ * only (hostname, smtp_port, relayhost).  item and results must stay valid
+ * until done.  delivered_to: NULL, or the alias (a printable address) that
+ * forwarded the message to these recipients: the copy then carries a
+ * Delivered-To: field naming it, and a message that has one already fails
+ * as a mail forwarding loop (5.4.6), as one with too many Received: fields.
  */
 void relay_deliver(struct relay *r, const struct conf *conf, const char *domain,
 		   const struct queue_item *item, const size_t *rcpts, size_t n,
-		   struct queue_rcpt_result *results, void (*done)(void *arg), void *arg);
+		   const char *delivered_to, struct queue_rcpt_result *results,
+		   void (*done)(void *arg), void *arg);
 
 #endif

@@ -43,6 +43,7 @@ struct relay_job {
 	const struct queue_item *item;
 	size_t *rcpts; /* owned: indexes into item->rcpts */
 	size_t n;
+	char *delivered_to; /* owned: NULL, or the alias the recipients were forwarded for */
 	struct queue_rcpt_result *results; /* borrowed: indexed like item->rcpts */
 	struct relay_target *targets;	   /* owned */
 	size_t targets_len;

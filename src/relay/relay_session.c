@@ -265,12 +265,12 @@ flush_output(struct relay_conn *c)
 /* ---- the message ------------------------------------------------------------ */
 
 /*
- * Writes our Received: field, then the queued message with dot-stuffing
+ * Writes our fields (prepended_fields), then the queued message with dot-stuffing
  * (RFC 5321 4.5.2) and ".\r\n".  The spool holds CRLF lines (bare CR and LF
  * were refused on the way in), so only leading dots need care.
  */
 static int
-send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
+send_body(struct relay_conn *c, const struct relay_job *j, const char *fields)
 {
 	const struct queue_item *it = j->item;
 	char *in = xmalloc(IO_CHUNK);
@@ -280,7 +280,7 @@ send_body(struct relay_conn *c, const struct relay_job *j, const char *received)
 	char last = '\n';
 	int rc = -1;
 
-	if (write_all(c, received, strlen(received)) != 0)
+	if (write_all(c, fields, strlen(fields)) != 0)
 		goto out;
 	while (off < it->body_len) {
 		size_t want =
@@ -328,7 +328,7 @@ lost_why(struct relay *r, struct relay_conn *c, const char *otherwise)
  * sends something starts a new wait for a reply, with its own deadline.
  */
 static int
-drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const char *received,
+drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const char *fields,
       enum relay_client_action act)
 {
 	char err[256];
@@ -358,7 +358,7 @@ drive(struct relay *r, struct relay_conn *c, const struct relay_job *j, const ch
 				relay_client_abort(c->client, "server sent data after its 354");
 				return -1;
 			}
-			if (flush_output(c) != 0 || send_body(c, j, received) != 0) {
+			if (flush_output(c) != 0 || send_body(c, j, fields) != 0) {
 				relay_client_abort(
 				    c->client,
 				    lost_why(r, c, "write failed while sending the message"));
@@ -531,18 +531,50 @@ received_field(const struct relay_job *j, char *dst, size_t cap)
 		    j->hostname, it->protocol, it->id, date);
 }
 
-/* Whether the message has been through more hops than a message that is not looping does. */
-static bool
-too_many_hops(const struct queue_item *it)
+/*
+ * What goes before the relayed copy: our Received: field, then, for
+ * recipients an alias forwarded the message to, a Delivered-To: field naming
+ * the alias (as Postfix's local(8) writes on the mail it forwards): where
+ * the message comes back to that alias, the delivery sees the loop.
+ */
+static void
+prepended_fields(const struct relay_job *j, char *dst, size_t cap)
 {
+	size_t len;
+	int n;
+
+	received_field(j, dst, cap);
+	len = strlen(dst);
+	if (j->delivered_to == NULL)
+		return;
+	n = snprintf(dst + len, cap - len, "Delivered-To: %s\r\n", j->delivered_to);
+	if (n < 0 || (size_t)n >= cap - len)
+		dst[len] = '\0'; /* never half a field */
+}
+
+/*
+ * Whether relaying the message would go round a loop (why: the reason): it
+ * went through more hops than a message that is not looping makes, or the
+ * alias the recipients were forwarded for is named by a Delivered-To: field
+ * already (it was forwarded for that alias before, and has come back).
+ */
+static bool
+loops(const struct relay_job *j, char *why, size_t why_cap)
+{
+	const struct queue_item *it = j->item;
 	char *h = xmalloc(SMTP_TRACE_PEEK);
 	size_t len = it->body_len < SMTP_TRACE_PEEK ? (size_t)it->body_len : SMTP_TRACE_PEEK;
 	ssize_t n = queue_item_read(it, h, len, 0);
 	struct smtp_trace trace;
-	bool looping;
+	bool looping = true;
 
 	smtp_trace_scan(&trace, h, n > 0 ? (size_t)n : 0);
-	looping = smtp_trace_too_many_hops(&trace);
+	if (smtp_trace_too_many_hops(&trace))
+		snprintf(why, why_cap, "554 5.4.6 Too many hops: mail forwarding loop");
+	else if (j->delivered_to != NULL && smtp_trace_delivered_to(&trace, j->delivered_to))
+		snprintf(why, why_cap, "5.4.6 mail forwarding loop for %s", j->delivered_to);
+	else
+		looping = false;
 	smtp_trace_free(&trace);
 	free(h);
 	return looping;
@@ -611,7 +643,8 @@ relay_session_run(struct util_pool_job *job)
 	char(*why_relay)[300] = xcalloc(j->n, sizeof(*why_relay));
 	size_t undecided_len = j->n;
 	struct relay_client_msg msg;
-	char received[1200];
+	char fields[2048]; /* prepended_fields() */
+	char loop[300];
 	bool fresh_only = false; /* a cached connection to this target just failed */
 	bool plain_next = false; /* its TLS handshake just failed: once more in plaintext */
 
@@ -625,13 +658,12 @@ relay_session_run(struct util_pool_job *job)
 	msg.rcpts = rcpts;
 	msg.body_8bit = it->body_8bit;
 	msg.smtputf8 = it->smtputf8;
-	received_field(j, received, sizeof(received));
-	msg.size = it->body_len + strlen(received);
+	prepended_fields(j, fields, sizeof(fields));
+	msg.size = it->body_len + strlen(fields);
 
-	if (too_many_hops(it)) {
+	if (loops(j, loop, sizeof(loop))) {
 		for (size_t k = 0; k < j->n; k++) {
-			set_result(j, k, QUEUE_RCPT_FAIL,
-				   "554 5.4.6 Too many hops: mail forwarding loop", "none");
+			set_result(j, k, QUEUE_RCPT_FAIL, loop, "none");
 			undecided[k] = false;
 		}
 		undecided_len = 0;
@@ -685,10 +717,10 @@ relay_session_run(struct util_pool_job *job)
 				continue;
 			}
 			util_strlcpy(c->name, relay_name, sizeof(c->name));
-			rc = drive(r, c, j, received, RELAY_ACT_NONE);
+			rc = drive(r, c, j, fields, RELAY_ACT_NONE);
 		}
 		if (rc == 0) {
-			rc = drive(r, c, j, received, relay_client_start(c->client, &msg));
+			rc = drive(r, c, j, fields, relay_client_start(c->client, &msg));
 			started = true;
 		}
 		host = relay_client_host_error(c->client, &permanent, &host_reply);

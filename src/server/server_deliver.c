@@ -3,7 +3,8 @@
  * message is expanded (aliases, recipient_delimiter) and written into its
  * Maildir.  Runs on the queue's worker threads.
  *
- * Recipients in foreign domains go to the relay, one session per domain.
+ * Recipients in foreign domains go to the relay, one session per domain
+ * (and per alias, for the recipients an alias forwarded the message to).
  */
 #include "server/server_internal.h"
 
@@ -517,7 +518,46 @@ local_run(void *arg)
 	smtp_trace_free(&trace);
 }
 
-/* Loop thread: hands each foreign domain's recipients to the relay. */
+/*
+ * The alias that forwarded the message to foreign recipient i, lower-cased
+ * as Delivered-To: fields are (owned), or NULL: its address as given when an
+ * alias of ours expanded to it.  An address that could not go into a header
+ * field as it is (a control octet; UTF-8 in a message that is not SMTPUTF8)
+ * names none.
+ */
+static char *
+forwarded_for(const struct conf *conf, const struct queue_item *item, size_t i)
+{
+	char orig[600];
+
+	if (!item->expanded)
+		return NULL; /* older queue files: a foreign recipient is itself */
+	full_addr(conf, item->orcpts[i], orig, sizeof(orig));
+	if (!is_local(conf, orig))
+		return NULL;
+	for (char *p = orig; *p != '\0'; p++) {
+		unsigned char ch = (unsigned char)*p;
+
+		if (ch < 0x20 || ch == 0x7f || (ch >= 0x80 && !item->smtputf8))
+			return NULL;
+		if (ch >= 'A' && ch <= 'Z')
+			*p = (char)(ch - 'A' + 'a');
+	}
+	return xstrdup(orig);
+}
+
+static bool
+same_alias(const char *a, const char *b)
+{
+	return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/*
+ * Loop thread: hands each foreign domain's recipients to the relay, one
+ * transaction for those of one domain (all foreign ones with a relayhost)
+ * that one alias forwarded the message to, or that none did: the copy for
+ * an alias's recipients names it in a Delivered-To: field.
+ */
 static void
 local_done(void *arg)
 {
@@ -526,6 +566,11 @@ local_done(void *arg)
 	struct queue_rcpt_result *results = queue_delivery_results(a->d);
 	bool *taken = xcalloc(item->rcpts_len, sizeof(bool));
 	size_t *group = xcalloc(item->rcpts_len, sizeof(size_t));
+	char **alias = xcalloc(item->rcpts_len, sizeof(char *));
+
+	for (size_t i = 0; i < item->rcpts_len; i++)
+		if (!item->done[i] && !is_local(a->cfg->conf, item->rcpts[i]))
+			alias[i] = forwarded_for(a->cfg->conf, item, i);
 
 	for (size_t i = 0; i < item->rcpts_len; i++) {
 		const char *domain;
@@ -543,18 +588,22 @@ local_done(void *arg)
 		domain = strrchr(item->rcpts[i], '@') + 1;
 		for (size_t k = i; k < item->rcpts_len; k++) {
 			const char *at = strrchr(item->rcpts[k], '@');
-			/* With a relayhost every foreign recipient goes in one transaction. */
+			/* With a relayhost every foreign recipient (of one alias) goes in one. */
 			if (!item->done[k] && !taken[k] && at != NULL &&
 			    !is_local(a->cfg->conf, item->rcpts[k]) &&
+			    same_alias(alias[i], alias[k]) &&
 			    (a->cfg->conf->relayhost != NULL || strcasecmp(at + 1, domain) == 0)) {
 				taken[k] = true;
 				group[n++] = k;
 			}
 		}
 		a->parts++;
-		relay_deliver(a->srv->relay, a->cfg->conf, domain, item, group, n, results,
-			      part_done, a);
+		relay_deliver(a->srv->relay, a->cfg->conf, domain, item, group, n, alias[i],
+			      results, part_done, a);
 	}
+	for (size_t i = 0; i < item->rcpts_len; i++)
+		free(alias[i]);
+	free(alias);
 	free(taken);
 	free(group);
 	part_done(a); /* the local part */

@@ -767,6 +767,71 @@ def test_too_many_received_headers_bounce_554_5_4_6(net):
     assert b.messages("bob@b.test") == []
 
 
+def test_copy_forwarded_for_an_alias_names_it_in_delivered_to(net, tmp_path):
+    """Recipients an alias of A forwarded the message to get it with a Delivered-To: field
+    naming the alias (lower-cased) under A's Received:, one transaction per alias; a
+    recipient named directly gets it as it was sent."""
+    net.start_dns("--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
+    aliases = tmp_path / "aliases"
+    aliases.write_text("team@a.test: bob@b.test, carol@b.test\nfwd@a.test: dave@b.test\n")
+    b = net.receiver("127.0.0.2")
+    a = net.sender(aliases_file=aliases)
+    qid = send(a, ALICE, ["Team@A.test", "fwd@a.test", "erin@b.test"], BODY)
+    for rcpt, alias in (("bob@b.test", "team@a.test"), ("carol@b.test", "team@a.test"),
+                        ("dave@b.test", "fwd@a.test"), ("erin@b.test", None)):
+        msgs = b.wait_messages(rcpt, 1)
+        assert len(msgs) == 1, (rcpt, a.log()[-3000:])
+        prefix, rest = split_prepended(msgs[0])
+        m = a_received_re(qid, None if alias == "team@a.test" else rcpt).match(rest)
+        assert m, rest[:400]
+        want = lf(BODY) if alias is None else f"Delivered-To: {alias}\n".encode() + lf(BODY)
+        assert rest[m.end():] == want, (rcpt, rest[:600])
+    # four recipients sent in three transactions (B's queue ids)
+    sent = re.findall(rf"{qid}: to=<[^>]*>, relay=mx\.b\.test\[127\.0\.0\.2\]:\d+, "
+                      r"delay=\d+, status=sent \(250 2\.0\.0 Ok: queued as (\w+)\)$",
+                      a.log(), re.M)
+    assert len(sent) == 4 and len(set(sent)) == 3, a.log()[-3000:]
+    assert wait_queue_empty(a)
+
+
+def test_alias_forwarding_loop_between_two_servers_stops_at_the_second_round(net, tmp_path):
+    """x@a.test goes to x and to y@b.test, which B forwards back to x@a.test.  The copy A
+    forwards for the alias names it in a Delivered-To: field, so when the message comes
+    back A refuses x and the forwarding (5.4.6, as Postfix's local(8)): x gets one copy and
+    alice one bounce.  Before, x got 26 copies, until the hop count stopped it."""
+    net.start_dns("--mx-host=a.test,mx.a.test,10", "--host-record=mx.a.test,127.0.0.3",
+                  "--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
+    (tmp_path / "aliases-a").write_text("x@a.test: x, y@b.test\n")
+    (tmp_path / "aliases-b").write_text("y@b.test: x@a.test\n")
+    b = net.receiver("127.0.0.2", aliases_file=tmp_path / "aliases-b",
+                     dns_resolver=net.dns.address, smtp_port=net.port)
+    a = net.receiver("127.0.0.3", domains="a.test", hostname="mx.a.test",
+                     aliases_file=tmp_path / "aliases-a", dns_resolver=net.dns.address,
+                     smtp_port=net.port)
+    qid = send(a, ALICE, "x@a.test", BODY)
+    [dsn] = bounce_of(a)
+    text, rcpts, headers = dsn_parts(dsn)
+    assert sorted(r["Final-Recipient"] for r in rcpts) == ["rfc822; x@a.test",
+                                                            "rfc822; y@b.test"], rcpts
+    assert all(r["Status"] == "5.4.6" for r in rcpts), rcpts
+    assert "mail forwarding loop for x@a.test" in text, text
+    # the message that came back: forwarded by A for x, then by B for y
+    assert headers.index("Delivered-To: y@b.test") < headers.index("Delivered-To: x@a.test"), \
+        headers
+    assert re.search(r"to=<x@a\.test>, relay=local, delay=\d+, status=bounced "
+                     r"\(mail forwarding loop for x@a\.test\)$", a.log(), re.M), a.log()[-3000:]
+    assert re.search(r"to=<y@b\.test>, relay=none, delay=\d+, status=bounced "
+                     r"\(5\.4\.6 mail forwarding loop for x@a\.test\)$", a.log(), re.M), \
+        a.log()[-3000:]
+    assert wait_queue_empty(a) and wait_queue_empty(b)
+    time.sleep(1)
+    [first] = a.messages("x@a.test")
+    prefix, rest = split_prepended(first)
+    assert f" id {qid}\n".encode() in prefix and rest == lf(BODY)
+    assert len(a.messages(ALICE)) == 1
+    assert "status=bounced" not in b.log(), b.log()[-3000:]
+
+
 def test_sigterm_during_a_relay_session_keeps_the_message(net):
     net.start_dns("--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
     sink = net.sink("127.0.0.2", "-w", "30")  # answers DATA only after 30 s
