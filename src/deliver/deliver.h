@@ -108,15 +108,16 @@ struct deliver_msg {
  * A batch of Maildir copies made durable together.  deliver_batch_add()
  * writes m into the Maildir <mail_root>/<domain>/<user> (creating it with
  * mode 0700 when missing): the headers, then the message with CRLF turned
- * into LF, as an unnamed file in new/ (O_TMPFILE; kept open until the
- * commit) or, where the kernel or filesystem has none, as tmp/<name>
- * (O_EXCL|O_NOFOLLOW); mode 0600; nothing is flushed and nothing is visible
- * yet.  Unless m->first_copy (a redelivery after a crash), a cur/<name>:*
- * (moved there by a reader) means nothing is written and 0 is returned,
- * while a new/<name> is written again over itself (the same message:
- * replaced in one step).  On failure it returns -1, leaves no file, and
- * writes the reason to err; *permanent is set when retrying cannot help
- * (unsafe user name), clear for disk full, permissions and the like.
+ * into LF (and an LF after a last line that has no line end), as an unnamed
+ * file in new/ (O_TMPFILE; kept open until the commit) or, where the kernel
+ * or filesystem has none, as tmp/<name> (O_EXCL|O_NOFOLLOW); mode 0600;
+ * nothing is flushed and nothing is visible yet.  Unless m->first_copy (a
+ * redelivery after a crash), a cur/<name>:* (moved there by a reader) means
+ * nothing is written and 0 is returned, while a new/<name> is written again
+ * over itself (the same message: replaced in one step).  On failure it
+ * returns -1, leaves no file, and writes the reason to err; *permanent is
+ * set when retrying cannot help (unsafe user name), clear for disk full,
+ * permissions and the like.
  *
  * Copies belong to the group last set with deliver_batch_group() (0 at
  * first): a caller's unit of all or nothing, such as one message.

@@ -261,8 +261,11 @@ crlf_to_lf(const char *in, size_t n, char *out, bool *held_cr)
  * spool file block by block) into fd with CRLF turned into LF; the headers
  * go out with the first block, in one write.  A CR that ends one block is
  * held until the next block shows whether an LF follows; a CR not followed
- * by LF is copied as is.  buf holds block octets in, then the headers
- * (hlen) and at most one block plus a held CR out.
+ * by LF is copied as is.  A message that does not end with a line end (BDAT
+ * lets a client send one) gets an LF: the file holds whole lines, as
+ * Postfix writes them.  buf holds block octets in, then the headers (hlen)
+ * and at most one block plus a held CR out, or at the end a held CR and
+ * that LF.
  */
 static int
 copy_body(int fd, const struct deliver_msg *m, char *buf, size_t block, size_t hlen, char *err,
@@ -272,6 +275,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, size_t block, size_t h
 	uint64_t left = m->body_len;
 	off_t off = m->body_off;
 	bool held_cr = false;
+	char last = '\n';  /* the message's last octet so far */
 	size_t pre = hlen; /* octets already in out: the headers, before the first block */
 
 	while (left > 0) {
@@ -297,6 +301,7 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, size_t block, size_t h
 			     (unsigned long long)left);
 			return -1;
 		}
+		last = in[n - 1];
 		o = pre + crlf_to_lf(in, (size_t)n, out + pre, &held_cr);
 		if (write_all(fd, out, o) < 0) {
 			fail(err, err_cap, "writing message: %s", strerror(errno));
@@ -308,6 +313,8 @@ copy_body(int fd, const struct deliver_msg *m, char *buf, size_t block, size_t h
 	}
 	if (held_cr)
 		out[pre++] = '\r';
+	if (last != '\n')
+		out[pre++] = '\n';
 	if (pre > 0 && write_all(fd, out, pre) < 0) {
 		fail(err, err_cap, "writing message: %s", strerror(errno));
 		return -1;
@@ -322,7 +329,7 @@ write_tmp(int fd, const struct deliver_msg *m, char *err, size_t err_cap)
 {
 	size_t hlen = m->headers != NULL ? strlen(m->headers) : 0;
 	size_t block = m->body_len < BLOCK_LEN ? (size_t)m->body_len : BLOCK_LEN;
-	char *buf = xmalloc(block + hlen + block + 1);
+	char *buf = xmalloc(block + hlen + block + 2);
 	int rc;
 
 	if (hlen > 0)

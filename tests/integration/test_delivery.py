@@ -581,3 +581,48 @@ def test_too_many_received_fields_bounce_on_local_delivery(petrel, size):
     assert split_prepended(msgs[0])[1] == body.replace(b"\r\n", b"\n")
     assert petrel.messages("y@localhost") == []
     assert wait_queue_empty(petrel), petrel.queue_files()
+
+
+# ---- BDAT ---------------------------------------------------------------------------
+
+def _bdat(p, chunks, rcpt="someone@localhost"):
+    """Sends one message in BDAT chunks (the last one LAST) over a raw session; returns
+    the queue id of its 250."""
+    s, greeting = p.connect()
+    try:
+        assert greeting.startswith("220")
+        s.sendall(b"EHLO client.example\r\n")
+        assert "CHUNKING" in recv_reply(s)
+        s.sendall(b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<%s>\r\n" % rcpt.encode())
+        assert [r[:3] for r in recv_replies(s, 2)] == ["250", "250"]
+        for k, chunk in enumerate(chunks):
+            last = b" LAST" if k == len(chunks) - 1 else b""
+            s.sendall(b"BDAT %d%s\r\n" % (len(chunk), last) + chunk)
+            reply = recv_reply(s, timeout=60)
+            assert reply.startswith("250"), reply
+        s.sendall(b"QUIT\r\n")
+        recv_reply(s)
+    finally:
+        s.close()
+    return queue_id(reply)
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"Subject: x\r\n\r\nabc", b""],
+    [b"Subject: x\r\n\r\nabc"],
+    [b"Subject: x\r\n\r\n", b"ab", b"c"],
+    [b"Subject: x\r\n\r\n" + b"".join(b"line %06d of a long message\r\n" % i
+                                      for i in range(12000)), b"abc"],
+], ids=["then-BDAT-0-LAST", "one-chunk", "three-chunks", "queue-file"])
+def test_bdat_message_without_final_crlf_is_written_as_whole_lines(petrel, chunks):
+    """BDAT lets a message end inside a line; its Maildir file still ends with a line end,
+    as Postfix writes it (over 256 KiB the copy is written from the queue file)."""
+    body = b"".join(chunks)
+    qid = _bdat(petrel, chunks)
+    msgs = petrel.wait_messages("someone@localhost", 1)
+    assert len(msgs) == 1, petrel.log()[-3000:]
+    head, got = split_prepended(msgs[0])
+    assert f" id {qid}\n".encode() in head
+    assert got == body.replace(b"\r\n", b"\n") + b"\n"
+    assert got.endswith(b"\nabc\n")
+    assert wait_queue_empty(petrel)

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from mailtest import (DATE_RE, in_queue, send, smtp, split_prepended, wait_for, wait_log,
-                      wait_queue_empty)
+from conftest import recv_replies
+from mailtest import (DATE_RE, in_queue, queue_id, send, smtp, split_prepended, wait_for,
+                      wait_log, wait_queue_empty)
 from peers import (DNSMASQ, POSTFIX, POSTFIX_MASTER, SMTP_SINK, Dnsmasq, Postfix, SmtpSink,
                    common_port, missing_tool, port_free_on)
 
@@ -1034,6 +1035,35 @@ def test_remote_data_after_354_is_not_taken_as_the_reply(net):
             a.log()[-3000:]
         assert "status=sent" not in a.log()
         assert any(b"DATA\r\n" in s for s in mx.seen), mx.seen
+    finally:
+        mx.close()
+
+
+def test_bdat_message_without_final_crlf_is_relayed_with_one(net):
+    """A message whose last BDAT chunk ends inside a line goes out with one CRLF before the
+    ".", not two."""
+    def respond(mx, conn):
+        read_until(conn, b"DATA\r\n")
+        conn.sendall(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+        mx.seen.append(read_until(conn, b"\r\n.\r\n"))
+        conn.sendall(b"250 2.0.0 Ok: queued\r\n")
+
+    mx = ScriptedMX("127.0.0.4", net.port, respond)
+    try:
+        a = net.factory(hostname="mx.a.test", local_domains="a.test",
+                        relayhost=f"[127.0.0.4]:{net.port}")
+        s, _ = a.connect()
+        try:
+            s.sendall(b"EHLO client.example\r\nMAIL FROM:<alice@a.test>\r\n"
+                      b"RCPT TO:<bob@b.test>\r\nBDAT 17\r\nSubject: x\r\n\r\nabc"
+                      b"BDAT 0 LAST\r\nQUIT\r\n")
+            replies = recv_replies(s, 6)
+        finally:
+            s.close()
+        assert [r[:3] for r in replies] == ["250", "250", "250", "250", "250", "221"], replies
+        assert wait_log(a, log_re(queue_id(replies[4]), "bob@b.test", "sent")), a.log()[-3000:]
+        data = mx.seen[-1]  # after the EHLO
+        assert data.endswith(b"\r\nSubject: x\r\n\r\nabc\r\n.\r\n"), data
     finally:
         mx.close()
 

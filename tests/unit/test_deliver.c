@@ -769,7 +769,10 @@ spool_msg(const char *dir, const char *prefix, const char *body, size_t body_len
 	return m;
 }
 
-/* The expected Maildir file: headers, then body with CRLF turned into LF. */
+/*
+ * The expected Maildir file: headers, then body with CRLF turned into LF,
+ * and an LF after a last line without one.
+ */
 static char *
 expected_file(const struct deliver_msg *m, const char *body, size_t len, size_t *out_len)
 {
@@ -782,6 +785,8 @@ expected_file(const struct deliver_msg *m, const char *body, size_t len, size_t 
 			continue;
 		e[o++] = body[i];
 	}
+	if (len > 0 && body[len - 1] != '\n')
+		e[o++] = '\n';
 	*out_len = o;
 	return e;
 }
@@ -913,14 +918,15 @@ mem_msg(const char *body, size_t len, size_t prefix_len, bool first_copy, char *
  * Odd octets through the run-by-run CRLF conversion, from memory and from a
  * spool file, compared with the file written literally: NULs pass, a bare LF
  * stays, a CR not before an LF stays, CR CR LF keeps the first CR, a CR last
- * stays; the headers come first, in the same write.
+ * stays and gets the LF of the last line; the headers come first, in the
+ * same write.
  */
 static void
 test_maildir_odd_octets(void **state)
 {
 	static const char body[] = "a\0b\r\n\0\0\r\nbare\nlf\r\rcr\r\nx\r\0y\r";
 	static const char want[] = "Return-Path: <a@remote.test>\nDelivered-To: u@d\n"
-				   "a\0b\n\0\0\nbare\nlf\r\rcr\nx\r\0y\r";
+				   "a\0b\n\0\0\nbare\nlf\r\rcr\nx\r\0y\r\n";
 	char *dir = fresh_dir();
 	char *block, *got;
 	struct deliver_msg mem = mem_msg(body, sizeof(body) - 1, 3, true, &block);
@@ -1388,6 +1394,66 @@ test_maildir_empty_body(void **state)
 	    0);
 	check_delivered(dir, "example.org/gus/new/M", &m, "", 0);
 	close(m.body_fd);
+	free(dir);
+}
+
+/*
+ * A message whose last line has no line end (a BDAT client may send one)
+ * gets an LF in the Maildir, whole lines as Postfix writes them; one that
+ * ends with CRLF gets no second.  From memory and from the spool file, also
+ * when the message ends exactly at the end of a read block.
+ */
+static void
+test_maildir_last_line_without_lf(void **state)
+{
+	static const struct {
+		const char *body, *want;
+	} cases[] = {
+	    {"Subject: x\r\n\r\nabc", "Subject: x\n\nabc\n"},
+	    {"Subject: x\r\n\r\nabc\r\n", "Subject: x\n\nabc\n"},
+	    {"Subject: x\r\n\r\nabc\n", "Subject: x\n\nabc\n"},
+	    {"abc", "abc\n"},
+	};
+	const char *headers = "Return-Path: <a@remote.test>\nDelivered-To: u@d\n";
+	size_t hl = strlen(headers);
+	char *dir = fresh_dir();
+	char *big = xmalloc(BLOCK), *block, *got, name[32], p[512];
+	bool permanent;
+	char err[256] = "";
+	size_t len;
+
+	memset(big, 'z', BLOCK); /* the last case: one block exactly, no line end */
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) + 1; i++) {
+		const char *body = i < sizeof(cases) / sizeof(cases[0]) ? cases[i].body : big;
+		size_t blen = body == big ? BLOCK : strlen(body);
+		struct deliver_msg mem = mem_msg(body, blen, 0, true, &block);
+		struct deliver_msg file = spool_msg(dir, "HEADER\n", body, blen);
+
+		file.headers = mem.headers;
+		for (int way = 0; way < 2; way++) {
+			snprintf(name, sizeof(name), "M%zu.%d", i, way);
+			assert_int_equal(deliver_maildir_write(dir, "example.org", "lf", name,
+							       way == 0 ? &mem : &file, &permanent,
+							       err, sizeof(err)),
+					 0);
+			snprintf(p, sizeof(p), "%s/example.org/lf/new/%s", dir, name);
+			got = read_all(p, &len);
+			assert_non_null(got);
+			assert_memory_equal(got, headers, hl);
+			if (body == big) {
+				assert_int_equal(len, hl + BLOCK + 1);
+				assert_int_equal(got[hl + BLOCK - 1], 'z');
+				assert_int_equal(got[hl + BLOCK], '\n');
+			} else {
+				assert_int_equal(len, hl + strlen(cases[i].want));
+				assert_memory_equal(got + hl, cases[i].want, strlen(cases[i].want));
+			}
+			free(got);
+		}
+		close(file.body_fd);
+		free(block);
+	}
+	free(big);
 	free(dir);
 }
 
@@ -2565,6 +2631,7 @@ main(void)
 	    BOTH_WAYS(test_maildir_unsafe_names),
 	    BOTH_WAYS(test_maildir_transient_failures),
 	    BOTH_WAYS(test_maildir_empty_body),
+	    BOTH_WAYS(test_maildir_last_line_without_lf),
 	    TMP_WAY(test_batch_one_maildir),
 	    TMP_WAY(test_batch_several_maildirs),
 	    TMP_WAY(test_batch_rollback),
