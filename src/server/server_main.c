@@ -345,8 +345,10 @@ server_run(const char *path)
 	{
 		/*
 		 * epoll with a change list: a write interest added and dropped within
-		 * one turn of the loop (each reply) costs no epoll_ctl.  Safe here: a
-		 * descriptor dup()ed for STARTTLS replaces the first, never both watched.
+		 * one turn of the loop (each reply) costs no epoll_ctl.  Its rule: a
+		 * descriptor is never closed while a change to it may be pending (the
+		 * change would fail on the closed number; a duplicate of it would stay
+		 * watched).  STARTTLS hands the same descriptor on (tls_bev_starttls).
 		 */
 		struct event_config *ec = event_config_new();
 

@@ -77,7 +77,6 @@ tls_bev_starttls(struct tls_ctx *ctx, struct event_base *base, struct buffereven
 	struct evbuffer *out = bufferevent_get_output(plain);
 	struct bufferevent *bev;
 	SSL *ssl;
-	int nfd;
 
 	if (fd < 0)
 		return NULL;
@@ -94,26 +93,31 @@ tls_bev_starttls(struct tls_ctx *ctx, struct event_base *base, struct buffereven
 	evbuffer_freeze(out, 1);
 	if (evbuffer_get_length(out) > 0)
 		return NULL;
-	nfd = dup(fd);
-	if (nfd < 0)
-		return NULL;
-	evutil_make_socket_nonblocking(nfd);
 	ssl = SSL_new(ctx->ssl_ctx);
-	if (ssl == NULL) {
-		close(nfd);
+	if (ssl == NULL)
 		return NULL;
-	}
-	bev = bufferevent_openssl_socket_new(base, nfd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	/*
+	 * The descriptor passes to the TLS bufferevent as it is, never closed
+	 * nor dup()ed: with epoll's change list, the plain one's removal is
+	 * applied at the next turn of the loop, and applied to a closed
+	 * descriptor number it would fail and leave the socket watched through
+	 * its duplicate, level-triggered, for ever (a busy loop).  Here its
+	 * removal and the TLS one's interest meet on one descriptor number.
+	 */
+	bufferevent_disable(plain, EV_READ | EV_WRITE);
+	bufferevent_setfd(plain, -1);
+	bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 					     BEV_OPT_CLOSE_ON_FREE);
 	if (bev == NULL) {
 		SSL_free(ssl);
-		close(nfd);
+		bufferevent_setfd(plain, fd); /* the caller closes it with plain */
 		return NULL;
 	}
 	/* The plain bufferevent's write timeout carries over. */
 	if (evutil_timerisset(&plain->timeout_write))
 		bufferevent_set_timeouts(bev, NULL, &plain->timeout_write);
-	/* Its input was drained by the caller (CVE-2011-0411); the descriptor stays open. */
+	/* Its input was drained by the caller (CVE-2011-0411); it no longer holds the descriptor.
+	 */
 	bufferevent_free(plain);
 	return bev;
 }
