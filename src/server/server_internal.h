@@ -50,7 +50,8 @@ struct server {
 	size_t listeners_len;
 	struct event *ev_term, *ev_int, *ev_hup, *ev_usr1, *ev_queue, *ev_timer;
 	struct event *ev_relay_dns, *ev_relay_done;
-	struct conn *conns; /* every open connection, for shutdown */
+	struct event *ev_accept; /* listeners paused after a failed accept resume (or NULL) */
+	struct conn *conns;	 /* every open connection, for shutdown */
 	size_t nconns;
 	struct ip_count *ips[IP_BUCKETS];
 	bool stopping;

@@ -127,13 +127,44 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	server_conn_accept(li->srv, li->kind, fd, sa, salen);
 }
 
+#define ACCEPT_PAUSE_MS 250 /* listeners rest this long after an accept failed */
+
+static void
+accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	if (srv->stopping)
+		return;
+	for (size_t i = 0; i < srv->listeners_len; i++)
+		evconnlistener_enable(srv->listeners[i]->el);
+}
+
+/*
+ * EMFILE, ENFILE, ENOBUFS: the pending connection stays in the backlog and
+ * the listener stays readable, so trying again at once would spin (and log)
+ * as fast as the loop turns.  Every listener rests ACCEPT_PAUSE_MS instead,
+ * the sessions we have go on, and one line says so per pause.
+ */
 static void
 accept_error_cb(struct evconnlistener *l, void *arg)
 {
+	struct listener *li = arg;
+	struct server *srv = li->srv;
 	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
 
-	/* EMFILE and friends: keep serving the sessions we have; accept resumes later. */
-	log_warn("accept: %s", evutil_socket_error_to_string(err));
+	for (size_t i = 0; i < srv->listeners_len; i++)
+		evconnlistener_disable(srv->listeners[i]->el);
+	if (srv->ev_accept == NULL)
+		srv->ev_accept = evtimer_new(srv->base, accept_resume_cb, srv);
+	if (srv->ev_accept == NULL || evtimer_add(srv->ev_accept, &tv) != 0) {
+		log_warn("accept: %s", evutil_socket_error_to_string(err));
+		accept_resume_cb(-1, 0, srv);
+		return;
+	}
+	log_warn("accept: %s; accepting again in %d ms", evutil_socket_error_to_string(err),
+		 ACCEPT_PAUSE_MS);
 }
 
 static int
@@ -190,6 +221,10 @@ close_listeners(struct server *srv)
 	free(srv->listeners);
 	srv->listeners = NULL;
 	srv->listeners_len = 0;
+	if (srv->ev_accept != NULL) {
+		event_free(srv->ev_accept);
+		srv->ev_accept = NULL;
+	}
 }
 
 void

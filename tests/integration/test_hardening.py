@@ -24,7 +24,7 @@ import pytest
 
 from conftest import PETREL_BIN
 from mailtest import (all_maildir_files, block_maildir, log_lines, spool_tmp_files, wait_for,
-                      wait_queue_empty)
+                      wait_log, wait_queue_empty)
 from tlsutil import Conn, b64, certs, expect, plain_b64, tls_server  # noqa: F401
 
 SANITIZED = "san" in PETREL_BIN.parts  # build/san/petrel: RSS includes ASan's shadow
@@ -1288,3 +1288,44 @@ def test_ipv4_and_ipv6_wildcard_listeners_side_by_side(petrel_factory):
             s.connect((addr, p.port))
             assert s.recv(512).startswith(b"220 "), addr
     assert f"listening on [::]:{p.port}" in p.log(), p.log()
+
+
+def test_out_of_descriptors_pauses_accepting_without_spinning(petrel_factory):
+    """With its descriptors used up, the server cannot accept: a pending connection stays
+    readable on the listener. It rests its listeners (250 ms at a time) instead of trying
+    again at once: before, the loop spun at 100 % of a core and logged 'accept: Too many
+    open files' about 400,000 times a second. Once descriptors are free, new clients are
+    greeted again."""
+    p = petrel_factory(max_connections=1000, max_connections_per_ip=1000)
+    pid = p.proc.pid
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 16, used + 16))
+    socks = []
+    try:
+        for i in range(40):
+            s = socket.socket()
+            s.bind((f"127.0.0.{2 + i % 50}", 0))
+            s.settimeout(5)
+            s.connect((p.host, p.port))  # completes in the backlog, accepted or not
+            socks.append(s)
+        assert wait_log(p, r"accept: Too many open files"), p.log()[-2000:]
+        t0, cpu0 = time.monotonic(), cpu_seconds(pid)
+        time.sleep(2)
+        wall, busy = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+        assert busy < 0.5 * wall, f"{busy:.2f} s of CPU in {wall:.2f} s while out of descriptors"
+        assert p.log().count("accept: Too many open files") < 40, p.log()[-2000:]
+    finally:
+        for s in socks:
+            s.close()
+    # descriptors free again: a new client is greeted
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection((p.host, p.port), timeout=2) as s:
+                assert s.recv(512).startswith(b"220 ")
+            break
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
