@@ -394,6 +394,33 @@ setup_fds(struct relay_dns *dns, char *err, size_t cap)
 	return 0;
 }
 
+static void
+ignore_result(void *mydata, int err, struct ub_result *res)
+{
+	if (res != NULL)
+		ub_resolve_free(res);
+}
+
+/*
+ * libunbound starts its worker thread, with an event base of its own (an
+ * epoll descriptor, a socketpair), at the first query.  Started later, when
+ * the process is out of descriptors, libevent's setup in that thread calls
+ * exit(): the server would stop at its first relayed message.  So it starts
+ * now, by a query cancelled at once.
+ */
+static int
+start_worker(struct relay_dns *dns, char *err, size_t cap)
+{
+	int id, r = ub_resolve_async(dns->ub, "localhost.", RR_A, 1, NULL, ignore_result, &id);
+
+	if (r != 0) {
+		snprintf(err, cap, "libunbound: cannot start: %s", ub_strerror(r));
+		return -1;
+	}
+	ub_cancel(dns->ub, id);
+	return 0;
+}
+
 struct relay_dns *
 relay_dns_new(const char *resolver, char *err, size_t cap)
 {
@@ -412,7 +439,7 @@ relay_dns_new(const char *resolver, char *err, size_t cap)
 		goto fail;
 	}
 	if (configure(dns->ub, resolver != NULL ? fwd : NULL, err, cap) < 0 ||
-	    setup_fds(dns, err, cap) < 0)
+	    setup_fds(dns, err, cap) < 0 || start_worker(dns, err, cap) < 0)
 		goto fail;
 	return dns;
 fail:

@@ -1299,7 +1299,8 @@ def test_out_of_descriptors_pauses_accepting_without_spinning(petrel_factory):
     p = petrel_factory(max_connections=1000, max_connections_per_ip=1000)
     pid = p.proc.pid
     used = len(os.listdir(f"/proc/{pid}/fd"))
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 16, used + 16))
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 16, hard))
     socks = []
     try:
         for i in range(40):
@@ -1328,4 +1329,30 @@ def test_out_of_descriptors_pauses_accepting_without_spinning(petrel_factory):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_first_relayed_message_when_out_of_descriptors_keeps_the_server_up(petrel_factory):
+    """The DNS resolver's thread starts with the server: started at the first relayed
+    message while descriptors were used up, its event base could not be made and
+    libevent exit()ed the whole server after the message's 250."""
+    p = petrel_factory(max_connections_per_ip=1000)
+    pid = p.proc.pid
+    c = socket.create_connection((p.host, p.port), timeout=10)
+    try:
+        c.recv(512)
+        c.sendall(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@remote.example>\r\n"
+                  b"DATA\r\n")
+        assert wait_for(lambda: b"354" in c.recv(4096), 5)
+        used = len(os.listdir(f"/proc/{pid}/fd"))
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 1, hard))
+        c.sendall(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert c.recv(4096).startswith(b"250 "), p.log()[-2000:]
+        time.sleep(2)  # the relay looks remote.example up meanwhile
+        assert p.proc.poll() is None, p.log()[-2000:]
+    finally:
+        c.close()
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    with socket.create_connection((p.host, p.port), timeout=5) as s:
+        assert s.recv(512).startswith(b"220 ")
 
