@@ -59,6 +59,7 @@ struct conn {
 	bool eof;	   /* the client closed its side: answer what it sent, then close */
 	bool handshaking;  /* a TLS handshake under way: no reply can go out before it ends */
 	bool auth_waiting; /* an AUTH waits for its address's checks under way (start_auth) */
+	bool spool_failed; /* a write of this message's body failed (logged once a message) */
 	struct server_reject_count rejects; /* refusals logged and left out (log_refusal) */
 	struct conn *prev, *next;
 };
@@ -262,8 +263,11 @@ append_done(void *arg, int err)
 {
 	struct conn *c = arg;
 
-	if (err != 0)
+	/* One line a message: every later write of a large one fails the same way. */
+	if (err != 0 && !c->spool_failed) {
 		log_warn("%s: spool write failed: %s", queue_msg_id(c->msg), strerror(err));
+		c->spool_failed = true;
+	}
 	/* Reading was paused while too much body waited for the disk. */
 	if (!c->dead && !c->committing && c->msg != NULL &&
 	    queue_msg_pending(c->msg) < PENDING_HIGH / 2)
@@ -342,6 +346,7 @@ begin_message(struct conn *c)
 	env.smtputf8 = p->smtputf8;
 	env.expanded = true;
 	c->msg = queue_msg_new(c->srv->queue, &env);
+	c->spool_failed = false;
 	if (rcpts_all_local(c->cfg->conf, &l))
 		queue_msg_direct(c->msg, server_cfg_ref(c->cfg)); /* server_direct_release */
 	log_info("%s: client=unknown[%s]", queue_msg_id(c->msg), c->addr);
@@ -644,7 +649,8 @@ conn_process(struct conn *c)
 	       smtp_session_state(c->sess) != SMTP_STATE_TLS &&
 	       smtp_session_state(c->sess) != SMTP_STATE_AUTH_WAIT) {
 		size_t len = evbuffer_get_length(in);
-		size_t n, used;
+		size_t n, used, out_len;
+		enum smtp_state st;
 		const char *data;
 
 		/* After an event the session may have more to do even without input. */
@@ -658,11 +664,21 @@ conn_process(struct conn *c)
 			break; /* resumed by the write callback */
 		n = len < READ_CHUNK ? len : READ_CHUNK;
 		data = n > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)n) : "";
+		st = smtp_session_state(c->sess);
+		out_len = smtp_session_output(c->sess)->len;
 		used = smtp_session_feed(c->sess, data, n, &ev);
 		evbuffer_drain(in, used);
-		flush_output(c);
-		if (used > 0)
+		/*
+		 * Progress restarts smtp_timeout: octets of a message (RFC 5321
+		 * 4.5.3.2.5's data block), or a command answered.  The octets of an
+		 * overlong line being skipped are none: trickled, they held a session
+		 * open for ever.
+		 */
+		if (used > 0 &&
+		    (st == SMTP_STATE_DATA || st == SMTP_STATE_BDAT || st == SMTP_STATE_DISCARD ||
+		     ev != SMTP_EVENT_NONE || smtp_session_output(c->sess)->len != out_len))
 			arm_timer(c);
+		flush_output(c);
 		if (!handle_event(c, ev))
 			break;
 		if (used == 0 && ev == SMTP_EVENT_NONE) {

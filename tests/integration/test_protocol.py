@@ -878,6 +878,29 @@ def test_smtp_timeout_mid_data_delivers_nothing(petrel_factory):
     expect(r, 421, "4.4.2")
 
 
+def test_smtp_timeout_holds_for_a_trickled_overlong_line(petrel_factory):
+    """A command line past 1000 octets is skipped to its end; its octets trickled one
+    every half second are no progress: the session still ends at smtp_timeout (it was
+    held open for as long as the trickle went on)."""
+    p = petrel_factory(smtp_timeout="2s")
+    c = client(p)
+    c.ehlo()
+    c.send(b"A" * 1500)
+    start = time.time()
+    c.sock.settimeout(0.5)
+    got = b""
+    while time.time() - start < 15 and b"421" not in got:
+        try:
+            c.sock.sendall(b"A")
+            got += c.sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+    assert b"421 4.4.2" in got, got
+    assert time.time() - start <= 8
+
+
 def test_too_many_errors_421_and_close(petrel):
     c = client(petrel)
     c.ehlo()
