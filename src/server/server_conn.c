@@ -888,10 +888,22 @@ server_conn_accept(struct server *srv, enum listener_kind kind, int fd, const st
 	bufferevent_set_timeouts(c->bev, NULL, &wtv);
 	bufferevent_enable(c->bev, refuse ? EV_WRITE : EV_READ | EV_WRITE);
 	flush_output(c);
-	if (refuse == NULL)
+	if (refuse == NULL) {
 		arm_timer(c);
-	else if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_close(c); /* the 421 is out */
+	} else if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 ||
+		   kind == LISTENER_SUBMISSIONS) {
+		/*
+		 * The 421 is out; or, on implicit TLS, it could go out only after
+		 * a handshake the client may never finish: closed without it, so
+		 * that refused connections hold no slot (one address stalling
+		 * handshakes kept every other client out).
+		 */
+		conn_close(c);
+	} else {
+		struct timeval grace = {.tv_sec = SHUTDOWN_WRITE_S, .tv_usec = 0};
+
+		evtimer_add(c->timer, &grace); /* timer_cb closes it, the 421 written or not */
+	}
 }
 
 void

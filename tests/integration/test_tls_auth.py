@@ -1003,3 +1003,37 @@ def test_sigterm_with_a_tls_handshake_never_made_stops_at_once(petrel_factory, c
     assert time.monotonic() - t0 < 10, "the stop waited for a TLS handshake never made"
     assert "still open" not in p.log(), p.log()
     c.close()
+
+
+def test_stalled_handshakes_refused_on_implicit_tls_hold_no_slot(petrel_factory, certs):
+    """One address opens far more implicit-TLS connections than its limit and never sends
+    a ClientHello. The refused ones are closed at once (their 421 could go out only after
+    a handshake): before, they stayed open, counted, and every other client got 421
+    "too many connections" on every port for as long as they were held."""
+    p = tls_server(petrel_factory, certs, submissions=True, max_connections=30,
+                   max_connections_per_ip=5, smtp_timeout="60s")
+    held = []
+    try:
+        for _ in range(60):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect((p.host, p.subs_port))
+            held.append(s)
+        # the refused ones are closed by the server (EOF), the 5 accepted ones stay
+        closed = 0
+        for s in held:
+            s.settimeout(1)
+            try:
+                closed += s.recv(16) == b""
+            except socket.timeout:
+                pass
+        assert closed == 55, closed
+        # another client is served, on the MX port and on implicit TLS
+        with socket.create_connection((p.host, p.port), timeout=5) as c:
+            assert c.recv(512).startswith(b"220 "), "MX port refused"
+        with client_context().wrap_socket(socket.create_connection((p.host, p.subs_port),
+                                                                   timeout=5)) as c:
+            assert c.recv(512).startswith(b"220 "), "implicit TLS refused"
+    finally:
+        for s in held:
+            s.close()
