@@ -12,7 +12,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* True when password matches stored ("{SCHEME}hash"; no scheme means {CRYPT}). */
+/*
+ * True when password matches stored ("{SCHEME}hash"; no scheme means {CRYPT}).
+ * An empty password matches nothing (RFC 4616 2), whatever was hashed.
+ */
 bool auth_password_verify(const char *stored, const char *password);
 /*
  * Writes "{SHA512-CRYPT}$6$..." for password into dst (capacity >= 160).

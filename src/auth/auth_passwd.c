@@ -28,7 +28,8 @@ auth_password_verify(const char *stored, const char *password)
 	const char *out;
 	bool ok;
 
-	if (stored == NULL || password == NULL)
+	/* RFC 4616 2: a password is at least one character; no stored hash makes "" one. */
+	if (stored == NULL || password == NULL || password[0] == '\0')
 		return false;
 	if (stored[0] == '{') {
 		const char *end = strchr(stored, '}');

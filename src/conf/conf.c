@@ -897,6 +897,15 @@ check_cross(struct conf_parser *p, const struct conf *c)
 		     implicit ? "listen_submissions" : "listen_submission");
 		return -1;
 	}
+	/* Nor could they without users to authenticate: MAIL would get 530 for ever. */
+	if (c->users_file == NULL &&
+	    (c->listen_submission_len > 0 || c->listen_submissions_len > 0)) {
+		bool implicit = c->listen_submissions_len > 0;
+		fail(p, at[implicit ? KEY_LISTEN_SUBMISSIONS : KEY_LISTEN_SUBMISSION],
+		     "%s needs users_file (AUTH comes before MAIL there)",
+		     implicit ? "listen_submissions" : "listen_submission");
+		return -1;
+	}
 	if (c->retry_min_s > c->retry_max_s) {
 		unsigned line =
 		    at[KEY_RETRY_MIN] > at[KEY_RETRY_MAX] ? at[KEY_RETRY_MIN] : at[KEY_RETRY_MAX];

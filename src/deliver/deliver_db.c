@@ -541,10 +541,9 @@ deliver_db_password(const struct deliver_db *db, const char *address)
 	size_t len = strlen(address);
 	const struct db_entry *e;
 
-	if (len > KEY_MAX)
+	/* As the file's keys are made: lower-cased, the domain in its A-label form. */
+	if (len > KEY_MAX || make_key(address, len, key, &len) != NULL)
 		return NULL;
-	memcpy(key, address, len);
-	lower(key, len);
 	e = lookup(db, key, len);
 	/* An empty password field lists a user who receives mail but cannot log in. */
 	if (e == NULL || e->password == NULL || e->password[0] == '\0')

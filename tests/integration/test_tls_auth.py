@@ -556,6 +556,38 @@ def test_auth_every_password_scheme(authsrv, users_lines, user):
     c.close()
 
 
+def test_empty_password_never_authenticates(petrel_factory, certs):
+    """RFC 4616 2: a password is one character at least. A users file entry whose stored
+    password is empty ({PLAIN} with nothing, or a crypt of "") was logged into with an
+    empty password, by PLAIN and by LOGIN."""
+    empty_hash = subprocess.run(["openssl", "passwd", "-6", "-salt", "abcdefgh", ""],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    p = tls_server(petrel_factory, certs, {
+        "e1": "empty@example.test:{PLAIN}",
+        "e2": f"e2@example.test:{{SHA512-CRYPT}}{empty_hash}",
+    })
+    for user in ("empty@example.test", "e2@example.test"):
+        c = tls_session(p)
+        expect(c.auth_plain(user, ""), 535, "5.7.8")
+        c.close()
+        c = tls_session(p)
+        assert c.cmd(f"AUTH LOGIN {b64(user)}").lines == ["334 UGFzc3dvcmQ6"]
+        r = c.cmd("")  # the empty password's base64 is empty
+        assert r.code in (501, 535), r
+        c.close()
+
+
+def test_unicode_domain_of_a_user_logs_in_either_way(petrel_factory, certs):
+    """The users file keys a domain by its A-label form; AUTH as u@bücher.example (or
+    the xn-- spelling) finds the user written either way."""
+    p = tls_server(petrel_factory, certs, {"u": "u@b\u00fccher.example:{PLAIN}upw"},
+                   local_domains="b\u00fccher.example")
+    for name in ("u@b\u00fccher.example", "u@xn--bcher-kva.example", "U@B\u00dcCHER.example"):
+        c = tls_session(p)
+        expect(c.auth_plain(name, "upw"), 235, "2.7.0")
+        c.close()
+
+
 def test_auth_wrong_password_535_delayed(authsrv):
     c = tls_session(authsrv)
     t0 = time.monotonic()

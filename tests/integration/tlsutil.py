@@ -186,6 +186,9 @@ def tls_server(factory, cert, users_lines=None, aliases=None, submission=False,
         subs_port = free_port()
         conf["listen_submissions"] = f"127.0.0.1:{subs_port}"
     p = factory(start=False, **conf)
+    if users_lines is None and (submission or submissions):
+        # submission listeners need users to authenticate (check-config says so)
+        users_lines = {"alice": "alice@example.test:{PLAIN}alice-secret"}
     if users_lines is not None:
         p.conf["users_file"] = str(write_users(p.dir / "users", users_lines))
     if aliases is not None:

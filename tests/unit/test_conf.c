@@ -21,7 +21,9 @@
 
 #include "conf/conf.h"
 
-#define TLS_PAIR     "tls_cert = /etc/ssl/c.pem\ntls_key = /etc/ssl/k.pem\n"
+#define TLS_PAIR "tls_cert = /etc/ssl/c.pem\ntls_key = /etc/ssl/k.pem\n"
+/* what a submission listener needs besides its address */
+#define SUBMIT_NEEDS TLS_PAIR "users_file = /etc/petrel/users\n"
 #define NAME	     "t.conf"
 #define ERR_CAP	     512
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -218,9 +220,9 @@ static const struct value_case value_cases[] = {
     {"submission none", "listen_submission = none", "listen_submission", ""},
     {"submission NONE", "listen_submission = NONE", "listen_submission", ""},
     {"submissions empty", "listen_submissions =", "listen_submissions", ""},
-    {"submissions port 465", "listen_submissions = 0.0.0.0:465\n" TLS_PAIR, "listen_submissions",
-     "0.0.0.0:465"},
-    {"submission port 65535", "listen_submission = [::1]:65535\n" TLS_PAIR, "listen_submission",
+    {"submissions port 465", "listen_submissions = 0.0.0.0:465\n" SUBMIT_NEEDS,
+     "listen_submissions", "0.0.0.0:465"},
+    {"submission port 65535", "listen_submission = [::1]:65535\n" SUBMIT_NEEDS, "listen_submission",
      "[::1]:65535"},
     /* local_domains */
     {"domains lower-cased", "local_domains = Example.ORG, MAIL.example.net", "local_domains",
@@ -443,6 +445,11 @@ static const struct error_case error_cases[] = {
      NAME ":2: listen_submissions needs tls_cert and tls_key"},
     {"submission without tls", "listen_submission = 127.0.0.1:587",
      NAME ":1: listen_submission needs tls_cert and tls_key"},
+    /* nor without users: AUTH comes before MAIL */
+    {"submission without users", "listen_submission = 127.0.0.1:587\n" TLS_PAIR,
+     NAME ":1: listen_submission needs users_file (AUTH comes before MAIL there)"},
+    {"submissions without users", TLS_PAIR "listen_submissions = 127.0.0.1:465\n",
+     NAME ":3: listen_submissions needs users_file (AUTH comes before MAIL there)"},
     /* sizes */
     {"size bad suffix", "\n\nmax_message_size = 12X", NAME ":3: max_message_size: bad size '12X'"},
     {"size below 1K", "max_message_size = 1023",

@@ -634,6 +634,10 @@ test_international_domain(void **state)
 			 DELIVER_RCPT_OK);
 	assert_int_equal(deliver_check_rcpt(db, c, "eve", 3, "m\xc3\xbcller.example", 15),
 			 DELIVER_RCPT_UNKNOWN);
+	/* AUTH names the user either way too */
+	assert_string_equal(deliver_db_password(db, "J\xc3\xb6rg@m\xc3\xbcller.example"), "{PLAIN}a");
+	assert_string_equal(deliver_db_password(db, "anna@M\xc3\x9cller.Example"), "{PLAIN}b");
+	assert_null(deliver_db_password(db, "anna@a\xe2\x81\x84" "b.example"));
 	/* The Maildir's directory is the A-label form, whatever the spelling. */
 	assert_int_equal(
 	    deliver_expand(db, c, "info@M\xc3\x9cller.example", &t, &n, err, sizeof(err)), 0);
