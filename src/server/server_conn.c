@@ -78,13 +78,47 @@ ip_hash(const char *s)
 	return h % IP_BUCKETS;
 }
 
+/* A record that remembers nothing: no session, no check under way, no recent AUTH failure. */
+static bool
+ip_idle(const struct ip_count *ic, time_t now)
+{
+	return ic->count == 0 && ic->auth_pending == 0 &&
+	       (ic->auth_failures == 0 || now - ic->auth_last_failure > AUTH_FAIL_WINDOW_S);
+}
+
+/* Frees the idle records of one bucket. */
+static void
+ip_sweep(struct ip_count **pp, time_t now)
+{
+	struct ip_count *ic;
+
+	while ((ic = *pp) != NULL) {
+		if (ip_idle(ic, now)) {
+			*pp = ic->next;
+			free(ic);
+		} else {
+			pp = &ic->next;
+		}
+	}
+}
+
 static size_t
 ip_add(struct server *srv, const char *addr, int delta)
 {
-	struct ip_count **pp = &srv->ips[ip_hash(addr)];
-	struct ip_count *ic;
+	struct ip_count **head = &srv->ips[ip_hash(addr)], *ic;
+	time_t now = time(NULL);
+	size_t count;
 
-	for (; (ic = *pp) != NULL; pp = &ic->next) {
+	/*
+	 * Records outlive their connections while they remember recent AUTH
+	 * failures (reconnecting must not reset the per-address limit).  Each
+	 * call frees the idle ones of its own bucket and of one more, in turn:
+	 * failures from ever new addresses are forgotten once their window is
+	 * over, even in buckets no connection comes to again.
+	 */
+	ip_sweep(&srv->ips[srv->ip_sweep_next], now);
+	srv->ip_sweep_next = (srv->ip_sweep_next + 1) % IP_BUCKETS;
+	for (ic = *head; ic != NULL; ic = ic->next) {
 		if (strcmp(ic->addr, addr) == 0)
 			break;
 	}
@@ -93,22 +127,13 @@ ip_add(struct server *srv, const char *addr, int delta)
 			return 0;
 		ic = xcalloc(1, sizeof(*ic));
 		snprintf(ic->addr, sizeof(ic->addr), "%s", addr);
-		ic->next = srv->ips[ip_hash(addr)];
-		srv->ips[ip_hash(addr)] = ic;
-		pp = &srv->ips[ip_hash(addr)];
+		ic->next = *head;
+		*head = ic;
 	}
 	ic->count = (size_t)((long)ic->count + delta);
-	/*
-	 * The record outlives the connections while it remembers recent AUTH
-	 * failures: reconnecting must not reset the per-address limit.
-	 */
-	if (ic->count == 0 &&
-	    (ic->auth_failures == 0 || time(NULL) - ic->auth_last_failure > AUTH_FAIL_WINDOW_S)) {
-		*pp = ic->next;
-		free(ic);
-		return 0;
-	}
-	return ic->count;
+	count = ic->count;
+	ip_sweep(head, now);
+	return count;
 }
 
 /* ---- policy -------------------------------------------------------------- */
@@ -463,9 +488,14 @@ auth_done(void *arg)
 	struct ip_count *ic = ip_find(c->srv, c->addr);
 	bool refused = a->refused;
 
+	/* A {PLAIN} entry's hash is the password itself: wiped as the one tried is. */
 	util_wipe(a->password, strlen(a->password));
 	free(a->password);
+	if (a->stored != NULL)
+		util_wipe(a->stored, strlen(a->stored));
 	free(a->stored);
+	if (a->decoy != NULL)
+		util_wipe(a->decoy, strlen(a->decoy));
 	free(a->decoy);
 	free(a);
 	c->authing = false;
@@ -560,6 +590,8 @@ start_auth(struct conn *c)
 	if (ic != NULL) {
 		if (time(NULL) - ic->auth_last_failure <= AUTH_FAIL_WINDOW_S &&
 		    ic->auth_failures >= AUTH_FAIL_MAX_IP) {
+			if (a->stored != NULL)
+				util_wipe(a->stored, strlen(a->stored));
 			free(a->stored);
 			a->stored = NULL;
 			a->refused = true;

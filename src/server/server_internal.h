@@ -54,6 +54,7 @@ struct server {
 	struct conn *conns;	 /* every open connection, for shutdown */
 	size_t nconns;
 	struct ip_count *ips[IP_BUCKETS];
+	size_t ip_sweep_next; /* the bucket ip_add() frees idle records of next */
 	bool stopping;
 };
 
