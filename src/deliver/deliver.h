@@ -61,6 +61,13 @@ enum deliver_rcpt_status deliver_check_rcpt(const struct deliver_db *db, const s
 					    const char *local, size_t local_len, const char *domain,
 					    size_t domain_len);
 /*
+ * The form an address is known by in the users and aliases files (lower-cased,
+ * the domain in its A-label form) into out (cap octets, DELIVER_KEY_MAX + 1
+ * is enough); false when it is no local@domain of a safe local part.
+ */
+#define DELIVER_KEY_MAX (64 + 1 + 255)
+bool deliver_addr_key(const char *addr, char *out, size_t cap);
+/*
  * The same for a whole "local@domain" as a queue file holds it, its local
  * part possibly quoted ("a b"@d is the user a b).
  */
@@ -88,7 +95,8 @@ int deliver_expand(const struct deliver_db *db, const struct conf *c, const char
  * The one target of an address that is final already (aliases were expanded
  * when the message came in): as deliver_expand without the alias lookup.
  * Returns 0 with *out (one target, free with deliver_targets_free(*out, 1))
- * or -1 with an error in err (unsafe local part).
+ * or -1 with an error in err (unsafe local part; an alias that does not
+ * name itself, kept because its expansion failed, fails with that reason).
  */
 int deliver_resolve(const struct deliver_db *db, const struct conf *c, const char *addr,
 		    struct deliver_target **out, char *err, size_t err_cap);

@@ -17,9 +17,9 @@
  * lower-cased "local@domain"; an address may be both a user and an alias.
  */
 
-#define LOCAL_MAX	   64  /* RFC 5321 4.5.3.1.1 */
-#define DOMAIN_MAX	   255 /* RFC 5321 4.5.3.1.2 */
-#define KEY_MAX		   (LOCAL_MAX + 1 + DOMAIN_MAX)
+#define LOCAL_MAX	   64		   /* RFC 5321 4.5.3.1.1 */
+#define DOMAIN_MAX	   255		   /* RFC 5321 4.5.3.1.2 */
+#define KEY_MAX		   DELIVER_KEY_MAX /* LOCAL_MAX + 1 + DOMAIN_MAX */
 #define DB_LINE_MAX	   8192 /* a longer line in users_file or aliases_file is an error */
 #define EXPAND_DEPTH_MAX   10	/* nested aliases followed by deliver_expand() */
 #define EXPAND_TARGETS_MAX 1000 /* targets one recipient may expand to */
@@ -534,6 +534,18 @@ deliver_db_decoy_hash(const struct deliver_db *db)
 	return db->decoy;
 }
 
+bool
+deliver_addr_key(const char *addr, char *out, size_t cap)
+{
+	char key[KEY_MAX + 1];
+	size_t len = strlen(addr);
+
+	if (len > KEY_MAX || make_key(addr, len, key, &len) != NULL || len >= cap)
+		return false;
+	memcpy(out, key, len + 1);
+	return true;
+}
+
 const char *
 deliver_db_password(const struct deliver_db *db, const char *address)
 {
@@ -788,6 +800,26 @@ add_local_user(struct expansion *x, const struct rcpt_keys *k)
 			  xstrdup(key + local_len + 1));
 }
 
+/* True when one of alias's targets is the alias itself ("a: a, b"). */
+static bool
+names_itself(const struct expansion *x, const struct db_entry *alias)
+{
+	for (size_t i = 0; i < alias->targets_len; i++) {
+		const char *t = alias->targets[i], *at = strrchr(t, '@');
+		char local[LOCAL_MAX];
+		struct rcpt_keys k;
+		long n;
+
+		if (at == NULL || !is_local_domain(x->c, at + 1, strlen(at + 1)))
+			continue;
+		n = unquote_local(t, (size_t)(at - t), local, sizeof(local));
+		if (n > 0 && rcpt_keys(x->c, local, (size_t)n, at + 1, strlen(at + 1), &k) &&
+		    find_alias(x->db, &k) == alias)
+			return true;
+	}
+	return false;
+}
+
 static int
 expand_addr(struct expansion *x, const char *addr, const struct db_entry *parent, unsigned depth)
 {
@@ -821,7 +853,26 @@ expand_addr(struct expansion *x, const char *addr, const struct db_entry *parent
 		     util_log_escape(esc, sizeof(esc), addr, len));
 		return -1;
 	}
-	alias = x->final ? NULL : find_alias(x->db, &k);
+	alias = find_alias(x->db, &k);
+	if (x->final) {
+		/*
+		 * A final address that is an alias not naming itself is one whose
+		 * expansion failed when the message came in (server_rcpt_expand keeps
+		 * it so): expanded again for the reason, it is refused, never given
+		 * a Maildir of the alias's name.
+		 */
+		if (alias != NULL && !names_itself(x, alias)) {
+			struct expansion again = {
+			    .db = x->db, .c = x->c, .err = x->err, .err_cap = x->err_cap};
+			int rc = expand_addr(&again, addr, NULL, 0);
+
+			deliver_targets_free(again.out, again.len);
+			free(again.done);
+			if (rc < 0)
+				return -1;
+		}
+		return add_local_user(x, &k);
+	}
 	/* An alias that names itself ("a: a, b") also delivers to the user. */
 	if (alias == NULL || alias == parent)
 		return add_local_user(x, &k);

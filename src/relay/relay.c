@@ -303,8 +303,9 @@ self_add(struct relay_job *j, const struct sockaddr_storage *ss, uint16_t port)
 
 /*
  * Our MX listeners as socket addresses (numeric hosts only; names cannot be
- * compared).  A listener on 0.0.0.0 or [::] listens on every address of the
- * machine: it stands for each of them (on Linux [::] also takes IPv4).
+ * compared).  A listener on 0.0.0.0 listens on every IPv4 address of the
+ * machine (all of 127/8 too), one on [::] on every IPv6 one (it is
+ * IPV6_V6ONLY): each stands for those addresses.
  */
 static void
 collect_self(struct relay *r, struct relay_job *j, const struct conf *conf)
@@ -334,11 +335,14 @@ collect_self(struct relay *r, struct relay_job *j, const struct conf *conf)
 			const struct sockaddr_storage *m;
 			size_t n;
 
+			/* [::] listeners are IPv6-only (server_main.c): each wildcard its family's.
+			 */
 			machine_addrs(r, &m, &n);
 			for (size_t k = 0; k < n; k++)
-				if (m[k].ss_family == AF_INET || any6)
+				if (m[k].ss_family == (any4 ? AF_INET : AF_INET6))
 					self_add(j, &m[k], port);
-			j->loopback_port = port;
+			if (any4)
+				j->loopback_port = port;
 		}
 	}
 }

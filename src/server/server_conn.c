@@ -88,17 +88,23 @@ ip_idle(const struct ip_count *ic, time_t now)
 
 /* Frees the idle records of one bucket. */
 static void
-ip_sweep(struct ip_count **pp, time_t now)
+ip_sweep(struct ip_count **head, time_t now)
 {
-	struct ip_count *ic;
+	struct ip_count *ic = *head, *prev = NULL;
 
-	while ((ic = *pp) != NULL) {
-		if (ip_idle(ic, now)) {
-			*pp = ic->next;
-			free(ic);
+	while (ic != NULL) {
+		struct ip_count *next = ic->next;
+
+		if (!ip_idle(ic, now)) {
+			prev = ic;
 		} else {
-			pp = &ic->next;
+			if (prev == NULL)
+				*head = next;
+			else
+				prev->next = next;
+			free(ic);
 		}
+		ic = next;
 	}
 }
 
@@ -173,12 +179,19 @@ sender_allowed(void *ctx, const struct smtp_path *sender, const char *user)
 	char err[256];
 	bool ok = false;
 
+	char me[DELIVER_KEY_MAX + 1], key[DELIVER_KEY_MAX + 1];
+
 	if (sender->is_null || strcasecmp(sender->addr, user) == 0)
+		return true;
+	/* Compared as the users file knows them: case and an IDN domain's spelling aside. */
+	if (!deliver_addr_key(user, me, sizeof(me)))
+		return false;
+	if (deliver_addr_key(sender->addr, key, sizeof(key)) && strcmp(key, me) == 0)
 		return true;
 	if (deliver_expand(c->cfg->db, c->cfg->conf, sender->addr, &t, &n, err, sizeof(err)) != 0)
 		return false;
 	for (size_t i = 0; i < n && !ok; i++)
-		ok = strcasecmp(t[i].addr, user) == 0;
+		ok = deliver_addr_key(t[i].addr, key, sizeof(key)) && strcmp(key, me) == 0;
 	deliver_targets_free(t, n);
 	return ok;
 }

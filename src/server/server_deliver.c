@@ -66,9 +66,9 @@ full_addr(const struct conf *conf, const char *a, char *dst, size_t cap)
  * without an alias lookup (looking again would deliver twice what an alias
  * naming itself, "a: a, b", gave).  Its original recipient is checked first
  * as RCPT checks it: a user no longer in users_file, or an unknown address
- * given to `petrel sendmail`, is refused here, and so is one whose
- * expansion fails (an alias loop).  Queue files of older versions were
- * never expanded: they are now.
+ * given to `petrel sendmail`, is refused here; an alias whose expansion
+ * failed (a loop) is kept as it is and refused by deliver_resolve().  Queue
+ * files of older versions were never expanded: they are now.
  */
 static int
 targets_of(const struct conf *conf, const struct deliver_db *db, const struct queue_item *item,

@@ -226,6 +226,24 @@ def test_postmaster_is_accepted_at_every_local_domain(petrel_factory, tmp_path):
     assert "bounced" not in p.log(), p.log()
 
 
+def test_alias_loop_bounces_and_makes_no_maildir(petrel_factory, tmp_path):
+    """a: b and b: a: the expansion at DATA fails and keeps the address; its delivery
+    bounces it (aliases nested too deep) instead of writing a Maildir named after the
+    alias, which no user reads (with a users_file only listed users exist)."""
+    users = tmp_path / "users"
+    users.write_text("alice@localhost:{PLAIN}x\n")
+    aliases = tmp_path / "aliases"
+    aliases.write_text("a@localhost: b@localhost\nb@localhost: a@localhost\n")
+    p = petrel_factory(users_file=str(users), aliases_file=str(aliases))
+    qid = send(p, "alice@localhost", "a@localhost", BODY)
+    assert wait_log(p, rf"{qid}: to=<a@localhost>.*status=bounced \(.*deeper than 10"), \
+        p.log()[-2000:]
+    assert len(p.wait_messages("alice@localhost", 1)) == 1  # the bounce
+    assert not p.maildir("a@localhost").exists()
+    assert not p.maildir("b@localhost").exists()
+    assert wait_queue_empty(p)
+
+
 def test_postmaster_without_domain(petrel):
     with smtp(petrel) as s:
         s.ehlo("client.example")

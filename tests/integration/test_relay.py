@@ -934,6 +934,23 @@ def test_wildcard_listener_relays_to_other_hosts(net):
     assert f"{qid}: 4.4.6" not in a.log() and "w.test loops back" not in a.log()
 
 
+def test_ipv6_wildcard_listener_is_not_our_ipv4_addresses(net):
+    """listen_smtp = [::]:P is IPv6-only: an IPv4 server on 127.0.0.2:P is another server,
+    not ourselves (mail to it was deferred "loops back to myself")."""
+    if not socket.has_ipv6 or not port_free_on(["::"], net.port, socket.AF_INET6):
+        pytest.skip("no IPv6 wildcard here")
+    b = net.receiver("127.0.0.2")
+    a = net.sender(start=False, listen_smtp=f"[::]:{net.port}",
+                   relayhost=f"[127.0.0.2]:{net.port}",
+                   relay_networks="127.0.0.0/8, ::1/128")
+    a.host, a.port = "::1", net.port
+    a.start()
+    qid = send(a, ALICE, "bob@b.test", BODY)
+    assert len(b.wait_messages("bob@b.test", 1)) == 1, a.log()[-3000:]
+    assert "loops back to myself" not in a.log()
+    assert wait_log(a, log_re(qid, "bob@b.test", "sent"))
+
+
 def test_backup_mx_hands_mail_only_to_better_mx(net):
     """RFC 5321 5.1: A is s.test's MX 20; finding itself in the list it drops itself and
     MX 30 (B), keeping only MX 10, which is down: the mail waits at A.  Before, A sent it

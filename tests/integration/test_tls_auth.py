@@ -588,6 +588,23 @@ def test_unicode_domain_of_a_user_logs_in_either_way(petrel_factory, certs):
         c.close()
 
 
+def test_sender_of_a_user_logged_in_by_a_unicode_domain(petrel_factory, certs):
+    """Logged in as alice@müller.example, she may send as alice@xn--mller-kva.example and
+    as her alias info@müller.example: addresses are compared as the users file knows
+    them (both got 553 5.7.1 "not owned by user")."""
+    p = tls_server(petrel_factory, certs, {"a": "alice@xn--mller-kva.example:{PLAIN}apw"},
+                   aliases={"info@m\u00fcller.example": "alice@xn--mller-kva.example"},
+                   local_domains="m\u00fcller.example")
+    c = tls_session(p)
+    expect(c.auth_plain("alice@m\u00fcller.example", "apw"), 235, "2.7.0")
+    expect(c.cmd("MAIL FROM:<alice@xn--mller-kva.example>"), 250, "2.1.0")
+    expect(c.cmd("RSET"), 250)
+    expect(c.cmd("MAIL FROM:<info@m\u00fcller.example> SMTPUTF8".encode()), 250, "2.1.0")
+    expect(c.cmd("RSET"), 250)
+    expect(c.cmd("MAIL FROM:<bob@xn--mller-kva.example>"), 553, "5.7.1")
+    c.close()
+
+
 def test_auth_wrong_password_535_delayed(authsrv):
     c = tls_session(authsrv)
     t0 = time.monotonic()
