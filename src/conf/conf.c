@@ -1045,16 +1045,8 @@ conf_is_local_domain(const struct conf *c, const char *domain, size_t len)
 {
 	char ascii[UTIL_IDNA_MAX + 1];
 
-	if (c == NULL || domain == NULL)
+	if (c == NULL || domain == NULL || !util_idna_ascii(&domain, &len, ascii))
 		return false;
-	if (util_idna_needed(domain, len)) {
-		long n = util_idna_to_ascii(domain, len, ascii, sizeof(ascii), NULL);
-
-		if (n < 0)
-			return false;
-		domain = ascii;
-		len = (size_t)n;
-	}
 	len = len_without_dot(domain, len);
 	if (len == 0)
 		return false;

@@ -118,14 +118,8 @@ is_local_domain(const struct conf *c, const char *domain, size_t len)
 	 * small test so it links (and is tested) without the config parser. */
 	char ascii[UTIL_IDNA_MAX + 1];
 
-	if (util_idna_needed(domain, len)) {
-		long n = util_idna_to_ascii(domain, len, ascii, sizeof(ascii), NULL);
-
-		if (n < 0)
-			return false;
-		domain = ascii;
-		len = (size_t)n;
-	}
+	if (!util_idna_ascii(&domain, &len, ascii))
+		return false;
 	if (len > 0 && domain[len - 1] == '.')
 		len--;
 	for (size_t i = 0; i < c->local_domains_len; i++) {
@@ -617,14 +611,8 @@ rcpt_keys(const struct conf *c, const char *local, size_t local_len, const char 
 	char ascii[UTIL_IDNA_MAX + 1];
 
 	/* Keys, and the Maildir's directory, use a domain's A-label form. */
-	if (util_idna_needed(domain, domain_len)) {
-		long n = util_idna_to_ascii(domain, domain_len, ascii, sizeof(ascii), NULL);
-
-		if (n < 0)
-			return false;
-		domain = ascii;
-		domain_len = (size_t)n;
-	}
+	if (!util_idna_ascii(&domain, &domain_len, ascii))
+		return false;
 	if (domain_len > 0 && domain[domain_len - 1] == '.')
 		domain_len--;
 	if (local_len > LOCAL_MAX || domain_len > DOMAIN_MAX)

@@ -18,6 +18,21 @@ util_idna_needed(const char *s, size_t len)
 	return false;
 }
 
+bool
+util_idna_ascii(const char **s, size_t *len, char *buf)
+{
+	long n;
+
+	if (!util_idna_needed(*s, *len))
+		return true;
+	n = util_idna_to_ascii(*s, *len, buf, UTIL_IDNA_MAX + 1, NULL);
+	if (n < 0)
+		return false;
+	*s = buf;
+	*len = (size_t)n;
+	return true;
+}
+
 long
 util_idna_to_ascii(const char *s, size_t len, char *out, size_t cap, const char **why)
 {

@@ -26,4 +26,11 @@ bool util_idna_needed(const char *s, size_t len);
  */
 long util_idna_to_ascii(const char *s, size_t len, char *out, size_t cap, const char **why);
 
+/*
+ * Points *s and *len at the ASCII form of the domain there: left as they are
+ * for an ASCII name, else at buf (UTIL_IDNA_MAX + 1 octets) holding its
+ * A-label form.  False when the name has none (not valid IDNA2008).
+ */
+bool util_idna_ascii(const char **s, size_t *len, char *buf);
+
 #endif
