@@ -185,7 +185,6 @@ lookup_unlink(struct relay *r, struct lookup *lk)
 		lk->next->prev = lk->prev;
 }
 
-/* True when addr:port is where one of our MX listeners (j->self, wildcards expanded) listens. */
 /* ::ffff:a.b.c.d is a.b.c.d: written as such it is compared and connected to as IPv4. */
 static struct sockaddr_storage
 unmapped(const struct sockaddr_storage *ss)
@@ -217,6 +216,7 @@ is_unspecified(const struct sockaddr_storage *ss)
 	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
 }
 
+/* True when addr:port is where one of our MX listeners (j->self, wildcards expanded) listens. */
 static bool
 is_self(const struct relay_job *j, const struct sockaddr_storage *given, uint16_t port)
 {
@@ -335,8 +335,7 @@ collect_self(struct relay *r, struct relay_job *j, const struct conf *conf)
 			const struct sockaddr_storage *m;
 			size_t n;
 
-			/* [::] listeners are IPv6-only (server_main.c): each wildcard its family's.
-			 */
+			/* [::] is IPv6-only (server_main.c): each wildcard, its family. */
 			machine_addrs(r, &m, &n);
 			for (size_t k = 0; k < n; k++)
 				if (m[k].ss_family == (any4 ? AF_INET : AF_INET6))
