@@ -2,10 +2,10 @@
 # Everything the CI runs: install missing packages, build (release and
 # ASan+UBSan), unit tests, black-box tests against both builds, fuzzers for a
 # short fixed time.  Exit status non-zero on the first failure.
-#   FUZZ_SECONDS (default 30) — time per fuzz target
+#   FUZZ_SECONDS (default 20) — time per fuzz target
 set -eu
 cd "$(dirname "$0")/.."
-FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 PY=/usr/bin/python3   # Debian's python, which has python3-pytest
 
 step() { printf '\n==== %s\n' "$*"; }

@@ -1233,8 +1233,6 @@ def test_bounce_quotes_a_long_multiline_reply_whole(net):
                      b"unnecessary spaces.\r\n"
                      b"550 5.1.1 For more information, go to https://support.example/x?p=NoSuchUser-END\r\n"
                      b"554 5.5.1 Error: no valid recipients\r\n")
-        read_until(conn, b"QUIT\r\n")
-        conn.sendall(b"221 2.0.0 Bye\r\n")
 
     mx = ScriptedMX("127.0.0.4", net.port, respond)
     try:
