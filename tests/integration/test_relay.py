@@ -662,19 +662,25 @@ def test_connection_reused_for_the_next_message(net):
     assert log.count("info: connect from") - probes == 1, log
 
 
+def send_smtputf8(a, rcpts, body):
+    """One message from ALICE to rcpts (UTF-8 addresses allowed) with MAIL's SMTPUTF8."""
+    with smtp(a) as s:
+        s.command_encoding = "utf-8"
+        assert s.ehlo("client.example")[0] == 250
+        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
+        for rcpt in rcpts:
+            code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
+            assert code == 250, resp
+        code, resp = s.data(body)
+        assert code == 250, resp
+
+
 def test_smtputf8_message_to_peer_without_smtputf8_bounces(net):
     net.start_dns("--mx-host=b.test,mx.b.test,10", "--host-record=mx.b.test,127.0.0.2")
     net.sink("127.0.0.2")  # smtp-sink offers no SMTPUTF8
     a = net.sender()
     rcpt = "bøb@b.test"
-    with smtp(a) as s:
-        s.command_encoding = "utf-8"
-        assert s.ehlo("client.example")[0] == 250
-        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
-        code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
-        assert code == 250, resp
-        code, resp = s.data("Subject: grüße\r\n\r\nünïcödé\r\n".encode())
-        assert code == 250, resp
+    send_smtputf8(a, [rcpt], "Subject: grüße\r\n\r\nünïcödé\r\n".encode())
     assert wait_log(a, rf"to=<{rcpt}>, relay=mx\.b\.test\[127\.0\.0\.2\]:{net.port}, "
                        rf"delay=\d+, status=bounced \(550 5\.6\.7 .*SMTPUTF8.*\)$")
     [dsn] = bounce_of(a)
@@ -696,15 +702,7 @@ def test_international_domain_is_looked_up_and_delivered_by_its_a_label(net):
                   "--host-record=mx.b.test,127.0.0.2")
     b = net.receiver("127.0.0.2", domains="xn--bcher-kva.test")
     a = net.sender()
-    with smtp(a) as s:
-        s.command_encoding = "utf-8"
-        assert s.ehlo("client.example")[0] == 250
-        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
-        for rcpt in ("bob@bücher.test", "Carol@BÜCHER.test"):
-            code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
-            assert code == 250, resp
-        code, resp = s.data(b"Subject: idn\r\n\r\nhello\r\n")
-        assert code == 250, resp
+    send_smtputf8(a, ["bob@bücher.test", "Carol@BÜCHER.test"], b"Subject: idn\r\n\r\nhello\r\n")
     [bob] = b.wait_messages("bob@xn--bcher-kva.test", 1)
     [carol] = b.wait_messages("carol@xn--bcher-kva.test", 1)
     assert b"Delivered-To: bob@xn--bcher-kva.test\n" in bob
@@ -718,15 +716,7 @@ def test_invalid_international_domain_bounces_without_a_lookup(net):
     can be no host: bounced at once as a bad domain, not retried."""
     net.start_dns("--host-record=mx.b.test,127.0.0.2")
     a = net.sender()
-    rcpt = "bob@a\u2044b.test"
-    with smtp(a) as s:
-        s.command_encoding = "utf-8"
-        assert s.ehlo("client.example")[0] == 250
-        assert s.docmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
-        code, resp = s.docmd(f"RCPT TO:<{rcpt}>")
-        assert code == 250, resp
-        code, resp = s.data(b"Subject: idn\r\n\r\nhello\r\n")
-        assert code == 250, resp
+    send_smtputf8(a, ["bob@a\u2044b.test"], b"Subject: idn\r\n\r\nhello\r\n")
     [dsn] = bounce_of(a)
     text, rcpts, headers = dsn_parts(dsn)
     assert [r["Status"] for r in rcpts] == ["5.1.2"]

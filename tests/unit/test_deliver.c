@@ -355,17 +355,18 @@ test_aliases_file_errors(void **state)
 
 /* ---- expansion ---- */
 
-#define EXP_USERS "alice@example.org:{PLAIN}a\n" \
-		  "bob@example.org:{PLAIN}b\n" \
-		  "dave@example.org:{PLAIN}d\n" \
-		  "self@example.org:{PLAIN}s\n" \
-		  "trash@example.org:{PLAIN}t\n" \
-		  "sales@example.net:{PLAIN}s\n" \
-		  "alice@example.net:{PLAIN}a\n" \
-		  "a b@example.org:{PLAIN}q\n" \
-		  "bob+list@example.org:{PLAIN}l\n" \
-		  "d10@example.org:{PLAIN}x\n" \
-		  "e11@example.org:{PLAIN}x\n"
+#define EXP_USERS                                                                                  \
+	"alice@example.org:{PLAIN}a\n"                                                             \
+	"bob@example.org:{PLAIN}b\n"                                                               \
+	"dave@example.org:{PLAIN}d\n"                                                              \
+	"self@example.org:{PLAIN}s\n"                                                              \
+	"trash@example.org:{PLAIN}t\n"                                                             \
+	"sales@example.net:{PLAIN}s\n"                                                             \
+	"alice@example.net:{PLAIN}a\n"                                                             \
+	"a b@example.org:{PLAIN}q\n"                                                               \
+	"bob+list@example.org:{PLAIN}l\n"                                                          \
+	"d10@example.org:{PLAIN}x\n"                                                               \
+	"e11@example.org:{PLAIN}x\n"
 static const char exp_users[] = EXP_USERS;
 /* Without a delimiter the aliases' tagged targets must be users of their own. */
 static const char exp_users_nodelim[] =
@@ -635,9 +636,11 @@ test_international_domain(void **state)
 	assert_int_equal(deliver_check_rcpt(db, c, "eve", 3, "m\xc3\xbcller.example", 15),
 			 DELIVER_RCPT_UNKNOWN);
 	/* AUTH names the user either way too */
-	assert_string_equal(deliver_db_password(db, "J\xc3\xb6rg@m\xc3\xbcller.example"), "{PLAIN}a");
+	assert_string_equal(deliver_db_password(db, "J\xc3\xb6rg@m\xc3\xbcller.example"),
+			    "{PLAIN}a");
 	assert_string_equal(deliver_db_password(db, "anna@M\xc3\x9cller.Example"), "{PLAIN}b");
-	assert_null(deliver_db_password(db, "anna@a\xe2\x81\x84" "b.example"));
+	assert_null(deliver_db_password(db, "anna@a\xe2\x81\x84"
+					    "b.example"));
 	/* The Maildir's directory is the A-label form, whatever the spelling. */
 	assert_int_equal(
 	    deliver_expand(db, c, "info@M\xc3\x9cller.example", &t, &n, err, sizeof(err)), 0);
